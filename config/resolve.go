@@ -1,0 +1,129 @@
+package config
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Resolve fills what the configuration left to the host, from h:
+//
+//   - wan.interface: the interface of the default route;
+//   - wan.address: the first IPv4 address of the WAN interface;
+//   - wan.mtu: the WAN interface's MTU;
+//   - lan.interfaces: every up, non-loopback interface with an IPv4 address
+//     other than the WAN and the TUN;
+//   - lan.prefixes: the subnets of the LAN interfaces' addresses.
+//
+// It checks that every named interface exists and that explicit values agree
+// with the host, then validates the result again, since forwards and the
+// services address are checked against the LAN prefixes only once those are
+// known. On error c is left unchanged and the error is an *Errors.
+func (c *Config) Resolve(h *Host) error {
+	r := c.clone()
+	var es Errors
+	fail := func(key, format string, args ...any) { es.add(c.Source, 0, key, format, args...) }
+	if h == nil {
+		fail("", "no host information to resolve against")
+		return es.orNil()
+	}
+
+	var wan *HostInterface
+	switch name := r.WAN.Interface; {
+	case name == "" && h.DefaultRouteInterface == "":
+		fail("wan.interface", "not set, and this host has no IPv4 default route to take it from")
+	case name == "":
+		r.WAN.Interface = h.DefaultRouteInterface
+		fallthrough
+	default:
+		var ok bool
+		if wan, ok = h.Interface(r.WAN.Interface); !ok {
+			fail("wan.interface", "no interface %q on this host", r.WAN.Interface)
+		} else if wan.Loopback {
+			fail("wan.interface", "%q is a loopback interface", wan.Name)
+			wan = nil
+		}
+	}
+
+	if wan != nil {
+		switch {
+		case len(wan.Prefixes) == 0:
+			fail("wan.address", "interface %q has no IPv4 address", wan.Name)
+		case !r.WAN.Address.IsValid():
+			r.WAN.Address = wan.Prefixes[0].Addr()
+		case !slices.ContainsFunc(wan.Prefixes, func(p netip.Prefix) bool { return p.Addr() == r.WAN.Address }):
+			fail("wan.address", "%s is not an address of interface %q (it has %s)", r.WAN.Address, wan.Name, joinPrefixes(wan.Prefixes))
+		}
+		switch {
+		case r.WAN.MTU == 0:
+			r.WAN.MTU = wan.MTU
+		case r.WAN.MTU > wan.MTU:
+			fail("wan.mtu", "%d is above the MTU of interface %q (%d)", r.WAN.MTU, wan.Name, wan.MTU)
+		}
+	}
+
+	if len(r.LAN.Interfaces) == 0 {
+		for _, iface := range h.Interfaces {
+			if iface.Up && !iface.Loopback && len(iface.Prefixes) > 0 &&
+				iface.Name != r.WAN.Interface && iface.Name != r.TUN.Name {
+				r.LAN.Interfaces = append(r.LAN.Interfaces, iface.Name)
+			}
+		}
+		if len(r.LAN.Interfaces) == 0 {
+			fail("lan.interfaces", "not set, and no interface other than the WAN (%q) is up with an IPv4 address", r.WAN.Interface)
+		}
+	}
+	var lans []*HostInterface
+	for i, name := range r.LAN.Interfaces {
+		if iface, ok := h.Interface(name); ok {
+			lans = append(lans, iface)
+		} else {
+			fail(indexPath("lan.interfaces", i), "no interface %q on this host", name)
+		}
+	}
+
+	if len(r.LAN.Prefixes) == 0 && len(lans) > 0 {
+		var subnets []netip.Prefix
+		for _, iface := range lans {
+			for _, p := range iface.Prefixes {
+				subnets = append(subnets, p.Masked())
+			}
+		}
+		r.LAN.Prefixes = outermost(subnets)
+		if len(r.LAN.Prefixes) == 0 {
+			fail("lan.prefixes", "not set, and the LAN interfaces (%s) have no IPv4 address", strings.Join(r.LAN.Interfaces, ", "))
+		}
+	}
+
+	es = append(es, validate(r, forwardPositions(r))...)
+	if err := es.orNil(); err != nil {
+		return err
+	}
+	*c = *r
+	return nil
+}
+
+// outermost drops duplicates and prefixes inside another of the list (an
+// interface may carry 192.168.77.1/24 and 192.168.77.2/25), keeping order.
+func outermost(list []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for i, p := range list {
+		inside := slices.ContainsFunc(list, func(q netip.Prefix) bool {
+			return q.Bits() < p.Bits() && q.Contains(p.Addr())
+		})
+		if !inside && !slices.Contains(list[:i], p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// clone copies c deeply enough that changing the copy's slices leaves c alone.
+func (c *Config) clone() *Config {
+	r := *c
+	r.LAN.Interfaces = slices.Clone(c.LAN.Interfaces)
+	r.LAN.Prefixes = slices.Clone(c.LAN.Prefixes)
+	r.Routing.NoNAT = slices.Clone(c.Routing.NoNAT)
+	r.Forwards = slices.Clone(c.Forwards)
+	return &r
+}

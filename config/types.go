@@ -1,0 +1,104 @@
+// Package config loads, validates and resolves vpnmasq's TOML configuration.
+//
+// Loading is pure: it reads one file (or the embedded default), reports every
+// problem with its file, line and key, and never touches the host. Resolving
+// fills what the file left open (WAN interface, addresses, LAN prefixes, MTU)
+// from a snapshot of the host's interfaces and routes.
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Config is the whole router configuration after defaults are applied.
+type Config struct {
+	// Source names where the configuration came from: a file path or
+	// "<embedded default>". Used in messages.
+	Source string `toml:"-"`
+
+	LAN      LAN       `toml:"lan"`
+	WAN      WAN       `toml:"wan"`
+	NAT      NAT       `toml:"nat"`
+	Routing  Routing   `toml:"routing"`
+	Forwards []Forward `toml:"forward"`
+	Services Services  `toml:"services"`
+	TUN      TUN       `toml:"tun"`
+	Log      Log       `toml:"log"`
+}
+
+// LAN is the inside: where LAN hosts arrive and which sources are masqueraded.
+type LAN struct {
+	Interfaces []string       `toml:"interfaces"` // default: every interface with an IPv4 address except WAN, loopback and the TUN
+	Prefixes   []netip.Prefix `toml:"prefixes"`   // default: the subnets of Interfaces
+}
+
+// WAN is the outside: one interface and the one address LAN hosts hide behind.
+type WAN struct {
+	Interface string     `toml:"interface"` // default: interface of the IPv4 default route
+	Address   netip.Addr `toml:"address"`   // default: first IPv4 address of Interface
+	MTU       int        `toml:"mtu"`       // default: the interface's MTU; lower it to clamp
+}
+
+// NAT holds the masquerade's mapping range and timers.
+type NAT struct {
+	PortRange             PortRange     `toml:"port_range"`              // default 20000-32767
+	UDPTimeout            time.Duration `toml:"udp_timeout"`             // default 5m (RFC 4787 REQ-5)
+	TCPEstablishedTimeout time.Duration `toml:"tcp_established_timeout"` // default 2h4m (RFC 5382 REQ-5)
+	TCPTransitoryTimeout  time.Duration `toml:"tcp_transitory_timeout"`  // default 4m
+	ICMPTimeout           time.Duration `toml:"icmp_timeout"`            // default 60s (RFC 5508)
+	// UDPFiltering is "address-dependent" (default) or "endpoint-independent" (RFC 4787 REQ-8).
+	UDPFiltering string `toml:"udp_filtering"`
+	MaxMappings  int    `toml:"max_mappings"` // default 65536; at the limit new flows are refused (ICMP 3/13)
+}
+
+// Routing lists destinations that are routed, not masqueraded.
+type Routing struct {
+	NoNAT []netip.Prefix `toml:"no_nat"`
+}
+
+// Forward is one port forward: traffic to the WAN address on Port is sent to To.
+type Forward struct {
+	Proto string    `toml:"proto"` // tcp, udp, gre, esp
+	Port  PortRange `toml:"port"`  // external port or range (tcp, udp); zero for gre, esp
+	// To is the internal host. For tcp/udp its port may be omitted (same port
+	// as external); with a range, To's port is the first of an equally long range.
+	To     netip.Addr `toml:"-"`
+	ToPort uint16     `toml:"-"` // 0: same as the external port
+	Line   int        `toml:"-"` // line of the [[forward]] table in the file, for messages
+}
+
+// Services is the router's own address for local services (netstack).
+type Services struct {
+	Address netip.Addr `toml:"address"` // default 192.0.2.53 (see README)
+}
+
+// TUN is the device that captures LAN traffic, and its policy routing.
+type TUN struct {
+	Name         string `toml:"name"`          // default "vpnmasq0"
+	Table        int    `toml:"table"`         // policy routing table, default 5353
+	RulePriority int    `toml:"rule_priority"` // ip rule priority, default 5353
+}
+
+// Log selects the zerolog level and output format.
+type Log struct {
+	Level  string `toml:"level"`  // trace, debug, info (default), warn, error
+	Format string `toml:"format"` // auto (default: console on a terminal, JSON otherwise), console, json
+}
+
+// PortRange is an inclusive range of ports. In TOML it is written "20000-60999"
+// or as a single number (8080) or "8080".
+type PortRange struct {
+	First, Last uint16
+}
+
+// Len is the number of ports in the range.
+func (r PortRange) Len() int {
+	if r.Last < r.First {
+		return 0
+	}
+	return int(r.Last) - int(r.First) + 1
+}
+
+// Contains reports whether port lies in the range.
+func (r PortRange) Contains(port uint16) bool { return port >= r.First && port <= r.Last }
