@@ -1,0 +1,272 @@
+// Package nat is vpnmasq's masquerade engine: pure logic over parsed packets,
+// no sockets, no goroutines, an injected clock. The router hands it one
+// Packet at a time; the engine rewrites it in place and says where it goes.
+//
+// Behaviour follows the NAT behaviour RFCs: endpoint-independent mapping
+// (RFC 4787 REQ-1, RFC 5382 REQ-1), a source port kept when it lies in the
+// range and is free, otherwise one of the same parity, never two internal
+// endpoints on one external port (no overloading), hairpinning, UDP mappings
+// of 5 minutes refreshed by outbound traffic, TCP timers of 2 h 4 min
+// established and 4 min transitory, ICMP query mappings of 60 s, and ICMP
+// errors translated in both directions including their embedded headers
+// (RFC 5508).
+//
+// Each IP protocol has a Handler; TCP, UDP and ICMP share the endpoint
+// mapping table in table.go. VPN protocols (ISAKMP, ESP, GRE, PPTP control)
+// register their own handlers beside them.
+package nat
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Filtering selects which inbound packets may use an existing UDP mapping
+// (RFC 4787 REQ-8).
+type Filtering uint8
+
+const (
+	// AddressDependentFiltering passes inbound packets only from remote
+	// addresses the internal endpoint has sent to.
+	AddressDependentFiltering Filtering = iota
+	// EndpointIndependentFiltering passes inbound packets from anyone once
+	// the mapping exists ("full cone"), for maximum transparency.
+	EndpointIndependentFiltering
+)
+
+// Forward is a port forward: traffic to the WAN address on external ports
+// Ports goes to To, whose port is ToPort + (port - Ports.First). For GRE and
+// ESP, Ports and ToPort are zero: the whole protocol goes to To.
+type Forward struct {
+	Proto  uint8
+	Ports  PortRange
+	To     netip.Addr
+	ToPort uint16
+}
+
+// Config is what the engine needs to know. Durations of zero take the RFC
+// defaults.
+type Config struct {
+	WANAddr               netip.Addr
+	Ports                 PortRange
+	UDPTimeout            time.Duration
+	TCPEstablishedTimeout time.Duration
+	TCPTransitoryTimeout  time.Duration
+	ICMPTimeout           time.Duration
+	UDPFiltering          Filtering
+	MaxMappings           int
+	Forwards              []Forward
+	Clock                 Clock
+	Log                   zerolog.Logger
+}
+
+// Verdict says where a packet goes after the engine handled it.
+type Verdict uint8
+
+const (
+	// VerdictDrop: do not forward; Result.Reason says why.
+	VerdictDrop Verdict = iota
+	// VerdictToWAN: send out of the WAN side (the source is now the WAN address).
+	VerdictToWAN
+	// VerdictToLAN: deliver to the LAN (destination is now a LAN host).
+	VerdictToLAN
+	// VerdictHost: not the NAT's business (e.g. an echo request to the
+	// router's WAN address); the host's own stack answers it.
+	VerdictHost
+)
+
+// Result is the outcome for one packet.
+type Result struct {
+	Verdict Verdict
+	Reason  DropReason
+	// Unreachable, when true, asks the router to tell the sender with ICMP
+	// Destination Unreachable code 13 (administratively prohibited): the
+	// engine is out of resources (RFC 5508 section 3.2).
+	Unreachable bool
+}
+
+func drop(r DropReason) Result { return Result{Verdict: VerdictDrop, Reason: r} }
+
+var (
+	toWAN = Result{Verdict: VerdictToWAN}
+	toLAN = Result{Verdict: VerdictToLAN}
+)
+
+// Handler masquerades one IP protocol. It runs with the engine's lock held
+// and may use the engine's shared tables.
+type Handler interface {
+	// Outbound rewrites a LAN→WAN packet so that its source is the WAN address.
+	Outbound(p *Packet, now int64) Result
+	// Inbound rewrites a WAN→LAN packet addressed to the WAN address so that
+	// it reaches the LAN host that owns the mapping.
+	Inbound(p *Packet, now int64) Result
+}
+
+// Engine is the masquerade state: mappings, flows, port pools and handlers.
+// It is safe for concurrent use: the TUN reader and the WAN reader call it
+// from different goroutines.
+type Engine struct {
+	mu       sync.Mutex
+	cfg      Config
+	wan      [4]byte
+	clock    Clock
+	base     time.Time
+	log      zerolog.Logger
+	handlers [256]Handler
+	table    table
+	frags    fragTable
+	Drops    DropCounters
+}
+
+// New builds an engine with the TCP, UDP and ICMP handlers and the static
+// mappings of the port forwards.
+func New(cfg Config) *Engine {
+	if cfg.UDPTimeout <= 0 {
+		cfg.UDPTimeout = 5 * time.Minute
+	}
+	if cfg.TCPEstablishedTimeout <= 0 {
+		cfg.TCPEstablishedTimeout = 2*time.Hour + 4*time.Minute
+	}
+	if cfg.TCPTransitoryTimeout <= 0 {
+		cfg.TCPTransitoryTimeout = 4 * time.Minute
+	}
+	if cfg.ICMPTimeout <= 0 {
+		cfg.ICMPTimeout = 60 * time.Second
+	}
+	if cfg.MaxMappings <= 0 {
+		cfg.MaxMappings = 65536
+	}
+	if cfg.Ports.First == 0 || cfg.Ports.Last < cfg.Ports.First {
+		cfg.Ports = PortRange{First: 20000, Last: 32767}
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = SystemClock{}
+	}
+	e := &Engine{
+		cfg:   cfg,
+		wan:   cfg.WANAddr.As4(),
+		clock: cfg.Clock,
+		base:  cfg.Clock.Now(),
+		log:   cfg.Log,
+	}
+	e.table.init(e)
+	e.frags.init()
+	e.handlers[ProtoTCP] = &tcpHandler{e: e}
+	e.handlers[ProtoUDP] = &udpHandler{e: e}
+	e.handlers[ProtoICMP] = &icmpHandler{e: e}
+	for _, f := range cfg.Forwards {
+		switch f.Proto {
+		case ProtoTCP, ProtoUDP:
+			e.table.addForward(f)
+		default:
+			e.handlers[f.Proto] = &wholeProtoForward{e: e, proto: f.Proto, to: f.To.As4()}
+		}
+	}
+	return e
+}
+
+// Register installs the handler for an IP protocol, replacing any other.
+// VPN protocol handlers use it.
+func (e *Engine) Register(proto uint8, h Handler) {
+	e.mu.Lock()
+	e.handlers[proto] = h
+	e.mu.Unlock()
+}
+
+// WANAddr is the address LAN hosts are masqueraded behind.
+func (e *Engine) WANAddr() [4]byte { return e.wan }
+
+// now is the engine's monotonic time in nanoseconds since New.
+func (e *Engine) now() int64 { return int64(e.clock.Now().Sub(e.base)) }
+
+// Outbound masquerades a packet from a LAN host. A packet to the WAN address
+// itself is hairpinned: translated out and straight back in (RFC 4787
+// REQ-9), and delivered to the LAN.
+func (e *Engine) Outbound(p *Packet) Result {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.now()
+	r := e.outbound(p, now)
+	if r.Verdict == VerdictToWAN && p.Dst == e.wan {
+		r = e.inbound(p, now)
+		if r.Verdict == VerdictHost {
+			r = drop(DropLANtoWANAddr)
+		}
+	}
+	if r.Verdict == VerdictDrop {
+		e.Drops.Add(r.Reason)
+	}
+	return r
+}
+
+// Inbound translates a packet that arrived on the WAN for the WAN address.
+func (e *Engine) Inbound(p *Packet) Result {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r := e.inbound(p, e.now())
+	if r.Verdict == VerdictDrop {
+		e.Drops.Add(r.Reason)
+	}
+	return r
+}
+
+func (e *Engine) outbound(p *Packet, now int64) Result {
+	if p.FragOffset != 0 {
+		return e.frags.outboundTail(p, now)
+	}
+	if p.Proto == ProtoICMP && isICMPError(p.ICMPType) {
+		return e.icmpErrorOutbound(p)
+	}
+	h := e.handlers[p.Proto]
+	if h == nil {
+		return drop(DropUnsupported)
+	}
+	if !p.MoreFragments {
+		return h.Outbound(p, now)
+	}
+	k := fragKeyOf(p)
+	r := h.Outbound(p, now)
+	if r.Verdict == VerdictToWAN {
+		e.frags.remember(true, k, p.Src, now)
+	}
+	return r
+}
+
+func (e *Engine) inbound(p *Packet, now int64) Result {
+	if p.FragOffset != 0 {
+		return e.frags.inboundTail(p, now)
+	}
+	if p.Proto == ProtoICMP && isICMPError(p.ICMPType) {
+		return e.icmpErrorInbound(p)
+	}
+	h := e.handlers[p.Proto]
+	if h == nil {
+		return drop(DropUnsupported)
+	}
+	if !p.MoreFragments {
+		return h.Inbound(p, now)
+	}
+	k := fragKeyOf(p)
+	r := h.Inbound(p, now)
+	if r.Verdict == VerdictToLAN {
+		e.frags.remember(false, k, p.Dst, now)
+	}
+	return r
+}
+
+// Expire removes every flow and mapping whose timer ran out. The router calls
+// it about once a second; lookups also treat expired flows as absent, so the
+// interval only bounds memory, not correctness.
+func (e *Engine) Expire() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.now()
+	e.table.expire(now)
+	e.frags.expire(now)
+}
+
+// dur converts a configured duration to engine nanoseconds.
+func dur(d time.Duration) int64 { return int64(d) }

@@ -1,0 +1,88 @@
+package nat
+
+import "sync/atomic"
+
+// DropReason says why a packet was not forwarded. Every drop in the router is
+// counted under exactly one reason, so operators can tell a misconfigured LAN
+// from an attack from a full table.
+type DropReason uint8
+
+const (
+	DropNone            DropReason = iota
+	DropMalformed                  // truncated or inconsistent headers
+	DropNotIPv4                    // version nibble is not 4
+	DropBadChecksum                // IPv4 header checksum wrong
+	DropBadICMPChecksum            // ICMP error with a bad ICMP or embedded IP checksum (RFC 5508 REQ-3)
+	DropMartian                    // source or destination that must never be routed
+	DropSpoofedLAN                 // LAN source address arriving from the WAN
+	DropUnsolicited                // inbound traffic that matches no mapping or forward
+	DropUnsupported                // an IP protocol the NAT cannot masquerade
+	DropNoPorts                    // port range exhausted for this protocol
+	DropTableFull                  // max_mappings reached
+	DropFragment                   // fragment whose first fragment was not seen
+	DropTTLExceeded                // TTL would reach zero (ICMP Time Exceeded sent)
+	DropTooBig                     // larger than the WAN MTU with DF set (Fragmentation Needed sent)
+	DropICMPError                  // ICMP error that matches no mapping
+	DropNoService                  // addressed to the service address, no service answers yet
+	DropLANtoWANAddr               // LAN host to the WAN address on a port the NAT does not own
+	DropWriteFailed                // the kernel refused to send it
+	numDropReasons
+)
+
+var dropReasonNames = [numDropReasons]string{
+	DropNone:            "none",
+	DropMalformed:       "malformed",
+	DropNotIPv4:         "not_ipv4",
+	DropBadChecksum:     "bad_checksum",
+	DropBadICMPChecksum: "bad_icmp_checksum",
+	DropMartian:         "martian",
+	DropSpoofedLAN:      "spoofed_lan_source",
+	DropUnsolicited:     "unsolicited",
+	DropUnsupported:     "unsupported_protocol",
+	DropNoPorts:         "no_free_port",
+	DropTableFull:       "table_full",
+	DropFragment:        "unmatched_fragment",
+	DropTTLExceeded:     "ttl_exceeded",
+	DropTooBig:          "too_big",
+	DropICMPError:       "icmp_error_unmatched",
+	DropNoService:       "no_local_service",
+	DropLANtoWANAddr:    "lan_to_wan_address",
+	DropWriteFailed:     "write_failed",
+}
+
+func (r DropReason) String() string {
+	if r < numDropReasons {
+		return dropReasonNames[r]
+	}
+	return "unknown"
+}
+
+// AllDropReasons lists every reason except DropNone, in order.
+func AllDropReasons() []DropReason {
+	rs := make([]DropReason, 0, numDropReasons-1)
+	for r := DropReason(1); r < numDropReasons; r++ {
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+// DropCounters counts drops by reason. The zero value is ready; it is safe
+// for concurrent use and never allocates.
+type DropCounters struct {
+	n [numDropReasons]atomic.Uint64
+}
+
+// Add counts one drop.
+func (c *DropCounters) Add(r DropReason) {
+	if r < numDropReasons {
+		c.n[r].Add(1)
+	}
+}
+
+// Get returns the count for one reason.
+func (c *DropCounters) Get(r DropReason) uint64 {
+	if r < numDropReasons {
+		return c.n[r].Load()
+	}
+	return 0
+}

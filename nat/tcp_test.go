@@ -1,0 +1,306 @@
+package nat
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+const (
+	syn    = header.TCPFlagSyn
+	ack    = header.TCPFlagAck
+	fin    = header.TCPFlagFin
+	rst    = header.TCPFlagRst
+	synAck = header.TCPFlagSyn | header.TCPFlagAck
+	finAck = header.TCPFlagFin | header.TCPFlagAck
+)
+
+// tcpConn drives one TCP connection from lanA:40000 to remote1:443 through
+// a lab.
+type tcpConn struct {
+	l   *lab
+	lan netip.AddrPort
+	rem netip.AddrPort
+	ext uint16
+}
+
+func openTCP(l *lab) *tcpConn {
+	c := &tcpConn{l: l, lan: ap(lanA, 40000), rem: ap(remote1, 443)}
+	c.ext = l.mustOut(tcpPkt(c.lan, c.rem, syn), VerdictToWAN).SrcPort
+	return c
+}
+
+func (c *tcpConn) out(flags header.TCPFlags) Result {
+	c.l.t.Helper()
+	r, p := c.l.out(tcpPkt(c.lan, c.rem, flags))
+	if r.Verdict == VerdictToWAN && srcAP(p) != ap(wanAddr, c.ext) {
+		c.l.t.Fatalf("outbound left as %v, want %v", srcAP(p), ap(wanAddr, c.ext))
+	}
+	return r
+}
+
+func (c *tcpConn) in(flags header.TCPFlags) Result {
+	c.l.t.Helper()
+	r, p := c.l.in(tcpPkt(c.rem, ap(wanAddr, c.ext), flags))
+	if r.Verdict == VerdictToLAN && dstAP(p) != c.lan {
+		c.l.t.Fatalf("inbound delivered to %v, want %v", dstAP(p), c.lan)
+	}
+	return r
+}
+
+func TestTCPMasquerade(t *testing.T) {
+	t.Run("three-way handshake and data pass both ways", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := openTCP(l)
+		for i, step := range []struct {
+			outbound bool
+			flags    header.TCPFlags
+		}{{false, synAck}, {true, ack}, {true, ack | header.TCPFlagPsh}, {false, ack}} {
+			var r Result
+			if step.outbound {
+				r = c.out(step.flags)
+			} else {
+				r = c.in(step.flags)
+			}
+			if r.Verdict == VerdictDrop {
+				t.Fatalf("step %d (%v) dropped: %v", i, step.flags, r.Reason)
+			}
+		}
+	})
+	t.Run("segments with tcp options and payload keep valid checksums", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := openTCP(l)
+		p := l.mustOut(tcpDataPkt(c.lan, c.rem, ack|header.TCPFlagPsh, "GET / HTTP/1.1\r\n\r\n"), VerdictToWAN)
+		if string(header.TCP(p.L4).Payload()) != "GET / HTTP/1.1\r\n\r\n" {
+			t.Errorf("payload changed")
+		}
+		l.mustIn(tcpDataPkt(c.rem, ap(wanAddr, c.ext), ack, "HTTP/1.1 200 OK\r\n\r\n"), VerdictToLAN)
+	})
+	t.Run("unsolicited SYN is dropped", func(t *testing.T) {
+		l := newLab(t, Config{})
+		r, _ := l.in(tcpPkt(ap(remote1, 5555), ap(wanAddr, 20000), syn))
+		wantDrop(t, r, DropUnsolicited)
+	})
+	t.Run("unsolicited SYN to a mapped port from another remote is dropped", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := openTCP(l)
+		r, _ := l.in(tcpPkt(ap(remote2, 443), ap(wanAddr, c.ext), syn))
+		wantDrop(t, r, DropUnsolicited)
+	})
+	t.Run("inbound segment of an unknown connection is dropped", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := openTCP(l)
+		r, _ := l.in(tcpPkt(ap(remote1, 444), ap(wanAddr, c.ext), ack))
+		wantDrop(t, r, DropUnsolicited)
+	})
+	t.Run("endpoint-independent mapping: a second connection reuses the external port", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := openTCP(l)
+		p := l.mustOut(tcpPkt(c.lan, ap(remote2, 80), syn), VerdictToWAN)
+		if p.SrcPort != c.ext {
+			t.Errorf("second connection on port %d, first on %d", p.SrcPort, c.ext)
+		}
+	})
+	t.Run("simultaneous open is accepted", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := openTCP(l)
+		if r := c.in(syn); r.Verdict != VerdictToLAN {
+			t.Fatalf("inbound SYN of a simultaneous open dropped: %v", r.Reason)
+		}
+		if r := c.out(synAck); r.Verdict != VerdictToWAN {
+			t.Fatalf("SYN-ACK dropped: %v", r.Reason)
+		}
+	})
+}
+
+// TestTCPTimers drives a connection into a state and checks which timer
+// then applies, to the nanosecond.
+func TestTCPTimers(t *testing.T) {
+	const established = 2*time.Hour + 4*time.Minute
+	const transitory = 4 * time.Minute
+	tests := []struct {
+		name  string
+		steps []string // "o:FLAGS" outbound, "i:FLAGS" inbound, after the opening SYN
+		want  time.Duration
+	}{
+		{"tcp SYN only is on the transitory timer of 4m", nil, transitory},
+		{"tcp established timer is 2h4m after the handshake", []string{"i:SA", "o:A"}, established},
+		{"tcp RST moves to the transitory timer", []string{"i:SA", "o:A", "o:R"}, transitory},
+		{"tcp RST from the remote moves to the transitory timer", []string{"i:SA", "o:A", "i:R"}, transitory},
+		{"tcp FIN from the lan moves to the transitory timer", []string{"i:SA", "o:A", "o:FA"}, transitory},
+		{"tcp FIN from the remote moves to the transitory timer", []string{"i:SA", "o:A", "i:FA"}, transitory},
+		{"a new SYN after RST starts over on the transitory timer", []string{"i:SA", "o:R", "o:S"}, transitory},
+		{"a new handshake after RST is established again", []string{"i:SA", "o:R", "o:S", "i:SA"}, established},
+	}
+	flagsOf := map[string]header.TCPFlags{"S": syn, "SA": synAck, "A": ack, "R": rst, "FA": finAck}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newLab(t, Config{})
+			c := openTCP(l)
+			for _, s := range tc.steps {
+				var r Result
+				if s[0] == 'o' {
+					r = c.out(flagsOf[s[2:]])
+				} else {
+					r = c.in(flagsOf[s[2:]])
+				}
+				if r.Verdict == VerdictDrop {
+					t.Fatalf("step %s dropped: %v", s, r.Reason)
+				}
+			}
+			l.advance(tc.want - time.Nanosecond)
+			if _, ok := l.mapping("tcp", c.lan); !ok {
+				t.Fatalf("mapping gone before %v", tc.want)
+			}
+			if r := c.in(ack); r.Verdict != VerdictToLAN {
+				t.Fatalf("segment 1 ns before the %v timer ran out dropped: %v", tc.want, r.Reason)
+			}
+			// That segment refreshed the flow; let the same timer run out
+			// again, then check that it is gone.
+			l.advance(tc.want)
+			if _, ok := l.mapping("tcp", c.lan); ok {
+				t.Fatalf("mapping still present after %v idle", tc.want)
+			}
+			wantDrop(t, c.in(ack), DropUnsolicited)
+		})
+	}
+	t.Run("outbound segment of an unknown connection is picked up as established", func(t *testing.T) {
+		l := newLab(t, Config{})
+		lan, rem := ap(lanA, 40001), ap(remote1, 22)
+		ext := l.mustOut(tcpPkt(lan, rem, ack), VerdictToWAN).SrcPort
+		l.advance(2*time.Hour + 3*time.Minute)
+		l.mustIn(tcpPkt(rem, ap(wanAddr, ext), ack), VerdictToLAN)
+	})
+	t.Run("configured tcp timers replace the defaults", func(t *testing.T) {
+		l := newLab(t, Config{TCPEstablishedTimeout: time.Hour, TCPTransitoryTimeout: time.Minute})
+		c := openTCP(l)
+		l.advance(time.Minute)
+		if _, ok := l.mapping("tcp", c.lan); ok {
+			t.Fatal("half-open connection outlived the 1 min transitory timer")
+		}
+		c = openTCP(l)
+		c.in(synAck)
+		l.advance(time.Hour - time.Nanosecond)
+		if _, ok := l.mapping("tcp", c.lan); !ok {
+			t.Fatal("established connection gone before 1 h")
+		}
+		l.advance(time.Nanosecond)
+		if _, ok := l.mapping("tcp", c.lan); ok {
+			t.Fatal("established connection outlived the 1 h timer")
+		}
+	})
+}
+
+func TestTCPPortForward(t *testing.T) {
+	fwd := Forward{Proto: ProtoTCP, Ports: PortRange{First: 8080, Last: 8082}, To: lanB, ToPort: 80}
+	t.Run("port forward reaches the internal host and its replies leave with the external port", func(t *testing.T) {
+		l := newLab(t, Config{Forwards: []Forward{fwd}})
+		client := ap(remote1, 50000)
+		p := l.mustIn(tcpPkt(client, ap(wanAddr, 8081), syn), VerdictToLAN)
+		if dstAP(p) != ap(lanB, 81) || srcAP(p) != client {
+			t.Fatalf("forwarded %v→%v, want %v→%v", srcAP(p), dstAP(p), client, ap(lanB, 81))
+		}
+		r := l.mustOut(tcpPkt(ap(lanB, 81), client, synAck), VerdictToWAN)
+		if srcAP(r) != ap(wanAddr, 8081) || dstAP(r) != client {
+			t.Fatalf("reply left as %v→%v, want %v→%v", srcAP(r), dstAP(r), ap(wanAddr, 8081), client)
+		}
+		l.mustIn(tcpPkt(client, ap(wanAddr, 8081), ack), VerdictToLAN)
+	})
+	t.Run("forward without a target port keeps the external port", func(t *testing.T) {
+		l := newLab(t, Config{Forwards: []Forward{{Proto: ProtoTCP, Ports: PortRange{First: 22, Last: 22}, To: lanB}}})
+		p := l.mustIn(tcpPkt(ap(remote1, 50000), ap(wanAddr, 22), syn), VerdictToLAN)
+		if dstAP(p) != ap(lanB, 22) {
+			t.Errorf("forwarded to %v", dstAP(p))
+		}
+	})
+	t.Run("a forward accepts a new connection only with a SYN", func(t *testing.T) {
+		l := newLab(t, Config{Forwards: []Forward{fwd}})
+		for _, flags := range []header.TCPFlags{ack, synAck, rst, finAck} {
+			r, _ := l.in(tcpPkt(ap(remote1, 50000), ap(wanAddr, 8080), flags))
+			wantDrop(t, r, DropUnsolicited)
+		}
+	})
+	t.Run("forwarded ports are never handed out to other lan hosts", func(t *testing.T) {
+		l := newLab(t, Config{Ports: PortRange{First: 8080, Last: 8083}, Forwards: []Forward{fwd}})
+		p := l.mustOut(tcpPkt(ap(lanA, 8081), ap(remote1, 443), syn), VerdictToWAN)
+		if p.SrcPort != 8083 {
+			t.Fatalf("lan host got external port %d, want the only free one, 8083", p.SrcPort)
+		}
+		r, _ := l.out(tcpPkt(ap(lanA, 8082), ap(remote1, 443), syn))
+		wantDrop(t, r, DropNoPorts)
+	})
+	t.Run("a forward outside the dynamic range does not cost the range a port", func(t *testing.T) {
+		l := newLab(t, Config{Ports: PortRange{First: 20000, Last: 20001},
+			Forwards: []Forward{{Proto: ProtoTCP, Ports: PortRange{First: 80, Last: 80}, To: lanB}}})
+		for _, sport := range []uint16{1000, 1001} {
+			l.mustOut(tcpPkt(ap(lanA, sport), ap(remote1, 443), syn), VerdictToWAN)
+		}
+	})
+	t.Run("a forwarded connection expires but the forward stays", func(t *testing.T) {
+		l := newLab(t, Config{Forwards: []Forward{fwd}})
+		l.mustIn(tcpPkt(ap(remote1, 50000), ap(wanAddr, 8080), syn), VerdictToLAN)
+		if _, ok := l.mapping("tcp", ap(lanB, 80)); !ok {
+			t.Fatal("active forward missing from Mappings")
+		}
+		l.advance(4 * time.Minute)
+		if _, ok := l.mapping("tcp", ap(lanB, 80)); ok {
+			t.Fatal("idle forward still listed in Mappings")
+		}
+		l.mustIn(tcpPkt(ap(remote2, 50000), ap(wanAddr, 8080), syn), VerdictToLAN)
+	})
+}
+
+func TestHairpin(t *testing.T) {
+	t.Run("hairpin: LAN host reaches a forwarded port on the WAN address and sees the masqueraded source", func(t *testing.T) {
+		l := newLab(t, Config{Forwards: []Forward{{Proto: ProtoTCP, Ports: PortRange{First: 8080, Last: 8080}, To: lanB, ToPort: 80}}})
+		p := l.mustOut(tcpPkt(ap(lanA, 40000), ap(wanAddr, 8080), syn), VerdictToLAN)
+		if p.SrcAddr() != wanAddr || dstAP(p) != ap(lanB, 80) {
+			t.Fatalf("hairpinned SYN %v→%v, want from %v to %v", srcAP(p), dstAP(p), wanAddr, ap(lanB, 80))
+		}
+		ext := p.SrcPort
+		// The server answers the masqueraded source; the reply comes back
+		// around to the client, seemingly from the forwarded port.
+		r := l.mustOut(tcpPkt(ap(lanB, 80), ap(wanAddr, ext), synAck), VerdictToLAN)
+		if srcAP(r) != ap(wanAddr, 8080) || dstAP(r) != ap(lanA, 40000) {
+			t.Fatalf("hairpinned reply %v→%v, want %v→%v", srcAP(r), dstAP(r), ap(wanAddr, 8080), ap(lanA, 40000))
+		}
+		l.mustOut(tcpPkt(ap(lanA, 40000), ap(wanAddr, 8080), ack), VerdictToLAN)
+	})
+	t.Run("hairpin: an icmp error from the server reaches the hairpinned client", func(t *testing.T) {
+		l := newLab(t, Config{Forwards: []Forward{{Proto: ProtoUDP, Ports: PortRange{First: 5353, Last: 5353}, To: lanB}}})
+		p := l.mustOut(udpPkt(ap(lanA, 5000), ap(wanAddr, 5353), "query"), VerdictToLAN)
+		ext := p.SrcPort
+		e := l.mustOut(portUnreachable(lanB, wanAddr, p.Buf), VerdictToLAN)
+		if e.SrcAddr() != wanAddr || e.DstAddr() != lanA {
+			t.Fatalf("error %v→%v, want %v→%v", e.SrcAddr(), e.DstAddr(), wanAddr, lanA)
+		}
+		if q := quotedIn(t, e.L4); q.src != ap(lanA, 5000) || q.dst != ap(wanAddr, 5353) {
+			t.Errorf("embedded %v→%v, want %v→%v (client's external port %d)", q.src, q.dst, ap(lanA, 5000), ap(wanAddr, 5353), ext)
+		}
+		if err := validateEmbeddedTransport(e.L4[header.ICMPv4MinimumSize:]); err != nil {
+			t.Errorf("embedded packet: %v", err)
+		}
+	})
+	t.Run("hairpin: udp between two lan hosts through their external endpoints", func(t *testing.T) {
+		l := newLab(t, Config{UDPFiltering: EndpointIndependentFiltering})
+		extB := l.mustOut(udpPkt(ap(lanB, 6000), ap(remote1, 3478), "stun"), VerdictToWAN).SrcPort
+		p := l.mustOut(udpPkt(ap(lanA, 5000), ap(wanAddr, extB), "hello"), VerdictToLAN)
+		if dstAP(p) != ap(lanB, 6000) || p.SrcAddr() != wanAddr {
+			t.Fatalf("hairpinned %v→%v", srcAP(p), dstAP(p))
+		}
+	})
+	t.Run("lan host to a wan address port nobody owns is dropped", func(t *testing.T) {
+		l := newLab(t, Config{})
+		r, _ := l.out(udpPkt(ap(lanA, 5000), ap(wanAddr, 9), "discard"))
+		if r.Verdict != VerdictDrop {
+			t.Fatalf("verdict %s", verdictName(r.Verdict))
+		}
+	})
+	t.Run("lan host pinging the wan address is not hairpinned", func(t *testing.T) {
+		l := newLab(t, Config{})
+		r, _ := l.out(echoPkt(header.ICMPv4Echo, lanA, wanAddr, 7, 1))
+		wantDrop(t, r, DropLANtoWANAddr)
+	})
+}
