@@ -1,0 +1,231 @@
+package router
+
+import (
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/rs/zerolog"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/nat"
+)
+
+// core is the routing core: it decides for each packet, with no I/O of its
+// own. Both packet loops call it, the TUN loop with fromLAN and the WAN loop
+// with fromWAN, and it queues the result in the loop's outbox.
+//
+// Where the hop is counted: packets from the LAN reach the TUN through the
+// kernel's forwarding path, which already decremented the TTL and answered
+// TTL expiry. Packets the core writes into the TUN are forwarded by the
+// kernel once more (TUN → LAN), which decrements the TTL again and would
+// answer expiry itself — with the translated header, towards the remote. So
+// the core checks TTL only for packets arriving from the WAN: a packet that
+// would expire on its way to the LAN is answered with Time Exceeded from the
+// WAN address, quoting the packet as the remote sent it.
+type core struct {
+	nat      *nat.Engine
+	lan      prefixSet
+	noNAT    prefixSet
+	wanAddr  [4]byte
+	service  [4]byte
+	wanMTU   int
+	offset   int
+	lanAddrs []netip.Prefix // the router's own LAN-side addresses, for ICMP errors
+	log      zerolog.Logger
+
+	drops nat.DropCounters // drops decided here; the engine counts its own
+	stats Stats
+}
+
+// Stats counts what crossed the router, by direction.
+type Stats struct {
+	LANToWANPackets, LANToWANBytes atomic.Uint64 // masqueraded or routed out
+	WANToLANPackets, WANToLANBytes atomic.Uint64 // translated or routed in
+	HairpinPackets                 atomic.Uint64 // LAN → WAN address → LAN
+	LocalPackets                   atomic.Uint64 // LAN ↔ LAN across interfaces
+	ICMPErrorsSent                 atomic.Uint64 // Time Exceeded, Fragmentation Needed, Unreachable
+	FragmentsSent                  atomic.Uint64
+}
+
+func (c *core) drop(r nat.DropReason) { c.drops.Add(r) }
+
+// fromLAN handles one packet read from the TUN: buf holds it at
+// buf[offset:offset+n].
+func (c *core) fromLAN(buf []byte, n int, p *nat.Packet, o *outbox) {
+	if r := p.Parse(buf[c.offset : c.offset+n]); r != nat.DropNone {
+		c.drop(r)
+		return
+	}
+	switch {
+	case isMartianSource(p.Src) || isMartianDestination(p.Dst):
+		c.drop(nat.DropMartian)
+	case !c.lan.contains(p.Src):
+		// Not one of ours: masquerading it would hide a misconfiguration
+		// (or a spoofer) behind the WAN address.
+		c.drop(nat.DropMartian)
+	case p.Dst == c.service:
+		c.drop(nat.DropNoService)
+	case c.lan.contains(p.Dst):
+		// Between LAN interfaces: route unchanged.
+		c.stats.LocalPackets.Add(1)
+		o.toLAN(buf, len(p.Buf))
+	case c.noNAT.contains(p.Dst):
+		c.routeOut(buf, p, o, false)
+	default:
+		c.routeOut(buf, p, o, true)
+	}
+}
+
+// routeOut sends a LAN packet to the WAN, masqueraded or not, handling the
+// WAN MTU: too big with DF set is answered with Fragmentation Needed
+// quoting the packet as the LAN host sent it; too big without DF is
+// fragmented after translation.
+func (c *core) routeOut(buf []byte, p *nat.Packet, o *outbox, masquerade bool) {
+	tooBig := len(p.Buf) > c.wanMTU && p.Dst != c.wanAddr
+	if tooBig && p.IP.Flags()&header.IPv4FlagDontFragment != 0 {
+		c.drop(nat.DropTooBig)
+		c.answerLAN(p, o, header.ICMPv4DstUnreachable, header.ICMPv4FragmentationNeeded, uint16(c.wanMTU))
+		return
+	}
+	if masquerade {
+		r := c.nat.Outbound(p)
+		switch r.Verdict {
+		case nat.VerdictToLAN: // hairpin
+			c.stats.HairpinPackets.Add(1)
+			o.toLAN(buf, len(p.Buf))
+			return
+		case nat.VerdictToWAN:
+		default:
+			if r.Unreachable {
+				c.answerLAN(p, o, header.ICMPv4DstUnreachable, header.ICMPv4AdminProhibited, 0)
+			}
+			return
+		}
+	}
+	c.stats.LANToWANPackets.Add(1)
+	c.stats.LANToWANBytes.Add(uint64(len(p.Buf)))
+	if !tooBig {
+		o.toWAN(buf, len(p.Buf))
+		return
+	}
+	var frag []byte
+	ok := fragment(p.Buf, c.wanMTU,
+		func() []byte {
+			frag = o.newBuffer()
+			if frag == nil {
+				return nil
+			}
+			return frag[c.offset:]
+		},
+		func(n int) {
+			c.stats.FragmentsSent.Add(1)
+			o.toWAN(frag, n)
+		})
+	if !ok {
+		c.drop(nat.DropTooBig)
+	}
+}
+
+// answerLAN sends an ICMP error about p back to the LAN host that sent it,
+// from the router's address on that host's network.
+func (c *core) answerLAN(p *nat.Packet, o *outbox, typ header.ICMPv4Type, code header.ICMPv4Code, mtu uint16) {
+	if !mayAnswerWithError(p) {
+		return
+	}
+	buf := o.newBuffer()
+	if buf == nil {
+		return
+	}
+	n := buildICMPError(buf[c.offset:], c.lanAddrFor(p.Src), p.Buf, typ, code, mtu)
+	c.stats.ICMPErrorsSent.Add(1)
+	o.toLAN(buf, n)
+}
+
+// lanAddrFor picks the router's address on the network of a LAN host.
+func (c *core) lanAddrFor(host [4]byte) [4]byte {
+	h := netip.AddrFrom4(host)
+	for _, a := range c.lanAddrs {
+		if a.Contains(h) {
+			return a.Addr().As4()
+		}
+	}
+	if len(c.lanAddrs) > 0 {
+		return c.lanAddrs[0].Addr().As4()
+	}
+	return c.wanAddr
+}
+
+// fromWAN handles one packet captured on the WAN interface.
+func (c *core) fromWAN(buf []byte, n int, p *nat.Packet, o *outbox) {
+	if r := p.Parse(buf[c.offset : c.offset+n]); r != nat.DropNone {
+		c.drop(r)
+		return
+	}
+	switch {
+	case isMartianSource(p.Src) || p.Src == c.wanAddr:
+		c.drop(nat.DropMartian)
+		return
+	case c.lan.contains(p.Src):
+		c.drop(nat.DropSpoofedLAN)
+		return
+	case c.lan.contains(p.Dst):
+		// Routed traffic for the LAN is accepted only from no-NAT networks;
+		// everyone else must come through a mapping.
+		if !c.noNAT.contains(p.Src) {
+			c.drop(nat.DropUnsolicited)
+			return
+		}
+		if p.IP.TTL() <= 1 {
+			c.drop(nat.DropTTLExceeded)
+			c.expiredFromWAN(p.Buf, o)
+			return
+		}
+		c.deliverLAN(buf, p, o)
+		return
+	case p.Dst != c.wanAddr:
+		c.drop(nat.DropMartian)
+		return
+	}
+	// Keep the packet as the remote sent it when it is about to expire:
+	// Time Exceeded must quote the original, not the translation.
+	var orig []byte
+	if p.IP.TTL() <= 1 {
+		if orig = o.newBuffer(); orig != nil {
+			orig = orig[c.offset : c.offset+copy(orig[c.offset:], p.Buf)]
+		}
+	}
+	r := c.nat.Inbound(p)
+	if r.Verdict != nat.VerdictToLAN {
+		return // dropped (counted by the engine) or the host's own
+	}
+	if p.IP.TTL() <= 1 {
+		if orig != nil {
+			c.expiredFromWAN(orig, o)
+		}
+		c.drop(nat.DropTTLExceeded)
+		return
+	}
+	c.deliverLAN(buf, p, o)
+}
+
+func (c *core) deliverLAN(buf []byte, p *nat.Packet, o *outbox) {
+	c.stats.WANToLANPackets.Add(1)
+	c.stats.WANToLANBytes.Add(uint64(len(p.Buf)))
+	o.toLAN(buf, len(p.Buf))
+}
+
+// expiredFromWAN answers a packet from the WAN whose TTL would run out on
+// the way to the LAN.
+func (c *core) expiredFromWAN(orig []byte, o *outbox) {
+	var q nat.Packet
+	if q.Parse(orig) != nat.DropNone || !mayAnswerWithError(&q) {
+		return
+	}
+	buf := o.newBuffer()
+	if buf == nil {
+		return
+	}
+	n := buildICMPError(buf[c.offset:], c.wanAddr, orig, header.ICMPv4TimeExceeded, header.ICMPv4TTLExceeded, 0)
+	c.stats.ICMPErrorsSent.Add(1)
+	o.toWAN(buf, n)
+}

@@ -1,0 +1,369 @@
+// Package router is vpnmasq's packet path and everything that touches the
+// host: the TUN device that captures LAN traffic, the WAN transport (raw
+// socket out, AF_PACKET capture in), the policy routing and nftables guards,
+// and the routing core that decides per packet and calls the NAT engine.
+//
+// One packet's way from LAN to WAN: the kernel forwards a LAN host's packet
+// into the TUN (policy rule "iif <lan> lookup <table>", default route dev
+// TUN) → tunLoop reads a batch → core.fromLAN parses it once into a
+// nat.Packet and decides (masquerade, route unchanged, local, drop) →
+// nat.Engine.Outbound rewrites it in place → outbox queues it → one batched
+// WAN.Write sends the batch through a raw IPv4 socket; the host kernel
+// routes it and resolves the neighbour. The reply: the WAN transport's
+// AF_PACKET socket (kernel BPF filter: the WAN address on NAT-owned ports and
+// protocols, or a LAN prefix) hands it to wanLoop → core.fromWAN →
+// nat.Engine.Inbound → TUN.Write, and the kernel forwards it to the LAN host.
+// The nftables input guard drops the host's own copy of those packets, so the
+// host never answers them with RST or ICMP unreachable.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/nat"
+)
+
+// packetOffset is the headroom before every packet in every buffer: the TUN
+// needs room for its virtio-net header (10 bytes), and using the same
+// headroom on the WAN side lets a buffer move between the sides uncopied.
+const packetOffset = 16
+
+// maxPacket is the largest IPv4 packet.
+const maxPacket = 65535
+
+// Router is one running vpnmasq instance.
+type Router struct {
+	cfg     *config.Config
+	log     zerolog.Logger
+	core    core
+	nat     *nat.Engine
+	spec    HostSpec
+	tunMTU  int
+	tun     tun.Device
+	wan     WAN
+	host    *Host
+	wg      sync.WaitGroup
+	closing chan struct{}
+}
+
+// New prepares a router from a resolved configuration. It changes nothing on
+// the host; Start does.
+func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error) {
+	wanIf, ok := h.Interface(cfg.WAN.Interface)
+	if !ok {
+		return nil, fmt.Errorf("wan.interface: no interface %q", cfg.WAN.Interface)
+	}
+	r := &Router{cfg: cfg, log: log, closing: make(chan struct{})}
+
+	var forwards []nat.Forward
+	ports := []config.PortRange{cfg.NAT.PortRange}
+	protocols := []uint8{nat.ProtoGRE, nat.ProtoESP, nat.ProtoAH}
+	var hairpinProtos []uint8
+	for _, f := range cfg.Forwards {
+		nf := nat.Forward{To: f.To, ToPort: f.ToPort, Ports: nat.PortRange{First: f.Port.First, Last: f.Port.Last}}
+		switch f.Proto {
+		case "tcp":
+			nf.Proto = nat.ProtoTCP
+			ports = append(ports, f.Port)
+		case "udp":
+			nf.Proto = nat.ProtoUDP
+			ports = append(ports, f.Port)
+		case "gre":
+			nf.Proto = nat.ProtoGRE
+			hairpinProtos = append(hairpinProtos, nf.Proto)
+		case "esp":
+			nf.Proto = nat.ProtoESP
+			hairpinProtos = append(hairpinProtos, nf.Proto)
+		default:
+			return nil, fmt.Errorf("forward: unknown proto %q", f.Proto)
+		}
+		forwards = append(forwards, nf)
+	}
+	filtering := nat.AddressDependentFiltering
+	if cfg.NAT.UDPFiltering == "endpoint-independent" {
+		filtering = nat.EndpointIndependentFiltering
+	}
+	r.nat = nat.New(nat.Config{
+		WANAddr:               cfg.WAN.Address,
+		Ports:                 nat.PortRange{First: cfg.NAT.PortRange.First, Last: cfg.NAT.PortRange.Last},
+		UDPTimeout:            cfg.NAT.UDPTimeout,
+		TCPEstablishedTimeout: cfg.NAT.TCPEstablishedTimeout,
+		TCPTransitoryTimeout:  cfg.NAT.TCPTransitoryTimeout,
+		ICMPTimeout:           cfg.NAT.ICMPTimeout,
+		UDPFiltering:          filtering,
+		MaxMappings:           cfg.NAT.MaxMappings,
+		Forwards:              forwards,
+		Clock:                 nat.SystemClock{},
+		Log:                   log.With().Str("component", "nat").Logger(),
+	})
+
+	var lanAddrs []netip.Prefix
+	tunMTU := wanIf.MTU
+	for _, name := range cfg.LAN.Interfaces {
+		li, ok := h.Interface(name)
+		if !ok {
+			return nil, fmt.Errorf("lan.interfaces: no interface %q", name)
+		}
+		lanAddrs = append(lanAddrs, li.Prefixes...)
+		// The TUN must take whatever the LAN delivers; the WAN MTU is
+		// enforced by the core, which answers with Fragmentation Needed.
+		tunMTU = max(tunMTU, li.MTU)
+	}
+	r.tunMTU = tunMTU
+	wanMTU := cfg.WAN.MTU
+	if wanMTU == 0 {
+		wanMTU = wanIf.MTU
+	}
+	r.core = core{
+		nat:      r.nat,
+		lan:      newPrefixSet(cfg.LAN.Prefixes),
+		noNAT:    newPrefixSet(cfg.Routing.NoNAT),
+		wanAddr:  cfg.WAN.Address.As4(),
+		service:  cfg.Services.Address.As4(),
+		wanMTU:   wanMTU,
+		offset:   packetOffset,
+		lanAddrs: lanAddrs,
+		log:      log,
+	}
+	capture := Capture{
+		Interface: cfg.WAN.Interface,
+		Addr:      cfg.WAN.Address,
+		Ports:     ports,
+		Protocols: protocols,
+		ICMP:      true,
+		Prefixes:  cfg.LAN.Prefixes,
+	}
+	r.spec = HostSpec{
+		TUN:              cfg.TUN.Name,
+		Table:            cfg.TUN.Table,
+		RulePriority:     cfg.TUN.RulePriority,
+		LANInterfaces:    cfg.LAN.Interfaces,
+		WANInterface:     cfg.WAN.Interface,
+		Capture:          capture,
+		HairpinPorts:     ports,
+		HairpinProtocols: hairpinProtos,
+		Log:              log.With().Str("component", "host").Logger(),
+	}
+	return r, nil
+}
+
+// Engine is the router's NAT engine (for status and tables).
+func (r *Router) Engine() *nat.Engine { return r.nat }
+
+// Stats are the router's traffic counters.
+func (r *Router) Stats() *Stats { return &r.core.stats }
+
+// Drops returns every drop counter that is not zero, router and engine
+// together, by reason name.
+func (r *Router) Drops() map[string]uint64 {
+	out := make(map[string]uint64)
+	for _, reason := range nat.AllDropReasons() {
+		if n := r.core.drops.Get(reason) + r.nat.Drops.Get(reason); n > 0 {
+			out[reason.String()] = n
+		}
+	}
+	return out
+}
+
+// Start removes what a previous run may have left, then creates the TUN,
+// opens the WAN transport and installs the host plumbing. On failure it
+// undoes what it did.
+func (r *Router) Start() error {
+	if err := CleanupStale(r.spec); err != nil {
+		return fmt.Errorf("removing leftovers of a previous run: %w", err)
+	}
+	dev, err := tun.CreateTUN(r.cfg.TUN.Name, r.tunMTU)
+	if err != nil {
+		return fmt.Errorf("creating TUN %q: %w", r.cfg.TUN.Name, err)
+	}
+	r.tun = dev
+	go func() {
+		// The device reports link events on a channel that blocks its
+		// netlink listener when nobody reads it.
+		for range dev.Events() {
+		}
+	}()
+	if r.wan, err = OpenWAN(r.spec.Capture); err != nil {
+		r.tun.Close()
+		return fmt.Errorf("opening WAN transport on %s: %w", r.cfg.WAN.Interface, err)
+	}
+	if r.host, err = SetupHost(r.spec); err != nil {
+		r.wan.Close()
+		r.tun.Close()
+		return fmt.Errorf("setting up host routing: %w", err)
+	}
+	return nil
+}
+
+// Run moves packets until ctx is done, then tears everything down.
+func (r *Router) Run(ctx context.Context) error {
+	errc := make(chan error, 2)
+	r.wg.Add(2)
+	go func() { defer r.wg.Done(); errc <- r.tunLoop() }()
+	go func() { defer r.wg.Done(); errc <- r.wanLoop() }()
+	ticker := time.NewTicker(time.Second)
+	defer ticker.Stop()
+	var runErr error
+	var lastDrops map[string]uint64
+	lastReport := time.Now()
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-errc:
+			runErr = err
+			break loop
+		case now := <-ticker.C:
+			r.nat.Expire()
+			if now.Sub(lastReport) >= 10*time.Second {
+				lastReport = now
+				lastDrops = r.reportDrops(lastDrops)
+			}
+		}
+	}
+	closeErr := r.Close()
+	return errors.Join(runErr, closeErr)
+}
+
+// reportDrops logs the drop counters at info when they changed, one line
+// for all reasons, so a flood is summarised instead of logged per packet.
+func (r *Router) reportDrops(last map[string]uint64) map[string]uint64 {
+	now := r.Drops()
+	changed := len(now) != len(last)
+	for k, v := range now {
+		if last[k] != v {
+			changed = true
+		}
+	}
+	if changed {
+		ev := r.log.Info()
+		for k, v := range now {
+			ev = ev.Uint64(k, v)
+		}
+		ev.Msg("drops")
+	}
+	return now
+}
+
+// Close stops the packet loops and removes everything Start added.
+func (r *Router) Close() error {
+	select {
+	case <-r.closing:
+		return nil
+	default:
+	}
+	close(r.closing)
+	var errs []error
+	if r.host != nil {
+		errs = append(errs, r.host.Close())
+	}
+	if r.wan != nil {
+		errs = append(errs, r.wan.Close())
+	}
+	if r.tun != nil {
+		errs = append(errs, r.tun.Close())
+	}
+	r.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// closed reports whether an I/O error just means Close was called.
+func (r *Router) closed(err error) bool {
+	select {
+	case <-r.closing:
+		return true
+	default:
+	}
+	return errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed)
+}
+
+// tunLoop reads batches of LAN packets from the TUN.
+func (r *Router) tunLoop() error {
+	batch := r.tun.BatchSize()
+	bufs, sizes := newBuffers(batch)
+	o := newOutbox(batch, packetOffset, 2*batch, max(r.core.wanMTU, maxICMPErrorLen))
+	var p nat.Packet
+	for {
+		n, err := r.tun.Read(bufs, sizes, packetOffset)
+		if err != nil {
+			if r.closed(err) {
+				return nil
+			}
+			if errors.Is(err, tun.ErrTooManySegments) {
+				r.log.Debug().Err(err).Msg("tun read")
+			} else {
+				return fmt.Errorf("reading TUN: %w", err)
+			}
+		}
+		o.reset()
+		for i := range n {
+			r.core.fromLAN(bufs[i], sizes[i], &p, o)
+		}
+		r.flush(o)
+	}
+}
+
+// wanLoop reads batches of captured WAN packets.
+func (r *Router) wanLoop() error {
+	batch := r.wan.BatchSize()
+	bufs, sizes := newBuffers(batch)
+	o := newOutbox(batch, packetOffset, batch, maxICMPErrorLen)
+	var p nat.Packet
+	for {
+		n, err := r.wan.Read(bufs, sizes, packetOffset)
+		if err != nil {
+			if r.closed(err) {
+				return nil
+			}
+			return fmt.Errorf("reading WAN: %w", err)
+		}
+		o.reset()
+		for i := range n {
+			r.core.fromWAN(bufs[i], sizes[i], &p, o)
+		}
+		r.flush(o)
+	}
+}
+
+// flush writes what one pass queued, one batch per side.
+func (r *Router) flush(o *outbox) {
+	if len(o.wan) > 0 {
+		if _, err := r.wan.Write(o.wan, packetOffset); err != nil && !r.closed(err) {
+			var we *WriteError
+			if errors.As(err, &we) {
+				for range we.Refused {
+					r.core.drop(nat.DropWriteFailed)
+				}
+			} else {
+				r.core.drop(nat.DropWriteFailed)
+			}
+			r.log.Debug().Err(err).Msg("wan write")
+		}
+	}
+	if len(o.lan) > 0 {
+		if _, err := r.tun.Write(o.lan, packetOffset); err != nil && !r.closed(err) {
+			r.core.drop(nat.DropWriteFailed)
+			r.log.Debug().Err(err).Msg("tun write")
+		}
+	}
+}
+
+func newBuffers(batch int) ([][]byte, []int) {
+	bufs := make([][]byte, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, packetOffset+maxPacket)
+	}
+	return bufs, make([]int, batch)
+}
