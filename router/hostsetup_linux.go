@@ -177,6 +177,24 @@ func (h *Host) setup(s HostSpec) error {
 		h.log.Debug().Str("device", s.TUN).Msg("reverse path filter not strict, left as it is")
 	}
 
+	// The core writes packets into the TUN whose source is one of this
+	// host's own addresses: ICMP errors from the router's LAN address, and
+	// hairpinned packets from the WAN address. Without accept_local the
+	// kernel drops them as martians. The setting dies with the device.
+	if err := ensureAcceptLocal(s.TUN); err != nil {
+		return fmt.Errorf("host: accept_local on %s: %w", s.TUN, err)
+	}
+
+	// vpnmasq routes IPv4 only. Without this the kernel sends its own IPv6
+	// chatter (router solicitations, MLD) into the TUN as soon as it is up.
+	// The setting dies with the device; where /proc/sys is read-only or
+	// IPv6 is off, there is nothing to silence.
+	if v6, err := ensureSysctl("net/ipv6/conf/"+s.TUN+"/disable_ipv6", "1"); err == nil {
+		v6.file.close()
+	} else {
+		h.log.Debug().Err(err).Str("device", s.TUN).Msg("IPv6 left enabled on the TUN")
+	}
+
 	if err := nl.LinkSetUp(tun); err != nil {
 		return fmt.Errorf("host: setting %s up: %w", s.TUN, err)
 	}

@@ -165,3 +165,29 @@ func ensureLooseRPFilter(dev string) (*sysctlChange, error) {
 	}
 	return &sysctlChange{file: f, restore: cur}, nil
 }
+
+// ensureAcceptLocal lets the kernel accept packets from dev whose source is
+// one of the host's own addresses. The kernel ORs the "all" and the device
+// value, so a container whose /proc/sys is read-only works when it was
+// started with net.ipv4.conf.all.accept_local=1 (or default, which the new
+// device inherits).
+func ensureAcceptLocal(dev string) error {
+	key := "net/ipv4/conf/" + dev + "/accept_local"
+	c, err := ensureSysctl(key, "1")
+	if err == nil {
+		return c.file.close()
+	}
+	for _, k := range []string{"net/ipv4/conf/all/accept_local", key} {
+		if f, ferr := openSysctl(k); ferr == nil {
+			v, _ := f.read()
+			f.close()
+			if v == "1" {
+				return nil
+			}
+		}
+	}
+	if isReadOnly(err) {
+		return fmt.Errorf("%w (start the container with --sysctl net.ipv4.conf.all.accept_local=1)", err)
+	}
+	return err
+}
