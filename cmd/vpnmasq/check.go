@@ -1,0 +1,152 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vpnmasq/vpnmasq/config"
+)
+
+// cmdCheck implements `vpnmasq check --config FILE`.
+func cmdCheck(args []string) int { return runCheck(args, os.Stdout, os.Stderr) }
+
+// runCheck loads and validates a configuration file without touching the
+// host. It prints every problem as "file:line: key: msg" and returns 2, or
+// prints "<file>: OK" and a summary and returns 0.
+func runCheck(args []string, stdout, stderr io.Writer) int {
+	flags := flag.NewFlagSet("check", flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	path := flags.String("config", "", "configuration `FILE` to check (required)")
+	flags.Usage = func() {
+		fmt.Fprintf(stderr, "usage: vpnmasq check --config FILE\n\n"+
+			"Loads and validates FILE without touching the host; values left to the\n"+
+			"host (interfaces, addresses, MTU) are filled in only by `vpnmasq run`.\n\n")
+		flags.PrintDefaults()
+	}
+	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if flags.NArg() > 0 {
+		fmt.Fprintf(stderr, "check: unexpected argument %q\n", flags.Arg(0))
+		flags.Usage()
+		return 2
+	}
+	if *path == "" {
+		fmt.Fprintln(stderr, "check: --config FILE is required")
+		flags.Usage()
+		return 2
+	}
+
+	c, err := config.Load(*path)
+	if err != nil {
+		var problems *config.Errors
+		if errors.As(err, &problems) {
+			for _, p := range *problems {
+				fmt.Fprintln(stderr, p)
+			}
+		} else {
+			fmt.Fprintln(stderr, err)
+		}
+		return 2
+	}
+	fmt.Fprintf(stdout, "%s: OK\n", *path)
+	printSummary(stdout, c)
+	return 0
+}
+
+// fromHost stands for a value Resolve will take from the host at run time.
+const fromHost = "(from the host at start)"
+
+func printSummary(out io.Writer, c *config.Config) {
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	row := func(key, value string) { fmt.Fprintf(w, "  %s\t%s\n", key, value) }
+	orHost := func(s string) string {
+		if s == "" {
+			return fromHost
+		}
+		return s
+	}
+
+	row("lan.interfaces", orHost(strings.Join(c.LAN.Interfaces, ", ")))
+	row("lan.prefixes", orHost(joinStrings(c.LAN.Prefixes)))
+	row("wan.interface", orHost(c.WAN.Interface))
+	if c.WAN.Address.IsValid() {
+		row("wan.address", c.WAN.Address.String())
+	} else {
+		row("wan.address", fromHost)
+	}
+	if c.WAN.MTU != 0 {
+		row("wan.mtu", fmt.Sprint(c.WAN.MTU))
+	} else {
+		row("wan.mtu", fromHost)
+	}
+	n := c.NAT
+	row("nat.port_range", fmt.Sprintf("%s (%d ports)", n.PortRange, n.PortRange.Len()))
+	row("nat timeouts", fmt.Sprintf("udp %s, tcp established %s, tcp transitory %s, icmp %s",
+		shortDuration(n.UDPTimeout), shortDuration(n.TCPEstablishedTimeout),
+		shortDuration(n.TCPTransitoryTimeout), shortDuration(n.ICMPTimeout)))
+	row("nat.udp_filtering", n.UDPFiltering)
+	row("nat.max_mappings", fmt.Sprint(n.MaxMappings))
+	if len(c.Routing.NoNAT) > 0 {
+		row("routing.no_nat", joinStrings(c.Routing.NoNAT))
+	} else {
+		row("routing.no_nat", "none")
+	}
+	if len(c.Forwards) == 0 {
+		row("forward", "none")
+	}
+	for i, f := range c.Forwards {
+		row(fmt.Sprintf("forward[%d]", i), describeForward(f))
+	}
+	row("services.address", c.Services.Address.String())
+	row("tun", fmt.Sprintf("%s, table %d, rule priority %d", c.TUN.Name, c.TUN.Table, c.TUN.RulePriority))
+	row("log", fmt.Sprintf("level %s, format %s", c.Log.Level, c.Log.Format))
+	w.Flush()
+}
+
+// describeForward reads like "tcp 8080 -> 192.168.77.10:80 (line 82)".
+func describeForward(f config.Forward) string {
+	var b strings.Builder
+	b.WriteString(f.Proto)
+	if !f.Port.IsZero() {
+		fmt.Fprintf(&b, " %s", f.Port)
+	}
+	fmt.Fprintf(&b, " -> %s", f.To)
+	if f.ToPort != 0 {
+		to := config.PortRange{First: f.ToPort, Last: f.ToPort + uint16(f.Port.Len()-1)}
+		fmt.Fprintf(&b, ":%s", to)
+	}
+	if f.Line > 0 {
+		fmt.Fprintf(&b, " (line %d)", f.Line)
+	}
+	return b.String()
+}
+
+// shortDuration prints 2h4m instead of time.Duration's 2h4m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+func joinStrings[T fmt.Stringer](list []T) string {
+	s := make([]string, len(list))
+	for i, v := range list {
+		s[i] = v.String()
+	}
+	return strings.Join(s, ", ")
+}

@@ -1,0 +1,52 @@
+// Command vpnmasq is a userspace IPv4 masquerading router that lets VPN
+// traffic through: LAN hosts point their default route at it, it captures
+// their packets on a TUN device, masquerades them behind the WAN address and
+// sends them out through a raw socket.
+//
+//	vpnmasq run [--config FILE]    run the router (embedded default without a file)
+//	vpnmasq check --config FILE    validate a configuration (exit 2 on errors)
+//	vpnmasq demo                   build a throwaway namespace lab and show it working
+//	vpnmasq version
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+const usage = `usage: vpnmasq <command> [flags]
+
+commands:
+  run [--config FILE]   run the router (default file: /etc/vpnmasq/vpnmasq.toml when it
+                        exists, else the embedded default)
+  check --config FILE   validate a configuration file; exit 2 on errors
+  demo                  build a throwaway network-namespace lab, route HTTP, UDP and
+                        ping through the real router, print the NAT table, clean up
+  version               print the version
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	cmd, args := os.Args[1], os.Args[2:]
+	switch cmd {
+	case "run":
+		os.Exit(cmdRun(args))
+	case "check":
+		os.Exit(cmdCheck(args))
+	case "demo":
+		os.Exit(cmdDemo(args))
+	case "version", "--version":
+		fmt.Println("vpnmasq", version)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "vpnmasq: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+}

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+
+	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/router"
+)
+
+// defaultConfigPath is read by `run` without --config when it exists (the
+// container image mounts the configuration there).
+const defaultConfigPath = "/etc/vpnmasq/vpnmasq.toml"
+
+func cmdRun(args []string) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	path := fs.String("config", "", "configuration file (TOML)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *path == "" {
+		if _, err := os.Stat(defaultConfigPath); err == nil {
+			*path = defaultConfigPath
+		}
+	}
+	var cfg *config.Config
+	if *path == "" {
+		cfg = config.Default()
+	} else {
+		var err error
+		if cfg, err = config.Load(*path); err != nil {
+			printConfigErrors(os.Stderr, err)
+			return 2
+		}
+	}
+	// Everything below reads the host; nothing changes it until Start.
+	host, err := config.ReadHost()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vpnmasq: reading interfaces: %v\n", err)
+		return 1
+	}
+	if err := cfg.Resolve(host); err != nil {
+		printConfigErrors(os.Stderr, err)
+		return 2
+	}
+	log := newLogger(cfg.Log, os.Stderr)
+	r, err := router.New(cfg, host, log)
+	if err != nil {
+		log.Error().Err(err).Msg("configuration")
+		return 2
+	}
+	log.Info().
+		Str("config", cfg.Source).
+		Str("wan", cfg.WAN.Interface).
+		Stringer("wan_addr", cfg.WAN.Address).
+		Int("wan_mtu", cfg.WAN.MTU).
+		Strs("lan", cfg.LAN.Interfaces).
+		Str("prefixes", joinStringers(cfg.LAN.Prefixes)).
+		Str("no_nat", joinStringers(cfg.Routing.NoNAT)).
+		Stringer("port_range", cfg.NAT.PortRange).
+		Int("forwards", len(cfg.Forwards)).
+		Stringer("service_addr", cfg.Services.Address).
+		Msg("starting")
+	// Signals are caught before anything changes on the host: a SIGTERM
+	// during start-up still ends in a clean teardown, never in Go's default
+	// exit that would leave rules and tables behind.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	if err := r.Start(); err != nil {
+		log.Error().Err(err).Msg("start failed; host left unchanged")
+		return 1
+	}
+	log.Info().
+		Str("tun", cfg.TUN.Name).
+		Str("wan", cfg.WAN.Interface).
+		Stringer("wan_addr", cfg.WAN.Address).
+		Strs("lan", cfg.LAN.Interfaces).
+		Str("prefixes", joinStringers(cfg.LAN.Prefixes)).
+		Stringer("port_range", cfg.NAT.PortRange).
+		Msg("router ready")
+
+	go func() {
+		for range usr1 {
+			dumpTable(log, r)
+		}
+	}()
+	if err := r.Run(ctx); err != nil {
+		log.Error().Err(err).Msg("router failed")
+		return 1
+	}
+	log.Info().Msg("router stopped")
+	return 0
+}
+
+// dumpTable logs the NAT table, one line per mapping (SIGUSR1).
+func dumpTable(log zerolog.Logger, r *router.Router) {
+	ms := r.Engine().Mappings()
+	for _, m := range ms {
+		log.Info().
+			Str("proto", m.Proto).
+			Stringer("lan", m.LAN).
+			Stringer("wan", m.WAN).
+			Stringer("remote", m.Remote).
+			Int("flows", m.Flows).
+			Bool("static", m.Static).
+			Str("age", m.Age.Round(time.Millisecond).String()).
+			Str("idle", m.Idle.Round(time.Millisecond).String()).
+			Msg("nat mapping")
+	}
+	log.Info().Int("mappings", len(ms)).Msg("nat table")
+}
+
+// newLogger builds the zerolog logger the configuration asks for: console
+// output on a terminal, JSON otherwise ("auto").
+func newLogger(c config.Log, w *os.File) zerolog.Logger {
+	level, err := zerolog.ParseLevel(c.Level)
+	if err != nil || c.Level == "" {
+		level = zerolog.InfoLevel
+	}
+	var out io.Writer = w
+	switch c.Format {
+	case "console":
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+	case "json":
+	default:
+		if isatty.IsTerminal(w.Fd()) {
+			out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+		}
+	}
+	return zerolog.New(out).Level(level).With().Timestamp().Logger()
+}
+
+// printConfigErrors prints each configuration problem on its own line.
+func printConfigErrors(w io.Writer, err error) {
+	var es *config.Errors
+	if errors.As(err, &es) {
+		for _, e := range *es {
+			fmt.Fprintln(w, e.Error())
+		}
+		return
+	}
+	fmt.Fprintln(w, err)
+}
+
+func joinStringers[T fmt.Stringer](xs []T) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = x.String()
+	}
+	return strings.Join(s, ",")
+}
