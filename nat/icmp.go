@@ -12,17 +12,12 @@ func (h *icmpHandler) Outbound(p *Packet, now int64) Result {
 		return drop(DropUnsupported)
 	}
 	t := &h.e.table
-	m, r := t.mapOutbound(ProtoICMP, endpoint{p.Src, p.SrcPort}, now)
-	if m == nil {
+	f, _, r := t.outboundFlow(ProtoICMP, endpoint{p.Src, p.SrcPort}, endpoint{p.Dst, 0}, now)
+	if f == nil {
 		return r
 	}
-	remote := endpoint{p.Dst, 0}
-	f := t.flow(m, remote, now)
-	if f == nil {
-		f = t.addFlow(m, remote, now)
-	}
 	t.touch(f, now, h.e.cfg.ICMPTimeout)
-	rewriteSrc(p, h.e.wan, m.Ext)
+	rewriteSrc(p, h.e.wan, f.m.Ext)
 	return toWAN
 }
 

@@ -148,6 +148,20 @@ func (t *table) mapOutbound(proto uint8, in endpoint, now int64) (*Mapping, Resu
 	return m, Result{}
 }
 
+// outboundFlow returns the flow from the internal endpoint in to remote,
+// creating the mapping and the flow as needed; created reports a new flow.
+// On failure f is nil and r says why.
+func (t *table) outboundFlow(proto uint8, in, remote endpoint, now int64) (f *Flow, created bool, r Result) {
+	m, r := t.mapOutbound(proto, in, now)
+	if m == nil {
+		return nil, false, r
+	}
+	if f = t.flow(m, remote, now); f != nil {
+		return f, false, r
+	}
+	return t.addFlow(m, remote, now), true, r
+}
+
 // lookupExt finds the mapping behind an external port.
 func (t *table) lookupExt(proto uint8, ext uint16) *Mapping {
 	return t.byExt[extKey{proto, ext}]

@@ -59,23 +59,18 @@ func (h *tcpHandler) timeout(s tcpState) time.Duration {
 
 func (h *tcpHandler) Outbound(p *Packet, now int64) Result {
 	t := &h.e.table
-	m, r := t.mapOutbound(ProtoTCP, endpoint{p.Src, p.SrcPort}, now)
-	if m == nil {
+	f, created, r := t.outboundFlow(ProtoTCP, endpoint{p.Src, p.SrcPort}, endpoint{p.Dst, p.DstPort}, now)
+	if f == nil {
 		return r
 	}
-	remote := endpoint{p.Dst, p.DstPort}
-	f := t.flow(m, remote, now)
-	if f == nil {
-		f = t.addFlow(m, remote, now)
-		if p.TCPFlags&header.TCPFlagSyn == 0 {
-			// Picked up mid-stream (e.g. after a restart): the handshake
-			// happened before we were watching.
-			f.tcp = tcpSynOut | tcpSynIn
-		}
+	if created && p.TCPFlags&header.TCPFlagSyn == 0 {
+		// Picked up mid-stream (e.g. after a restart): the handshake
+		// happened before we were watching.
+		f.tcp = tcpSynOut | tcpSynIn
 	}
 	f.tcp.update(p.TCPFlags, true)
 	t.touch(f, now, h.timeout(f.tcp))
-	rewriteSrc(p, h.e.wan, m.Ext)
+	rewriteSrc(p, h.e.wan, f.m.Ext)
 	return toWAN
 }
 

@@ -7,17 +7,12 @@ type udpHandler struct{ e *Engine }
 
 func (h *udpHandler) Outbound(p *Packet, now int64) Result {
 	t := &h.e.table
-	m, r := t.mapOutbound(ProtoUDP, endpoint{p.Src, p.SrcPort}, now)
-	if m == nil {
+	f, _, r := t.outboundFlow(ProtoUDP, endpoint{p.Src, p.SrcPort}, endpoint{p.Dst, p.DstPort}, now)
+	if f == nil {
 		return r
 	}
-	remote := endpoint{p.Dst, p.DstPort}
-	f := t.flow(m, remote, now)
-	if f == nil {
-		f = t.addFlow(m, remote, now)
-	}
 	t.touch(f, now, h.e.cfg.UDPTimeout)
-	rewriteSrc(p, h.e.wan, m.Ext)
+	rewriteSrc(p, h.e.wan, f.m.Ext)
 	return toWAN
 }
 

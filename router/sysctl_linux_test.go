@@ -168,8 +168,22 @@ func TestSysctlReadOnlyProcSysExplainsTheFix(t *testing.T) {
 		t.Fatalf("left behind: %v", left)
 	}
 
-	t.Run("with forwarding on and reverse path filtering not strict a read-only /proc/sys is fine", func(t *testing.T) {
+	t.Run("with forwarding on but accept_local unset a read-only /proc/sys it fails and says how to fix it", func(t *testing.T) {
 		run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		err := inNetnsWithReadOnlySys(t, lab.router, func() error {
+			h, err := SetupHost(lab.spec())
+			if err == nil {
+				h.Close()
+			}
+			return err
+		})
+		if err == nil || !strings.Contains(err.Error(), "--sysctl net.ipv4.conf.all.accept_local=1") {
+			t.Fatalf("got %v, want an error pointing at net.ipv4.conf.all.accept_local", err)
+		}
+	})
+	t.Run("with forwarding on, accept_local on for all and reverse path filtering not strict a read-only /proc/sys is fine", func(t *testing.T) {
+		run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.conf.all.accept_local=1")
 		err := inNetnsWithReadOnlySys(t, lab.router, func() error {
 			h, err := SetupHost(lab.spec())
 			if err != nil {

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -66,8 +65,8 @@ func cmdRun(args []string) int {
 		Stringer("wan_addr", cfg.WAN.Address).
 		Int("wan_mtu", cfg.WAN.MTU).
 		Strs("lan", cfg.LAN.Interfaces).
-		Str("prefixes", joinStringers(cfg.LAN.Prefixes)).
-		Str("no_nat", joinStringers(cfg.Routing.NoNAT)).
+		Str("prefixes", joinStrings(cfg.LAN.Prefixes)).
+		Str("no_nat", joinStrings(cfg.Routing.NoNAT)).
 		Stringer("port_range", cfg.NAT.PortRange).
 		Int("forwards", len(cfg.Forwards)).
 		Stringer("service_addr", cfg.Services.Address).
@@ -88,7 +87,7 @@ func cmdRun(args []string) int {
 		Str("wan", cfg.WAN.Interface).
 		Stringer("wan_addr", cfg.WAN.Address).
 		Strs("lan", cfg.LAN.Interfaces).
-		Str("prefixes", joinStringers(cfg.LAN.Prefixes)).
+		Str("prefixes", joinStrings(cfg.LAN.Prefixes)).
 		Stringer("port_range", cfg.NAT.PortRange).
 		Msg("router ready")
 
@@ -153,12 +152,4 @@ func printConfigErrors(w io.Writer, err error) {
 		return
 	}
 	fmt.Fprintln(w, err)
-}
-
-func joinStringers[T fmt.Stringer](xs []T) string {
-	s := make([]string, len(xs))
-	for i, x := range xs {
-		s[i] = x.String()
-	}
-	return strings.Join(s, ",")
 }
