@@ -507,6 +507,16 @@ func (s *sha256Counter) Sum() (sum [32]byte) {
 // length and SHA-256.
 func curlBlob(t *testing.T, ns *lab.NS, url string, size int64, timeout time.Duration) {
 	t.Helper()
+	msg, err := fetchBlob(ns, url, size, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(msg)
+}
+
+// fetchBlob is curlBlob without the test: safe to call from goroutines.
+// It returns a summary line on success.
+func fetchBlob(ns *lab.NS, url string, size int64, timeout time.Duration) (string, error) {
 	want := make(chan [32]byte, 1)
 	go func() { want <- lab.BlobSHA256(size) }()
 
@@ -521,15 +531,15 @@ func curlBlob(t *testing.T, ns *lab.NS, url string, size int64, timeout time.Dur
 	err := cmd.Run()
 	elapsed := time.Since(start)
 	if err != nil {
-		t.Fatalf("curl %s in %s: %v after %v, %d bytes received: %s", url, ns.Name, err, elapsed.Round(time.Millisecond), got.n, stderr)
+		return "", fmt.Errorf("curl %s in %s: %v after %v, %d bytes received: %s", url, ns.Name, err, elapsed.Round(time.Millisecond), got.n, stderr)
 	}
 	if got.n != size {
-		t.Fatalf("curl received %d bytes, want %d", got.n, size)
+		return "", fmt.Errorf("curl in %s received %d bytes, want %d", ns.Name, got.n, size)
 	}
 	if sum := got.Sum(); sum != <-want {
-		t.Fatalf("SHA-256 of the %d downloaded bytes does not match the server's content", size)
+		return "", fmt.Errorf("SHA-256 of the %d bytes %s downloaded does not match the server's content", size, ns.Name)
 	}
-	t.Logf("downloaded %d bytes in %v (%.0f Mbit/s), SHA-256 matches", size, elapsed.Round(time.Millisecond), float64(size)*8/elapsed.Seconds()/1e6)
+	return fmt.Sprintf("%s downloaded %d bytes in %v (%.0f Mbit/s), SHA-256 matches", ns.Name, size, elapsed.Round(time.Millisecond), float64(size)*8/elapsed.Seconds()/1e6), nil
 }
 
 // routerState captures what vpnmasq may change in the router namespace.

@@ -44,6 +44,27 @@ func TestMasqueradeCarriesLANTrafficToTheWAN(t *testing.T) {
 		}
 	})
 
+	t.Run("lan1 and lan2 download 20 MB each at the same time, both with a matching SHA-256", func(t *testing.T) {
+		const size = 20 << 20
+		var wg sync.WaitGroup
+		msgs, errs := make([]string, 2), make([]error, 2)
+		for i, ns := range []*lab.NS{l.LAN1, l.LAN2} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				msgs[i], errs[i] = fetchBlob(ns, fmt.Sprintf("http://198.18.0.2/blob?bytes=%d", size), size, 120*time.Second)
+			}()
+		}
+		wg.Wait()
+		for i := range errs {
+			if errs[i] != nil {
+				t.Error(errs[i])
+			} else {
+				t.Log(msgs[i])
+			}
+		}
+	})
+
 	t.Run("lan1 and lan2 using the same UDP source port both get answers, via two distinct WAN ports", func(t *testing.T) {
 		before := len(echo.Peers())
 		var wg sync.WaitGroup
@@ -173,8 +194,13 @@ func TestUnsolicitedWANTrafficReachesNoLANHost(t *testing.T) {
 	t.Run("TCP SYN and UDP to ports outside the NAT range reach no LAN host", func(t *testing.T) {
 		checkLAN := lanCaptures(t)
 		// The host's own stack answers these (RST, port unreachable) as it
-		// would without vpnmasq; only the LAN side matters here.
-		_ = probeAll(l.WAN, []int{22, 5555, 40000})
+		// would without vpnmasq: the host's own traffic outside the NAT
+		// range keeps working. Every probe getting its answer is also the
+		// proof that the probes of the NAT range above really went out.
+		ports := []int{22, 5555, 40000}
+		if answered := probeAll(l.WAN, ports); len(answered) != 2*len(ports) {
+			t.Errorf("the host answered %d of %d probes outside the NAT range, want all: %v", len(answered), 2*len(ports), answered)
+		}
 		checkLAN()
 	})
 
