@@ -95,6 +95,26 @@ func TestMasqueradeCarriesLANTrafficToTheWAN(t *testing.T) {
 		}
 	})
 
+	t.Run("an ICMP port unreachable from the WAN host is translated back to lan1's socket", func(t *testing.T) {
+		// Nothing listens on 198.18.0.2:5: the WAN host answers with ICMP
+		// port unreachable about the masqueraded datagram, and the router
+		// must rewrite the error and its embedded header so that lan1's
+		// connected socket sees ECONNREFUSED.
+		c, err := l.LAN1.DialFrom(context.Background(), nil, "udp4", "198.18.0.2:5")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("anyone there?")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		_, err = c.Read(make([]byte, 100))
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("read on lan1's socket returned %v, want ECONNREFUSED from the translated ICMP error", err)
+		}
+	})
+
 	t.Run("SIGUSR1 lists the live UDP mappings of lan1 and lan2", func(t *testing.T) {
 		mappings, err := r.natMappings()
 		if err != nil {
