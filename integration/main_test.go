@@ -408,7 +408,7 @@ type capture struct {
 // until it is listening. It is stopped at the latest when the test ends.
 func startCapture(t *testing.T, ns *lab.NS, ifname, filter string) *capture {
 	t.Helper()
-	args := []string{"netns", "exec", ns.Name, "tcpdump", "-i", ifname, "-n", "-l", "-p", "-vv", filter}
+	args := []string{"netns", "exec", ns.Name, "tcpdump", "--immediate-mode", "-i", ifname, "-n", "-l", "-p", "-vv", filter}
 	// `ip netns exec` execs tcpdump in place, so the PID is tcpdump's.
 	cmd := exec.Command("ip", args...)
 	c := &capture{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
@@ -450,8 +450,11 @@ func startCapture(t *testing.T, ns *lab.NS, ifname, filter string) *capture {
 	return c
 }
 
-// stop ends the capture and returns the packets it printed.
+// stop ends the capture and returns the packets it printed. It first
+// gives tcpdump a moment to print what is still in flight: a test asserting
+// that nothing was captured must not pass merely because it asked too soon.
 func (c *capture) stop() []string {
+	time.Sleep(200 * time.Millisecond)
 	_ = c.cmd.Process.Signal(syscall.SIGINT)
 	select {
 	case <-c.done:

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -171,6 +172,55 @@ func TestPathMTUOfASmallerWANLinkIsReportedAndRespected(t *testing.T) {
 		// error and "message too long, mtu=1280" once the route has learnt it.
 		if !strings.Contains(out, "mtu = 1280") && !strings.Contains(out, "mtu=1280") {
 			t.Errorf("ping output names no mtu 1280:\n%s", out)
+		}
+	})
+	t.Run("a 1400-byte UDP datagram from lan2 without DF is fragmented by the router and its fragmented echo comes back whole", func(t *testing.T) {
+		echo, err := lab.ServeUDPEcho(l.WAN, "198.18.0.2:7")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer echo.Close()
+		var conn net.PacketConn
+		// From lan2: lan1 has learnt the 1280-byte path MTU from the ping
+		// above and would fragment the datagram itself.
+		err = l.LAN2.Do(func() (err error) {
+			lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				if err := rc.Control(func(fd uintptr) {
+					// Clear DF: the datagram must be fragmented on the way.
+					serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_MTU_DISCOVER, syscall.IP_PMTUDISC_DONT)
+				}); err != nil {
+					return err
+				}
+				return serr
+			}}
+			conn, err = lc.ListenPacket(context.Background(), "udp4", "0.0.0.0:0")
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		lanCap := startCapture(t, l.LAN2, lab.HostIf, "ip and dst host 198.18.0.2")
+		wanCap := startCapture(t, l.WAN, lab.HostIf, "udp or (ip[6:2] & 0x1fff != 0)")
+		payload := bytes.Repeat([]byte("fragment me "), 1400/12+1)[:1400]
+		if _, err := conn.WriteTo(payload, &net.UDPAddr{IP: net.IPv4(198, 18, 0, 2), Port: 7}); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 2000)
+		n, _, err := conn.ReadFrom(buf)
+		if err != nil || !bytes.Equal(buf[:n], payload) {
+			t.Errorf("echo of the 1400-byte datagram: got %d bytes, %v", n, err)
+		}
+		// The datagram left lan2 whole (1428 bytes with headers): the
+		// fragments on the WAN link are the router's.
+		if sent := strings.Join(lanCap.stop(), "\n"); !strings.Contains(sent, "length 1428") {
+			t.Errorf("lan2 did not send the datagram in one piece:\n%s", sent)
+		}
+		pkts := strings.Join(wanCap.stop(), "\n")
+		if !strings.Contains(pkts, "198.18.0.1") || !strings.Contains(pkts, "flags [+]") {
+			t.Errorf("no fragments from 198.18.0.1 seen on the WAN link:\n%s", pkts)
 		}
 	})
 	t.Run("HTTP download of 8 MB completes with a matching SHA-256", func(t *testing.T) {
