@@ -22,6 +22,7 @@ type Config struct {
 	NAT      NAT       `toml:"nat"`
 	Routing  Routing   `toml:"routing"`
 	Forwards []Forward `toml:"forward"`
+	IPsec    IPsec     `toml:"ipsec"`
 	Services Services  `toml:"services"`
 	TUN      TUN       `toml:"tun"`
 	Log      Log       `toml:"log"`
@@ -66,6 +67,16 @@ type Forward struct {
 	To     netip.Addr `toml:"-"`
 	ToPort uint16     `toml:"-"` // 0: same as the external port
 	Line   int        `toml:"-"` // line of the [[forward]] table in the file, for messages
+}
+
+// IPsec holds the lifetimes and limits of IKE and ESP masquerading.
+type IPsec struct {
+	IKETimeout time.Duration `toml:"ike_timeout"` // IKE session idle lifetime, default 35m (must outlast rekeys)
+	ESPTimeout time.Duration `toml:"esp_timeout"` // established SPI pair idle lifetime, default 35m
+	ESPWait    time.Duration `toml:"esp_wait"`    // a new outbound SPI holds its remote this long, default 2m
+	ESPRetries int           `toml:"esp_retries"` // re-arms of that wait before squelching, default 5
+	ESPSquelch time.Duration `toml:"esp_squelch"` // how long a squelched SPI is dropped, default 30s
+	MaxESP     int           `toml:"max_esp"`     // most SPI pairs at once, default 4096
 }
 
 // Services is the router's own address for local services (netstack).

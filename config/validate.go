@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 	"unicode"
 )
 
@@ -41,6 +42,7 @@ var reservedTables = map[int]string{253: "default", 254: "main", 255: "local"}
 func validate(c *Config, pos *positions) Errors {
 	v := &validator{c: c, pos: pos}
 	v.nat()
+	v.ipsec()
 	v.lan()
 	v.wan()
 	v.routing()
@@ -90,6 +92,29 @@ func (v *validator) nat() {
 	}
 	if n.MaxMappings <= 0 {
 		v.errorf("nat.max_mappings", "must be at least 1")
+	}
+}
+
+func (v *validator) ipsec() {
+	c := v.c.IPsec
+	for _, t := range []struct {
+		key   string
+		value time.Duration
+	}{
+		{"ipsec.ike_timeout", c.IKETimeout},
+		{"ipsec.esp_timeout", c.ESPTimeout},
+		{"ipsec.esp_wait", c.ESPWait},
+		{"ipsec.esp_squelch", c.ESPSquelch},
+	} {
+		if t.value <= 0 {
+			v.errorf(t.key, "must be a positive duration")
+		}
+	}
+	if c.ESPRetries < 1 {
+		v.errorf("ipsec.esp_retries", "must be at least 1")
+	}
+	if c.MaxESP < 1 {
+		v.errorf("ipsec.max_esp", "must be at least 1")
 	}
 }
 

@@ -59,6 +59,7 @@ type Config struct {
 	UDPFiltering          Filtering
 	MaxMappings           int
 	Forwards              []Forward
+	IPsec                 IPsecConfig
 	Clock                 Clock
 	Log                   zerolog.Logger
 }
@@ -118,6 +119,8 @@ type Engine struct {
 	handlers [256]Handler
 	table    table
 	frags    fragTable
+	ike      ikeTracker
+	esp      *espHandler
 	Drops    DropCounters
 }
 
@@ -145,6 +148,7 @@ func New(cfg Config) *Engine {
 	if cfg.Clock == nil {
 		cfg.Clock = SystemClock{}
 	}
+	cfg.IPsec = cfg.IPsec.withDefaults()
 	e := &Engine{
 		cfg:   cfg,
 		wan:   cfg.WANAddr.As4(),
@@ -157,10 +161,18 @@ func New(cfg Config) *Engine {
 	e.handlers[ProtoTCP] = &tcpHandler{e: e}
 	e.handlers[ProtoUDP] = &udpHandler{e: e}
 	e.handlers[ProtoICMP] = &icmpHandler{e: e}
+	e.ike.init(e)
+	e.esp = newESPHandler(e)
+	e.handlers[ProtoESP] = e.esp
+	e.handlers[ProtoAH] = &ahHandler{e: e, logged: make(map[hostRemote]bool)}
 	for _, f := range cfg.Forwards {
 		switch f.Proto {
 		case ProtoTCP, ProtoUDP:
 			e.table.addForward(f)
+		case ProtoESP:
+			// The ESP handler keeps associating other hosts' SPIs; the
+			// forward takes the inbound SPIs no pair claims.
+			e.esp.forward, e.esp.forwardTo = true, f.To.As4()
 		default:
 			e.handlers[f.Proto] = &wholeProtoForward{e: e, proto: f.Proto, to: f.To.As4()}
 		}
@@ -266,6 +278,8 @@ func (e *Engine) Expire() {
 	now := e.now()
 	e.table.expire(now)
 	e.frags.expire(now)
+	e.ike.expire(now)
+	e.esp.expire(now)
 }
 
 // dur converts a configured duration to engine nanoseconds.

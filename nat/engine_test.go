@@ -189,6 +189,9 @@ func TestWholeProtocolForward(t *testing.T) {
 				t.Errorf("left as %v→%v", p.SrcAddr(), p.DstAddr())
 			}
 		})
+		if proto == ProtoESP {
+			continue // other hosts' ESP is associated by SPI: esp_test.go
+		}
 		t.Run(name+" from another lan host is dropped", func(t *testing.T) {
 			l := newLab(t, Config{Forwards: []Forward{{Proto: proto, To: lanB}}})
 			r, _ := l.out(buildIPv4(ipHdr{src: lanA, dst: remote1, proto: proto}, body))

@@ -8,46 +8,62 @@ import "sync/atomic"
 type DropReason uint8
 
 const (
-	DropNone            DropReason = iota
-	DropMalformed                  // truncated or inconsistent headers
-	DropNotIPv4                    // version nibble is not 4
-	DropBadChecksum                // IPv4 header checksum wrong
-	DropBadICMPChecksum            // ICMP error with a bad ICMP or embedded IP checksum (RFC 5508 REQ-3)
-	DropMartian                    // source or destination that must never be routed
-	DropSpoofedLAN                 // LAN source address arriving from the WAN
-	DropUnsolicited                // inbound traffic that matches no mapping or forward
-	DropUnsupported                // an IP protocol the NAT cannot masquerade
-	DropNoPorts                    // port range exhausted for this protocol
-	DropTableFull                  // max_mappings reached
-	DropFragment                   // fragment whose first fragment was not seen
-	DropTTLExceeded                // TTL would reach zero (ICMP Time Exceeded sent)
-	DropTooBig                     // larger than the WAN MTU with DF set (Fragmentation Needed sent)
-	DropICMPError                  // ICMP error that matches no mapping
-	DropNoService                  // addressed to the service address, no service answers yet
-	DropLANtoWANAddr               // LAN host to the WAN address on a port the NAT does not own
-	DropWriteFailed                // the kernel refused to send it
+	DropNone               DropReason = iota
+	DropMalformed                     // truncated or inconsistent headers
+	DropNotIPv4                       // version nibble is not 4
+	DropBadChecksum                   // IPv4 header checksum wrong
+	DropBadICMPChecksum               // ICMP error with a bad ICMP or embedded IP checksum (RFC 5508 REQ-3)
+	DropMartian                       // source or destination that must never be routed
+	DropSpoofedLAN                    // LAN source address arriving from the WAN
+	DropUnsolicited                   // inbound traffic that matches no mapping or forward
+	DropUnsupported                   // an IP protocol the NAT cannot masquerade
+	DropNoPorts                       // port range exhausted for this protocol
+	DropTableFull                     // max_mappings reached
+	DropFragment                      // fragment whose first fragment was not seen
+	DropTTLExceeded                   // TTL would reach zero (ICMP Time Exceeded sent)
+	DropTooBig                        // larger than the WAN MTU with DF set (Fragmentation Needed sent)
+	DropICMPError                     // ICMP error that matches no mapping
+	DropNoService                     // addressed to the service address, no service answers yet
+	DropLANtoWANAddr                  // LAN host to the WAN address on a port the NAT does not own
+	DropWriteFailed                   // the kernel refused to send it
+	DropIKEMalformed                  // UDP 500/4500 payload that is not IKE, NAT-T ESP or a keepalive
+	DropIKECollision                  // IKE initiator SPI live for another LAN host to the same remote
+	DropESPZeroSPI                    // ESP with the reserved SPI 0
+	DropESPHeldBack                   // new outbound SPI while another host's new SPI to the remote waits
+	DropESPSquelched                  // outbound SPI that never got an answer, squelched for a while
+	DropESPSpoofed                    // inbound ESP with an SPI bound to another remote address
+	DropESPUnbound                    // inbound ESP whose SPI no LAN host can own yet
+	DropAHNotMasqueradable            // AH would need masquerading, which its integrity check forbids
 	numDropReasons
 )
 
 var dropReasonNames = [numDropReasons]string{
-	DropNone:            "none",
-	DropMalformed:       "malformed",
-	DropNotIPv4:         "not_ipv4",
-	DropBadChecksum:     "bad_checksum",
-	DropBadICMPChecksum: "bad_icmp_checksum",
-	DropMartian:         "martian",
-	DropSpoofedLAN:      "spoofed_lan_source",
-	DropUnsolicited:     "unsolicited",
-	DropUnsupported:     "unsupported_protocol",
-	DropNoPorts:         "no_free_port",
-	DropTableFull:       "table_full",
-	DropFragment:        "unmatched_fragment",
-	DropTTLExceeded:     "ttl_exceeded",
-	DropTooBig:          "too_big",
-	DropICMPError:       "icmp_error_unmatched",
-	DropNoService:       "no_local_service",
-	DropLANtoWANAddr:    "lan_to_wan_address",
-	DropWriteFailed:     "write_failed",
+	DropNone:               "none",
+	DropMalformed:          "malformed",
+	DropNotIPv4:            "not_ipv4",
+	DropBadChecksum:        "bad_checksum",
+	DropBadICMPChecksum:    "bad_icmp_checksum",
+	DropMartian:            "martian",
+	DropSpoofedLAN:         "spoofed_lan_source",
+	DropUnsolicited:        "unsolicited",
+	DropUnsupported:        "unsupported_protocol",
+	DropNoPorts:            "no_free_port",
+	DropTableFull:          "table_full",
+	DropFragment:           "unmatched_fragment",
+	DropTTLExceeded:        "ttl_exceeded",
+	DropTooBig:             "too_big",
+	DropICMPError:          "icmp_error_unmatched",
+	DropNoService:          "no_local_service",
+	DropLANtoWANAddr:       "lan_to_wan_address",
+	DropWriteFailed:        "write_failed",
+	DropIKEMalformed:       "ike_malformed",
+	DropIKECollision:       "ike_cookie_collision",
+	DropESPZeroSPI:         "esp_zero_spi",
+	DropESPHeldBack:        "esp_held_back",
+	DropESPSquelched:       "esp_squelched",
+	DropESPSpoofed:         "esp_spoofed",
+	DropESPUnbound:         "esp_unbound",
+	DropAHNotMasqueradable: "ah_not_masqueradable",
 }
 
 func (r DropReason) String() string {

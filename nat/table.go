@@ -167,6 +167,12 @@ func (t *table) lookupExt(proto uint8, ext uint16) *Mapping {
 	return t.byExt[extKey{proto, ext}]
 }
 
+// isForwarded reports whether a port forward owns the internal endpoint.
+func (t *table) isForwarded(proto uint8, in endpoint) bool {
+	m := t.byInt[intKey{proto, in}]
+	return m != nil && m.Static
+}
+
 // lookupInt finds the mapping of an internal endpoint without creating one.
 func (t *table) lookupInt(proto uint8, in endpoint) *Mapping {
 	return t.byInt[intKey{proto, in}]

@@ -7,6 +7,11 @@ type udpHandler struct{ e *Engine }
 
 func (h *udpHandler) Outbound(p *Packet, now int64) Result {
 	t := &h.e.table
+	if (p.SrcPort == PortIKE || p.SrcPort == PortNATT) && !t.isForwarded(ProtoUDP, endpoint{p.Src, p.SrcPort}) {
+		if r, handled := h.ikeOutbound(p, now); handled {
+			return r
+		}
+	}
 	f, _, r := t.outboundFlow(ProtoUDP, endpoint{p.Src, p.SrcPort}, endpoint{p.Dst, p.DstPort}, now)
 	if f == nil {
 		return r
@@ -19,6 +24,11 @@ func (h *udpHandler) Outbound(p *Packet, now int64) Result {
 func (h *udpHandler) Inbound(p *Packet, now int64) Result {
 	t := &h.e.table
 	m := t.lookupExt(ProtoUDP, p.DstPort)
+	if m == nil && (p.DstPort == PortIKE || p.DstPort == PortNATT) {
+		if r, handled := h.ikeInbound(p, now); handled {
+			return r
+		}
+	}
 	if m == nil {
 		return drop(DropUnsolicited)
 	}

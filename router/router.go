@@ -67,7 +67,9 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 	r := &Router{cfg: cfg, log: log, closing: make(chan struct{})}
 
 	var forwards []nat.Forward
-	ports := []config.PortRange{cfg.NAT.PortRange}
+	// The NAT owns its mapping range and, for IKE and NAT-T, UDP 500 and
+	// 4500 on the WAN address (a LAN host's IKE keeps port 500).
+	ports := []config.PortRange{cfg.NAT.PortRange, {First: nat.PortIKE, Last: nat.PortIKE}, {First: nat.PortNATT, Last: nat.PortNATT}}
 	protocols := []uint8{nat.ProtoGRE, nat.ProtoESP, nat.ProtoAH}
 	var hairpinProtos []uint8
 	for _, f := range cfg.Forwards {
@@ -104,8 +106,16 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 		UDPFiltering:          filtering,
 		MaxMappings:           cfg.NAT.MaxMappings,
 		Forwards:              forwards,
-		Clock:                 nat.SystemClock{},
-		Log:                   log.With().Str("component", "nat").Logger(),
+		IPsec: nat.IPsecConfig{
+			IKETimeout: cfg.IPsec.IKETimeout,
+			ESPTimeout: cfg.IPsec.ESPTimeout,
+			ESPWait:    cfg.IPsec.ESPWait,
+			ESPRetries: cfg.IPsec.ESPRetries,
+			ESPSquelch: cfg.IPsec.ESPSquelch,
+			MaxESP:     cfg.IPsec.MaxESP,
+		},
+		Clock: nat.SystemClock{},
+		Log:   log.With().Str("component", "nat").Logger(),
 	})
 
 	var lanAddrs []netip.Prefix

@@ -1,0 +1,123 @@
+package nat
+
+import "gvisor.dev/gvisor/pkg/tcpip/header"
+
+// UDP 500 and 4500: the UDP handler hands these to the IKE tracker before
+// its ordinary endpoint mapping, unless a port forward owns the port (an
+// IPsec server behind the router), in which case the static mapping wins.
+
+// udpPayload is the UDP payload of a first (or only) fragment.
+func udpPayload(p *Packet) []byte {
+	if len(p.L4) < header.UDPMinimumSize {
+		return nil
+	}
+	return p.L4[header.UDPMinimumSize:]
+}
+
+// ikeOutbound masquerades IKE and NAT-T from a LAN host. handled is false
+// when the packet should take an ordinary UDP mapping instead.
+func (h *udpHandler) ikeOutbound(p *Packet, now int64) (r Result, handled bool) {
+	e := h.e
+	if e.table.lookupExt(ProtoUDP, p.SrcPort) != nil {
+		// A port forward owns this WAN port: its replies go to the
+		// forward's host, so this host takes an ordinary mapping.
+		return Result{}, false
+	}
+	payload := udpPayload(p)
+	switch p.SrcPort {
+	case PortIKE:
+		hdr, ok := parseIKEHeader(payload)
+		if !ok {
+			return drop(DropIKEMalformed), true
+		}
+		if why := e.ike.outbound(p, hdr, now); why != DropNone {
+			return drop(why), true
+		}
+		rewriteSrc(p, e.wan, PortIKE)
+		return toWAN, true
+	case PortNATT:
+		k := nattKey{endpoint{p.Dst, p.DstPort}}
+		host := endpoint{p.Src, p.SrcPort}
+		f := e.ike.natt[k]
+		if f != nil && f.expires > now && f.host != host {
+			// Another LAN host keeps WAN:4500 towards this remote.
+			return Result{}, false
+		}
+		kind := classifyNATT(payload)
+		switch kind {
+		case nattMalformed:
+			return drop(DropIKEMalformed), true
+		case nattIKE:
+			hdr, ok := parseIKEHeader(payload[4:])
+			if !ok {
+				return drop(DropIKEMalformed), true
+			}
+			if why := e.ike.outbound(p, hdr, now); why != DropNone {
+				return drop(why), true
+			}
+		}
+		if f == nil || f.expires <= now {
+			f = &nattFlow{host: host}
+			e.ike.natt[k] = f
+		}
+		f.expires = now + e.ike.timeout()
+		rewriteSrc(p, e.wan, PortNATT)
+		return toWAN, true
+	}
+	return Result{}, false
+}
+
+// ikeInbound delivers IKE and NAT-T from the WAN. handled is false when the
+// packet is not the IKE tracker's (the ordinary UDP path then decides).
+func (h *udpHandler) ikeInbound(p *Packet, now int64) (r Result, handled bool) {
+	e := h.e
+	payload := udpPayload(p)
+	switch p.DstPort {
+	case PortIKE:
+		hdr, ok := parseIKEHeader(payload)
+		if !ok {
+			return drop(DropIKEMalformed), true
+		}
+		host, ok := e.ike.inbound(p, hdr, now)
+		if !ok {
+			return drop(DropUnsolicited), true
+		}
+		rewriteDst(p, host.addr, host.port)
+		return toLAN, true
+	case PortNATT:
+		kind := classifyNATT(payload)
+		if kind == nattMalformed {
+			return drop(DropIKEMalformed), true
+		}
+		var hdr ikeHeader
+		if kind == nattIKE {
+			var ok bool
+			if hdr, ok = parseIKEHeader(payload[4:]); !ok {
+				return drop(DropIKEMalformed), true
+			}
+		}
+		k := nattKey{endpoint{p.Src, p.SrcPort}}
+		f := e.ike.natt[k]
+		if f == nil || f.expires <= now {
+			// No flow yet from this remote endpoint: only IKE whose SPIs
+			// name a LAN host may open one (e.g. the remote's port changed).
+			if kind != nattIKE {
+				return drop(DropUnsolicited), true
+			}
+			host, ok := e.ike.inbound(p, hdr, now)
+			if !ok {
+				return drop(DropUnsolicited), true
+			}
+			f = &nattFlow{host: endpoint{host.addr, PortNATT}}
+			e.ike.natt[k] = f
+		} else if kind == nattIKE {
+			if s := e.ike.lookup(p.Src, hdr, now); s != nil {
+				e.ike.seen(s, hdr, now)
+			}
+		}
+		f.expires = now + e.ike.timeout()
+		rewriteDst(p, f.host.addr, f.host.port)
+		return toLAN, true
+	}
+	return Result{}, false
+}

@@ -1,0 +1,47 @@
+package nat
+
+import "time"
+
+// IPsecConfig holds the IKE and ESP lifetimes and limits ([ipsec] in the
+// configuration). Zero values take the defaults below.
+type IPsecConfig struct {
+	// IKETimeout is how long an IKE session (and a NAT-T flow on 4500)
+	// lives without traffic. It must outlast the peers' rekey interval, or
+	// a rekey started by the remote finds no LAN host. Default 35 min.
+	IKETimeout time.Duration
+	// ESPTimeout is how long an established SPI pair lives without
+	// traffic. Default 35 min.
+	ESPTimeout time.Duration
+	// ESPWait is how long a new outbound SPI holds its remote for its
+	// inbound SPI, holding back other hosts' new SPIs. Default 2 min.
+	ESPWait time.Duration
+	// ESPRetries is how often the waiting host's retransmissions may
+	// re-arm the wait before its SPI is squelched. Default 5.
+	ESPRetries int
+	// ESPSquelch is how long a squelched SPI is dropped. Default 30 s.
+	ESPSquelch time.Duration
+	// MaxESP bounds the SPI pairs. Default 4096.
+	MaxESP int
+}
+
+func (c IPsecConfig) withDefaults() IPsecConfig {
+	if c.IKETimeout <= 0 {
+		c.IKETimeout = 35 * time.Minute
+	}
+	if c.ESPTimeout <= 0 {
+		c.ESPTimeout = 35 * time.Minute
+	}
+	if c.ESPWait <= 0 {
+		c.ESPWait = 2 * time.Minute
+	}
+	if c.ESPRetries <= 0 {
+		c.ESPRetries = 5
+	}
+	if c.ESPSquelch <= 0 {
+		c.ESPSquelch = 30 * time.Second
+	}
+	if c.MaxESP <= 0 {
+		c.MaxESP = 4096
+	}
+	return c
+}
