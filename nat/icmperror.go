@@ -24,6 +24,7 @@ type embedded struct {
 	dst     [4]byte
 	srcPort uint16 // TCP/UDP port, or ICMP echo identifier
 	dstPort uint16
+	spi     uint32 // ESP
 }
 
 // parseEmbedded validates and parses the packet inside an ICMP error.
@@ -65,6 +66,10 @@ func parseEmbedded(icmp header.ICMPv4) (embedded, DropReason) {
 		}
 		in.srcPort = t.Ident()
 		in.dstPort = in.srcPort
+	case ProtoESP:
+		// Fragmentation Needed about ESP is how an IPsec tunnel learns its
+		// path MTU; the SPI names the pair.
+		in.spi = uint32(in.l4[0])<<24 | uint32(in.l4[1])<<16 | uint32(in.l4[2])<<8 | uint32(in.l4[3])
 	default:
 		return in, DropICMPError
 	}
@@ -147,15 +152,19 @@ func (e *Engine) icmpErrorInbound(p *Packet) Result {
 	if in.src != e.wan {
 		return drop(DropICMPError)
 	}
-	m := e.table.lookupExt(in.proto, in.srcPort)
-	if m == nil {
+	var to endpoint
+	if m := e.table.lookupExt(in.proto, in.srcPort); m != nil {
+		to = m.Int
+	} else if host, ok := e.ipsecErrorOwner(&in); ok {
+		to = host
+	} else {
 		// About a packet the host itself sent: the host's stack gets its
 		// own copy and handles it.
 		return Result{Verdict: VerdictHost}
 	}
-	in.setSrc(m.Int.addr, m.Int.port)
-	p.IP.SetDestinationAddressWithChecksumUpdate(tcpip.AddrFrom4(m.Int.addr))
-	p.Dst = m.Int.addr
+	in.setSrc(to.addr, to.port)
+	p.IP.SetDestinationAddressWithChecksumUpdate(tcpip.AddrFrom4(to.addr))
+	p.Dst = to.addr
 	setICMPChecksum(header.ICMPv4(p.L4))
 	return toLAN
 }
@@ -179,4 +188,29 @@ func (e *Engine) icmpErrorOutbound(p *Packet) Result {
 	p.Src = e.wan
 	setICMPChecksum(header.ICMPv4(p.L4))
 	return toWAN
+}
+
+// ipsecErrorOwner finds the LAN endpoint behind an ICMP error about IPsec
+// traffic, which the port table does not hold: ESP by its outbound SPI, IKE
+// on 500 by the SPIs in the quoted header, NAT-T on 4500 by its flow.
+func (e *Engine) ipsecErrorOwner(in *embedded) (endpoint, bool) {
+	switch {
+	case in.proto == ProtoESP:
+		for k, pr := range e.esp.out {
+			if k.remote == in.dst && k.spi == in.spi {
+				return endpoint{pr.host, 0}, true
+			}
+		}
+	case in.proto == ProtoUDP && in.srcPort == PortNATT:
+		if f := e.ike.natt[nattKey{endpoint{in.dst, in.dstPort}}]; f != nil {
+			return f.host, true
+		}
+	case in.proto == ProtoUDP && in.srcPort == PortIKE && len(in.l4) >= 8:
+		if h, ok := parseIKEHeader(in.l4[8:]); ok {
+			if s := e.ike.lookup(in.dst, h, e.now()); s != nil {
+				return s.host, true
+			}
+		}
+	}
+	return endpoint{}, false
 }
