@@ -250,7 +250,9 @@ func (h *espHandler) Inbound(p *Packet, now int64) Result {
 			Msg("esp with a bound SPI from another address: dropped")
 		return drop(DropESPSpoofed)
 	}
-	if h.forward {
+	if h.forward && h.waiting[p.Src] == nil {
+		// No LAN host's new SPI to this remote awaits its answer, so no
+		// pair claims this SPI: it is the IPsec server's.
 		return h.deliver(p, h.forwardTo)
 	}
 	return h.newInbound(p, spi, now)
@@ -281,7 +283,9 @@ func (h *espHandler) newInbound(p *Packet, spi uint32, now int64) Result {
 	for _, pi := range list {
 		found = found || pi.spi == spi
 	}
-	if !found && len(list) < espMaxPending {
+	// Anyone can send ESP from any address: bound the remotes remembered
+	// (by max_esp) as well as the SPIs per remote.
+	if !found && len(list) < espMaxPending && (len(list) > 0 || len(h.pending) < h.cfg().MaxESP) {
 		h.pending[remote] = append(list, pendingInbound{spi: spi, seen: now})
 		h.e.log.Debug().Stringer("remote", p.SrcAddr()).Hex("in_spi", u32(spi)).
 			Msg("esp inbound SPI has no owner yet: kept for the next new outbound SPI to this remote")

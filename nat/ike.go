@@ -257,12 +257,17 @@ func (t *ikeTracker) expire(now int64) {
 	for k, s := range t.byI {
 		if now-s.lastSeen >= t.timeout() {
 			delete(t.byI, k)
-			if s.rspi != 0 {
-				delete(t.byR, ikeKey{s.remote, s.rspi})
-			}
 			t.e.log.Debug().Stringer("host", s.host.AddrPort()).Stringer("remote", endpoint{s.remote, 0}.AddrPort().Addr()).
 				Hex("ispi", u64(s.ispi)).Hex("rspi", u64(s.rspi)).Dur("age", time.Duration(now-s.created)).
 				Msg("ike session expired")
+		}
+	}
+	// Swept on its own: a session replaced in byI before it was swept, or
+	// whose responder SPI a newer session took over, must neither stay
+	// here forever nor take the newer session's entry with it.
+	for k, s := range t.byR {
+		if now-s.lastSeen >= t.timeout() {
+			delete(t.byR, k)
 		}
 	}
 	for k, at := range t.lastIKE {

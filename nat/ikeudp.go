@@ -82,7 +82,9 @@ func (h *udpHandler) ikeInbound(p *Packet, now int64) (r Result, handled bool) {
 		if !ok {
 			return drop(DropUnsolicited), true
 		}
-		rewriteDst(p, host.addr, host.port)
+		// Port 500, not the session's port: after a NAT-T float that is
+		// 4500, where a message without the non-ESP marker reads as ESP.
+		rewriteDst(p, host.addr, PortIKE)
 		return toLAN, true
 	case PortNATT:
 		kind := classifyNATT(payload)

@@ -100,6 +100,11 @@ func (t *table) init(e *Engine) {
 	t.byRemote = make(map[remoteAddrKey]*remoteAddr)
 	t.pools[ProtoTCP] = newPortPool(e.cfg.Ports)
 	t.pools[ProtoUDP] = newPortPool(e.cfg.Ports)
+	// WAN ports 500 and 4500 belong to the IKE tracker even when the range
+	// contains them: an ordinary mapping there would take (and receive)
+	// the NAT-T traffic of the LAN host that keeps 4500.
+	t.pools[ProtoUDP].mark(PortIKE)
+	t.pools[ProtoUDP].mark(PortNATT)
 	// ICMP identifiers are not ports: no range is reserved for them on the
 	// host, so any identifier will do.
 	t.pools[ProtoICMP] = newPortPool(PortRange{First: 1, Last: 65535})
