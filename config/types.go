@@ -76,7 +76,7 @@ type IPsec struct {
 	ESPWait    time.Duration `toml:"esp_wait"`    // a new outbound SPI holds its remote this long, default 2m
 	ESPRetries int           `toml:"esp_retries"` // re-arms of that wait before squelching, default 5
 	ESPSquelch time.Duration `toml:"esp_squelch"` // how long a squelched SPI is dropped, default 30s
-	MaxESP     int           `toml:"max_esp"`     // most SPI pairs at once, default 4096
+	MaxESP     int           `toml:"max_esp"`     // most SPI pairs (and IKE sessions) at once, default 4096
 }
 
 // Services is the router's own address for local services (netstack).

@@ -183,6 +183,11 @@ func (t *ikeTracker) newSession(host endpoint, remote [4]byte, h ikeHeader, now 
 	return s
 }
 
+// full reports whether the session table reached its bound (max_esp bounds
+// IKE sessions as well as ESP pairs): anyone able to send from a peer's
+// address could otherwise create a session per fresh SPI.
+func (t *ikeTracker) full() bool { return len(t.byI) >= t.e.cfg.IPsec.MaxESP }
+
 // outbound tracks an IKE message a LAN host sends (from UDP 500, or after
 // the non-ESP marker on 4500). It reports a collision: the initiator SPI is
 // live for another LAN host towards the same remote.
@@ -190,6 +195,8 @@ func (t *ikeTracker) outbound(p *Packet, h ikeHeader, now int64) DropReason {
 	host := endpoint{p.Src, p.SrcPort}
 	s := t.lookup(p.Dst, h, now)
 	switch {
+	case s == nil && t.full():
+		return DropTableFull
 	case s == nil:
 		t.newSession(host, p.Dst, h, now, "first message from the LAN host")
 	case s.host.addr != p.Src:
@@ -214,7 +221,7 @@ func (t *ikeTracker) inbound(p *Packet, h ikeHeader, now int64) (endpoint, bool)
 		return s.host, true
 	}
 	host, ok := t.mostRecentHost(p.Src, now)
-	if !ok {
+	if !ok || t.full() {
 		return endpoint{}, false
 	}
 	port := uint16(PortIKE)

@@ -741,3 +741,14 @@ func TestIPsecPortForwards(t *testing.T) {
 		}
 	})
 }
+
+func TestIKESessionsAreBounded(t *testing.T) {
+	t.Run("at max_esp sessions a new exchange from a LAN host is dropped as table_full", func(t *testing.T) {
+		l := newLab(t, Config{IPsec: IPsecConfig{MaxESP: 2}})
+		for i := range 2 {
+			l.mustOut(ikePkt(ap(lanA, PortIKE), ap(remote1, PortIKE), uint64(0x100+i), 0), VerdictToWAN)
+		}
+		r, _ := l.out(ikePkt(ap(lanB, PortIKE), ap(remote1, PortIKE), 0x200, 0))
+		wantDrop(t, r, DropTableFull)
+	})
+}

@@ -20,7 +20,8 @@ type IPsecConfig struct {
 	ESPRetries int
 	// ESPSquelch is how long a squelched SPI is dropped. Default 30 s.
 	ESPSquelch time.Duration
-	// MaxESP bounds the SPI pairs. Default 4096.
+	// MaxESP bounds the SPI pairs, and separately the IKE sessions.
+	// Default 4096.
 	MaxESP int
 }
 
