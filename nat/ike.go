@@ -197,8 +197,11 @@ func (t *ikeTracker) outbound(p *Packet, h ikeHeader, now int64) DropReason {
 	switch {
 	case s == nil && t.full():
 		return DropTableFull
+	case s == nil && h.rspi == 0:
+		t.newSession(host, p.Dst, h, now, "new exchange from the LAN host")
 	case s == nil:
-		t.newSession(host, p.Dst, h, now, "first message from the LAN host")
+		// E.g. the first message of an IKE SA the remote's rekey created.
+		t.newSession(host, p.Dst, h, now, "LAN host's message on SPIs not seen before")
 	case s.host.addr != p.Src:
 		t.e.log.Warn().Stringer("host", host.AddrPort()).Stringer("remote", p.DstAddr()).
 			Hex("ispi", u64(h.ispi)).Stringer("owner", s.host.AddrPort()).

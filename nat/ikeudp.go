@@ -39,11 +39,20 @@ func (h *udpHandler) ikeOutbound(p *Packet, now int64) (r Result, handled bool) 
 		k := nattKey{endpoint{p.Dst, p.DstPort}}
 		host := endpoint{p.Src, p.SrcPort}
 		f := e.ike.natt[k]
+		kind := classifyNATT(payload)
 		if f != nil && f.expires > now && f.host != host {
-			// Another LAN host keeps WAN:4500 towards this remote.
+			// Another LAN host keeps WAN:4500 towards this remote: this one
+			// takes an ordinary mapping. Its IKE is still tracked, so the
+			// ESP handler and the logs know it talks to the remote.
+			if kind == nattIKE {
+				if hdr, ok := parseIKEHeader(payload[4:]); ok {
+					if why := e.ike.outbound(p, hdr, now); why != DropNone {
+						return drop(why), true
+					}
+				}
+			}
 			return Result{}, false
 		}
-		kind := classifyNATT(payload)
 		switch kind {
 		case nattMalformed:
 			return drop(DropIKEMalformed), true
@@ -113,8 +122,12 @@ func (h *udpHandler) ikeInbound(p *Packet, now int64) (r Result, handled bool) {
 			f = &nattFlow{host: endpoint{host.addr, PortNATT}}
 			e.ike.natt[k] = f
 		} else if kind == nattIKE {
+			// The flow names the host; the SPIs keep the IKE tracking
+			// current, including an IKE SA the remote's rekey created.
 			if s := e.ike.lookup(p.Src, hdr, now); s != nil {
 				e.ike.seen(s, hdr, now)
+			} else if !e.ike.full() {
+				e.ike.newSession(f.host, p.Src, hdr, now, "new SPIs on the host's NAT-T flow")
 			}
 		}
 		f.expires = now + e.ike.timeout()
