@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -18,16 +17,6 @@ import (
 
 	"github.com/vpnmasq/vpnmasq/integration/lab"
 )
-
-// kernelMasquerade is the baseline: the host kernel's own NAT in the router
-// namespace, forwarding between br-lan and rtr-wan.
-const kernelMasquerade = `table ip kmasq {
-	chain post {
-		type nat hook postrouting priority srcnat;
-		oifname "rtr-wan" ip saddr 192.168.77.0/24 masquerade
-	}
-}
-`
 
 // benchConfig is the lab configuration at log level info, so that logging
 // does not weigh on the measurement.
@@ -68,18 +57,7 @@ func TestBench(t *testing.T) {
 		t.Fatalf("reading ip_forward: %s", forwarding)
 	}
 	forwarding = strings.TrimSpace(forwarding)
-	rules := filepath.Join(t.TempDir(), "kmasq.nft")
-	if err := os.WriteFile(rules, []byte(kernelMasquerade), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, args := range [][]string{
-		{"sysctl", "-q", "-w", "net.ipv4.ip_forward=1"},
-		{"nft", "-f", rules},
-	} {
-		if out, code := runIn(t, l.Router, 10*time.Second, args...); code != 0 {
-			t.Fatalf("%s: %s", strings.Join(args, " "), out)
-		}
-	}
+	loadKernelNAT(t, l, kernelMasquerade)
 	kernel := measureAll(t, l, runs, seconds)
 	for _, args := range [][]string{
 		{"nft", "delete", "table", "ip", "kmasq"},

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -478,7 +477,7 @@ func TestRawESPFlowsOfSeveralLANHostsToOneGatewayAreToldApart(t *testing.T) {
 	case "", "vpnmasq":
 	case "kernel":
 		t.Logf("%s=kernel: running against the kernel's nft masquerade, not vpnmasq", espNATEnv)
-		startESPKernelMasquerade(t, l)
+		loadKernelNAT(t, l, kernelMasquerade)
 		espScenarios(t, e)
 		return
 	default:
@@ -522,40 +521,12 @@ func TestRawESPFlowsOfSeveralLANHostsToOneGatewayAreToldApart(t *testing.T) {
 func TestRawESPHarnessWorksThroughTheKernelMasquerade(t *testing.T) {
 	l := newLab(t, lab.Options{})
 	e := newESPLab(t, l)
-	startESPKernelMasquerade(t, l)
+	loadKernelNAT(t, l, kernelMasquerade)
 	t.Run("lan1's ESP flow through the kernel's masquerade is answered on its own inbound SPI, and the gateway sees 198.18.0.1", func(t *testing.T) {
 		e.exchangeAll(t, e.hosts[0])
 		e.checkDelivery(t)
 	})
 }
-
-// startESPKernelMasquerade turns the router namespace into a kernel router
-// with nft masquerade (kernelMasquerade) until the test ends.
-func startESPKernelMasquerade(t *testing.T, l *lab.Lab) {
-	t.Helper()
-	rules := filepath.Join(t.TempDir(), "kmasq.nft")
-	if err := os.WriteFile(rules, []byte(espKernelMasqueradeRules), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, args := range [][]string{
-		{"sysctl", "-q", "-w", "net.ipv4.ip_forward=1"},
-		{"nft", "-f", rules},
-	} {
-		if out, code := runIn(t, l.Router, 10*time.Second, args...); code != 0 {
-			t.Fatalf("%s: %s", strings.Join(args, " "), out)
-		}
-	}
-}
-
-// espKernelMasqueradeRules is the kernel's own NAT for the lab (the same rule
-// as the benchmark's baseline).
-const espKernelMasqueradeRules = `table ip kmasq {
-	chain post {
-		type nat hook postrouting priority srcnat;
-		oifname "rtr-wan" ip saddr 192.168.77.0/24 masquerade
-	}
-}
-`
 
 func espRawLines(lines []logLine) []string {
 	out := make([]string, 0, len(lines))

@@ -623,3 +623,32 @@ func vpnmasqLeftovers(t *testing.T, ns *lab.NS) []string {
 	}
 	return left
 }
+
+// kernelMasquerade is the kernel's own NAT for the lab, forwarding between
+// br-lan and rtr-wan: the benchmark's baseline and the reference the IPsec
+// harnesses are checked against.
+const kernelMasquerade = `table ip kmasq {
+	chain post {
+		type nat hook postrouting priority srcnat;
+		oifname "rtr-wan" ip saddr 192.168.77.0/24 masquerade
+	}
+}
+`
+
+// loadKernelNAT turns the router namespace into a kernel router: it enables
+// forwarding and loads the nftables rules (they go with the namespace).
+func loadKernelNAT(t *testing.T, l *lab.Lab, rules string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "kernel-nat.nft")
+	if err := os.WriteFile(file, []byte(rules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"sysctl", "-q", "-w", "net.ipv4.ip_forward=1"},
+		{"nft", "-f", file},
+	} {
+		if out, code := runIn(t, l.Router, 10*time.Second, args...); code != 0 {
+			t.Fatalf("%s: exit %d: %s", strings.Join(args, " "), code, out)
+		}
+	}
+}

@@ -116,18 +116,7 @@ func startIPsecRouter(t *testing.T, l *lab.Lab, vpnmasqConfig, kernelRules strin
 	if mode == "vpnmasq" {
 		return &ipsecRouter{mode: mode, r: startRouter(t, l, vpnmasqConfig)}
 	}
-	rules := filepath.Join(t.TempDir(), "kernel-nat.nft")
-	if err := os.WriteFile(rules, []byte(kernelRules), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, args := range [][]string{
-		{"sysctl", "-q", "-w", "net.ipv4.ip_forward=1"},
-		{"nft", "-f", rules},
-	} {
-		if out, code := runIn(t, l.Router, 10*time.Second, args...); code != 0 {
-			t.Fatalf("%s: exit %d: %s", strings.Join(args, " "), code, out)
-		}
-	}
+	loadKernelNAT(t, l, kernelRules)
 	t.Logf("IPsec NAT: the kernel's nftables NAT (VPNMASQ_IPSEC_NAT=kernel), not vpnmasq")
 	return &ipsecRouter{mode: mode}
 }
