@@ -561,8 +561,9 @@ func checkNoBrokenPackets(t *testing.T, wanPath, lanPath string) {
 }
 
 // checkESPBytesConserved sums the ESP bytes (UDP payload of ESP-in-UDP)
-// per SPI on both sides of the router: what the peer sent must all reach
-// the LAN, and what the LAN sent must all leave on the WAN. Comparing
+// per SPI on both sides of the router: what the peer sent must reach the
+// LAN, and what the LAN sent must leave on the WAN, nothing added and at
+// most three packets lost. Comparing
 // bytes rather than packets holds across GSO super-packets.
 func checkESPBytesConserved(t *testing.T, peer netip.Addr, wanPkts, lanPkts []ikePacket) {
 	t.Helper()
@@ -570,6 +571,7 @@ func checkESPBytesConserved(t *testing.T, peer netip.Addr, wanPkts, lanPkts []ik
 		inbound bool
 		spi     string
 	}
+	biggest := map[key]int{} // largest single ESP packet per SPI, from the WAN side
 	sum := func(pkts []ikePacket) (map[key]int, int, int) {
 		bytes := map[key]int{}
 		super, largest := 0, 0
@@ -577,13 +579,18 @@ func checkESPBytesConserved(t *testing.T, peer netip.Addr, wanPkts, lanPkts []ik
 			if p.ESPSPI == "" || p.UDPLen < 8 {
 				continue
 			}
+			var k key
 			switch {
 			case p.Src == peer:
-				bytes[key{true, p.ESPSPI}] += p.UDPLen - 8
+				k = key{true, p.ESPSPI}
 			case p.Dst == peer:
-				bytes[key{false, p.ESPSPI}] += p.UDPLen - 8
+				k = key{false, p.ESPSPI}
 			default:
 				continue
+			}
+			bytes[k] += p.UDPLen - 8
+			if p.FrameLen <= 1514 {
+				biggest[k] = max(biggest[k], p.UDPLen-8)
 			}
 			if p.FrameLen > 1514 {
 				super++
@@ -624,8 +631,23 @@ func checkESPBytesConserved(t *testing.T, peer netip.Addr, wanPkts, lanPkts []ik
 			dir = "WAN->LAN"
 		}
 		lines = append(lines, fmt.Sprintf("%s SPI %s: %d bytes on rtr-wan, %d on br-lan", dir, k.spi, wan[k], lan[k]))
-		if wan[k] != lan[k] {
-			t.Errorf("%s ESP SPI %s: %d bytes on the WAN side, %d on the LAN side", dir, k.spi, wan[k], lan[k])
+		// Bytes that appear on one side only where they should not (the
+		// LAN side of inbound, the WAN side of outbound) were invented or
+		// duplicated: always an error. A router may lose a packet or two
+		// under load (e.g. its capture socket overflowing on a starved
+		// 2-CPU machine, counted as wan_rx_overflow), and IPsec copes;
+		// more than three packets' worth is an error.
+		from, to := lan[k], wan[k]
+		if k.inbound {
+			from, to = wan[k], lan[k]
+		}
+		switch lost := from - to; {
+		case lost < 0:
+			t.Errorf("%s ESP SPI %s: %d bytes on the WAN side, %d on the LAN side: the router added %d", dir, k.spi, wan[k], lan[k], -lost)
+		case lost > 3*biggest[k]:
+			t.Errorf("%s ESP SPI %s: %d bytes on the WAN side, %d on the LAN side: %d lost, more than three packets' worth", dir, k.spi, wan[k], lan[k], lost)
+		case lost > 0:
+			t.Logf("%s ESP SPI %s: %d bytes lost on the way (at most three packets' worth is tolerated)", dir, k.spi, lost)
 		}
 	}
 	t.Logf("ESP-in-UDP per SPI:\n%s", strings.Join(lines, "\n"))

@@ -34,6 +34,7 @@ const (
 	DropESPSpoofed                    // inbound ESP with an SPI bound to another remote address
 	DropESPUnbound                    // inbound ESP whose SPI no LAN host can own yet
 	DropAHNotMasqueradable            // AH would need masquerading, which its integrity check forbids
+	DropWANOverflow                   // the kernel dropped it: the WAN capture socket's buffer was full
 	numDropReasons
 )
 
@@ -64,6 +65,7 @@ var dropReasonNames = [numDropReasons]string{
 	DropESPSpoofed:         "esp_spoofed",
 	DropESPUnbound:         "esp_unbound",
 	DropAHNotMasqueradable: "ah_not_masqueradable",
+	DropWANOverflow:        "wan_rx_overflow",
 }
 
 func (r DropReason) String() string {
@@ -92,6 +94,13 @@ type DropCounters struct {
 func (c *DropCounters) Add(r DropReason) {
 	if r < numDropReasons {
 		c.n[r].Add(1)
+	}
+}
+
+// AddN counts n drops at once (counts gathered elsewhere, e.g. by the kernel).
+func (c *DropCounters) AddN(r DropReason, n uint64) {
+	if r < numDropReasons && n > 0 {
+		c.n[r].Add(n)
 	}
 }
 

@@ -55,6 +55,7 @@ type Router struct {
 	host    *Host
 	wg      sync.WaitGroup
 	closing chan struct{}
+	wanBad  uint64 // truncated+malformed captures already counted
 }
 
 // New prepares a router from a resolved configuration. It changes nothing on
@@ -237,14 +238,39 @@ loop:
 			break loop
 		case now := <-ticker.C:
 			r.nat.Expire()
+			r.pollWANStats()
 			if now.Sub(lastReport) >= 10*time.Second {
 				lastReport = now
 				lastDrops = r.reportDrops(lastDrops)
 			}
 		}
 	}
+	r.pollWANStats()
 	closeErr := r.Close()
+	r.reportDrops(lastDrops) // the final count, so a short run's drops are not lost
 	return errors.Join(runErr, closeErr)
+}
+
+// wanStatser is the optional statistics side of a WAN transport.
+type wanStatser interface{ Stats() (WANStats, error) }
+
+// pollWANStats moves the WAN transport's own drop counts into the drop
+// counters: packets the kernel dropped because the capture socket's buffer
+// was full (PACKET_STATISTICS, reset by each read), and captured packets
+// the transport refused as truncated or malformed.
+func (r *Router) pollWANStats() {
+	ws, ok := r.wan.(wanStatser)
+	if !ok {
+		return
+	}
+	s, err := ws.Stats()
+	if err != nil {
+		return
+	}
+	r.core.drops.AddN(nat.DropWANOverflow, s.KernelDrops)
+	bad := s.Truncated + s.Malformed
+	r.core.drops.AddN(nat.DropMalformed, bad-r.wanBad)
+	r.wanBad = bad
 }
 
 // reportDrops logs the drop counters at info when they changed, one line
