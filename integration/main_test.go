@@ -255,7 +255,8 @@ type router struct {
 const readyTimeout = 15 * time.Second
 
 // startRouter writes config to a file and runs `vpnmasq run --config` in
-// the lab's router namespace, waiting for "router ready". When the test
+// the lab's router namespace (an empty config runs `vpnmasq run` alone, on
+// the embedded default), waiting for "router ready". When the test
 // ends the router gets SIGTERM and must exit 0 after logging
 // "router stopped".
 func startRouter(t *testing.T, l *lab.Lab, config string) *router {
@@ -279,11 +280,15 @@ func startRouter(t *testing.T, l *lab.Lab, config string) *router {
 // the process is killed and the error carries its log.
 func launchRouter(t *testing.T, l *lab.Lab, config string) (*router, error) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "vpnmasq.toml")
-	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
-		return nil, err
+	args := []string{"run"} // no config: the embedded default
+	if config != "" {
+		path := filepath.Join(t.TempDir(), "vpnmasq.toml")
+		if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+			return nil, err
+		}
+		args = append(args, "--config", path)
 	}
-	cmd := exec.Command(vpnmasqBin, "run", "--config", path)
+	cmd := exec.Command(vpnmasqBin, args...)
 	r := &router{t: t, cmd: cmd, log: newRouterLog(), exited: make(chan struct{})}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
