@@ -199,7 +199,7 @@ func UDPRoundTrip(ns *NS, local, remote string, payload []byte, tries int, timeo
 	}
 	defer c.Close()
 	buf := make([]byte, len(payload)+1)
-	var lastErr error
+	var lastErr, wrong error
 	for try := 0; try < max(tries, 1); try++ {
 		start := time.Now()
 		if _, err := c.Write(payload); err != nil {
@@ -219,9 +219,13 @@ func UDPRoundTrip(ns *NS, local, remote string, payload []byte, tries int, timeo
 				return time.Since(start), nil
 			}
 			// A late answer to an earlier try carries the same payload and
-			// is accepted above; anything else is a wrong answer.
-			lastErr = fmt.Errorf("lab: unexpected answer %q", buf[:n])
+			// is accepted above; anything else is a wrong answer, which
+			// says more than the timeout that follows it.
+			wrong = fmt.Errorf("lab: unexpected answer %q", buf[:n])
 		}
+	}
+	if wrong != nil {
+		lastErr = wrong
 	}
 	return 0, fmt.Errorf("lab: UDP %s -> %s unanswered after %d tries: %w", local, remote, tries, lastErr)
 }
