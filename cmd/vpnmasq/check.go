@@ -96,6 +96,10 @@ func printSummary(out io.Writer, c *config.Config) {
 		shortDuration(n.TCPTransitoryTimeout), shortDuration(n.ICMPTimeout)))
 	row("nat.udp_filtering", n.UDPFiltering)
 	row("nat.max_mappings", fmt.Sprint(n.MaxMappings))
+	ip := c.IPsec
+	row("ipsec", fmt.Sprintf("ike %s, esp %s, esp wait %s x%d, squelch %s, max %d",
+		shortDuration(ip.IKETimeout), shortDuration(ip.ESPTimeout), shortDuration(ip.ESPWait),
+		ip.ESPRetries, shortDuration(ip.ESPSquelch), ip.MaxESP))
 	if len(c.Routing.NoNAT) > 0 {
 		row("routing.no_nat", joinStrings(c.Routing.NoNAT))
 	} else {

@@ -35,6 +35,7 @@ func TestCheckCommand(t *testing.T) {
 				`wan\.interface +\(from the host at start\)`,
 				`nat\.port_range +20000-32767 \(12768 ports\)`,
 				`nat timeouts +udp 5m, tcp established 2h4m, tcp transitory 4m, icmp 1m`,
+				`ipsec +ike 35m, esp 35m, esp wait 2m x5, squelch 30s, max 4096`,
 				`forward\[0\] +tcp 1000-1010 -> 192\.168\.77\.10:2000-2010 \(line 4\)`,
 				`tun +vpnmasq0, table 5353, rule priority 5353`},
 			nil},
