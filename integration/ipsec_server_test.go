@@ -54,13 +54,7 @@ const swanKernelForwardRules = `table ip ipsec_lab_nat {
 
 func TestStrongSwanServerBehindTheRouterIsReachedThroughPortForwards(t *testing.T) {
 	requireIPsecTools(t)
-	for _, v := range []struct {
-		name    string
-		version int
-	}{
-		{"IKEv2", 2},
-		{"IKEv1 Main Mode", 1},
-	} {
+	for _, v := range ikeVersions {
 		t.Run(v.name, func(t *testing.T) { testIPsecServerBehindRouter(t, v.version) })
 	}
 }

@@ -53,13 +53,7 @@ type roadWarrior struct {
 
 func TestTwoStrongSwanInitiatorsBehindTheRouterShareOneResponder(t *testing.T) {
 	requireIPsecTools(t)
-	for _, v := range []struct {
-		name    string
-		version int
-	}{
-		{"IKEv2", 2},
-		{"IKEv1 Main Mode", 1},
-	} {
+	for _, v := range ikeVersions {
 		t.Run(v.name, func(t *testing.T) { testTwoRoadWarriors(t, v.version) })
 	}
 }

@@ -31,6 +31,15 @@ import (
 	"github.com/vpnmasq/vpnmasq/integration/lab"
 )
 
+// ikeVersions are the IKE versions every strongSwan scenario runs with.
+var ikeVersions = []struct {
+	name    string
+	version int
+}{
+	{"IKEv2", 2},
+	{"IKEv1 Main Mode", 1},
+}
+
 // Paths and packages of the IPsec tools, for the message when one is missing.
 const (
 	charonBin  = "/usr/lib/ipsec/charon"

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"golang.org/x/net/bpf"
+
+	"github.com/vpnmasq/vpnmasq/nat"
 )
 
 // captureSnapLen is what the filter returns for an accepted packet: more
@@ -70,13 +72,13 @@ func captureFilterAt(c Capture, linkHdrLen uint32) ([]bpf.Instruction, error) {
 
 	// Destination is the WAN address: decide by protocol.
 	a.emit(bpf.LoadAbsolute{Off: linkHdrLen + ipv4ProtocolOffset, Size: 1})
-	a.gotoIf(uint32(protoTCP), l4)
-	a.gotoIf(uint32(protoUDP), l4)
+	a.gotoIf(uint32(nat.ProtoTCP), l4)
+	a.gotoIf(uint32(nat.ProtoUDP), l4)
 	for _, p := range dedupe(c.Protocols) {
 		a.gotoIf(uint32(p), accept)
 	}
 	if c.ICMP {
-		a.gotoIf(uint32(protoICMP), accept)
+		a.gotoIf(uint32(nat.ProtoICMP), accept)
 	}
 	a.jump(prefixes)
 

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/nat"
 )
 
 // HostSpec is what SetupHost installs on the host around the TUN device.
@@ -85,7 +86,7 @@ func (s HostSpec) Validate() error {
 		}
 	}
 	for _, p := range s.HairpinProtocols {
-		if p == protoTCP || p == protoUDP || p == protoICMP {
+		if p == nat.ProtoTCP || p == nat.ProtoUDP || p == nat.ProtoICMP {
 			return fmt.Errorf("host: hairpin protocol %d cannot be owned as a whole", p)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/nat"
 )
 
 // nftables objects vpnmasq owns. Both tables are named after the TUN device
@@ -116,7 +117,7 @@ func installNft(nsFd int, s nftSpec) (err error) {
 	// iifname <wan> ip daddr <addr> tcp dport @nat_ports counter drop, the
 	// same for udp, and ip protocol @nat_protocols. ICMP is deliberately not
 	// guarded: the host keeps answering pings and receiving its own errors.
-	for _, proto := range []uint8{protoTCP, protoUDP} {
+	for _, proto := range []uint8{nat.ProtoTCP, nat.ProtoUDP} {
 		c.AddRule(&nftables.Rule{Table: ipTable, Chain: input, Exprs: slices.Concat(
 			matchIifname(s.wan),
 			matchDaddr(s.addr),
@@ -180,7 +181,7 @@ func installNft(nsFd int, s nftSpec) (err error) {
 		return err
 	}
 	var rules [][][]byte
-	for _, proto := range []uint8{protoTCP, protoUDP} {
+	for _, proto := range []uint8{nat.ProtoTCP, nat.ProtoUDP} {
 		exprs, err := marshalExprs(nftables.TableFamilyNetdev, slices.Concat(
 			matchEtherTypeIPv4(),
 			matchDaddr(s.addr),

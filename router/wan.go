@@ -2,7 +2,6 @@ package router
 
 import (
 	"cmp"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -11,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/nat"
 )
 
 // WAN moves whole IPv4 packets (starting at the IP header) to and from the
@@ -72,9 +72,9 @@ func (c Capture) Validate() error {
 	}
 	for _, p := range c.Protocols {
 		switch p {
-		case protoTCP, protoUDP:
+		case nat.ProtoTCP, nat.ProtoUDP:
 			return fmt.Errorf("capture: protocol %d is captured by port, not as a whole protocol", p)
-		case protoICMP:
+		case nat.ProtoICMP:
 			return errors.New("capture: ICMP is captured with the ICMP switch, never owned as a whole protocol")
 		}
 	}
@@ -85,13 +85,6 @@ func (c Capture) Validate() error {
 	}
 	return nil
 }
-
-// Protocol numbers the capture and the guards care about.
-const (
-	protoICMP uint8 = 1
-	protoTCP  uint8 = 6
-	protoUDP  uint8 = 17
-)
 
 // RefusedPacket is one packet of a batch the kernel did not send.
 type RefusedPacket struct {
@@ -189,7 +182,4 @@ func mergeRanges(rs []addrRange) []addrRange {
 	return out
 }
 
-func addrToUint32(a netip.Addr) uint32 {
-	b := a.As4()
-	return binary.BigEndian.Uint32(b[:])
-}
+func addrToUint32(a netip.Addr) uint32 { return be32(a.As4()) }

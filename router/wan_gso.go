@@ -8,6 +8,8 @@ import (
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/nat"
 )
 
 // What the capture socket hands over is not always a finished wire packet:
@@ -65,7 +67,7 @@ func completeChecksum(pkt []byte, start, offset int, proto uint8) error {
 		return fmt.Errorf("checksum at %d+%d outside the %d-byte packet", start, offset, len(pkt))
 	}
 	sum := ^checksum.Checksum(pkt[start:], 0)
-	if sum == 0 && proto == protoUDP {
+	if sum == 0 && proto == nat.ProtoUDP {
 		sum = 0xffff // 0 means "no checksum" in UDP
 	}
 	checksum.Put(pkt[start+offset:], sum)
@@ -96,7 +98,7 @@ func splitGSO(pkt []byte, h vnetHdr, next func(size int) []byte) (firstLen, segm
 	var l4Len int
 	switch h.gsoType &^ unix.VIRTIO_NET_HDR_GSO_ECN {
 	case unix.VIRTIO_NET_HDR_GSO_TCPV4:
-		if proto != protoTCP || len(pkt) < ihl+header.TCPMinimumSize {
+		if proto != nat.ProtoTCP || len(pkt) < ihl+header.TCPMinimumSize {
 			return 0, 0, fmt.Errorf("%w: TCP GSO on protocol %d", errNotSegmentable, proto)
 		}
 		l4Len = int(header.TCP(pkt[ihl:]).DataOffset())
@@ -104,7 +106,7 @@ func splitGSO(pkt []byte, h vnetHdr, next func(size int) []byte) (firstLen, segm
 			return 0, 0, fmt.Errorf("%w: bad TCP header length %d", errNotSegmentable, l4Len)
 		}
 	case unix.VIRTIO_NET_HDR_GSO_UDP_L4:
-		if proto != protoUDP || len(pkt) < ihl+header.UDPMinimumSize {
+		if proto != nat.ProtoUDP || len(pkt) < ihl+header.UDPMinimumSize {
 			return 0, 0, fmt.Errorf("%w: UDP GSO on protocol %d", errNotSegmentable, proto)
 		}
 		l4Len = header.UDPMinimumSize
@@ -143,7 +145,7 @@ func finishSegment(seg []byte, ihl, k int, last bool, mss int) {
 	src, dst := ip.SourceAddress(), ip.DestinationAddress()
 
 	switch ip.Protocol() {
-	case protoTCP:
+	case nat.ProtoTCP:
 		tcp := header.TCP(seg[ihl:])
 		tcp.SetSequenceNumber(tcp.SequenceNumber() + uint32(k*mss))
 		flags := tcp.Flags()
@@ -158,7 +160,7 @@ func finishSegment(seg []byte, ihl, k int, last bool, mss int) {
 		xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp)))
 		xsum = checksum.Checksum(tcp[tcp.DataOffset():], xsum)
 		tcp.SetChecksum(^tcp.CalculateChecksum(xsum))
-	case protoUDP:
+	case nat.ProtoUDP:
 		udp := header.UDP(seg[ihl:])
 		udp.SetLength(uint16(len(udp)))
 		udp.SetChecksum(0)

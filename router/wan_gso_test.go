@@ -11,6 +11,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/nat"
 )
 
 // l4ChecksumValid checks a TCP or UDP packet's transport checksum.
@@ -18,11 +20,11 @@ func l4ChecksumValid(pkt []byte) bool {
 	ip := header.IPv4(pkt)
 	l4 := ip.Payload()
 	switch ip.Protocol() {
-	case protoTCP:
+	case nat.ProtoTCP:
 		tcp := header.TCP(l4)
 		payload := l4[tcp.DataOffset():]
 		return tcp.IsChecksumValid(ip.SourceAddress(), ip.DestinationAddress(), checksum.Checksum(payload, 0), uint16(len(payload)))
-	case protoUDP:
+	case nat.ProtoUDP:
 		udp := header.UDP(l4)
 		return udp.IsChecksumValid(ip.SourceAddress(), ip.DestinationAddress(), checksum.Checksum(udp.Payload(), 0))
 	}
@@ -40,10 +42,10 @@ func partialChecksum(pkt []byte) (start, offset int) {
 		return header.PseudoHeaderChecksum(proto, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(l4)))
 	}
 	switch ip.Protocol() {
-	case protoTCP:
+	case nat.ProtoTCP:
 		header.TCP(l4).SetChecksum(pseudo(header.TCPProtocolNumber))
 		offset = header.TCPChecksumOffset
-	case protoUDP:
+	case nat.ProtoUDP:
 		header.UDP(l4).SetChecksum(pseudo(header.UDPProtocolNumber))
 		offset = 6 // RFC 768: source port, destination port, length, checksum
 	}
@@ -86,7 +88,7 @@ func TestWANCompleteChecksum(t *testing.T) {
 	}
 	t.Run("a checksum position outside the packet is an error, not a panic", func(t *testing.T) {
 		pkt := craftIPv4(t, tests[0].pkt)
-		if err := completeChecksum(pkt, len(pkt)-1, 6, protoUDP); err == nil {
+		if err := completeChecksum(pkt, len(pkt)-1, 6, nat.ProtoUDP); err == nil {
 			t.Fatal("no error")
 		}
 	})
@@ -145,7 +147,7 @@ func TestWANSplitGSOSuperPackets(t *testing.T) {
 				}
 				last := k == len(all)-1
 				switch tt.pkt.proto {
-				case protoTCP:
+				case nat.ProtoTCP:
 					tcp := header.TCP(ip.Payload())
 					if want := tt.pkt.seq + uint32(k*mss); tcp.SequenceNumber() != want {
 						t.Errorf("segment %d: seq %d, want %d", k, tcp.SequenceNumber(), want)
@@ -162,7 +164,7 @@ func TestWANSplitGSOSuperPackets(t *testing.T) {
 						t.Errorf("segment %d lost ACK", k)
 					}
 					payload = append(payload, ip.Payload()[tcp.DataOffset():]...)
-				case protoUDP:
+				case nat.ProtoUDP:
 					udp := header.UDP(ip.Payload())
 					if int(udp.Length()) != len(seg)-hdrLen {
 						t.Errorf("segment %d: UDP length %d for %d bytes", k, udp.Length(), len(seg)-hdrLen)

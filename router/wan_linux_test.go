@@ -15,6 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/nat"
 )
 
 // wanLab is two namespaces joined by a veth pair: the router's WAN side
@@ -355,7 +356,7 @@ func TestWANReadReturnsWirePacketsWhateverTheOffloads(t *testing.T) {
 						tl.invalid++
 					}
 					ip := header.IPv4(pkt)
-					if ip.Protocol() == protoTCP && header.TCP(ip.Payload()).DestinationPort() == 5201 {
+					if ip.Protocol() == nat.ProtoTCP && header.TCP(ip.Payload()).DestinationPort() == 5201 {
 						tl.payload += int64(len(ip.Payload()) - int(header.TCP(ip.Payload()).DataOffset()))
 					}
 				case <-stop:
