@@ -41,6 +41,12 @@ func Default() *Config {
 			ESPSquelch: 30 * time.Second,
 			MaxESP:     4096,
 		},
+		PPTP: PPTP{
+			CallSetupTimeout: 2 * time.Minute,
+			TeardownGrace:    30 * time.Second,
+			GRETimeout:       5 * time.Minute,
+			MaxCalls:         4096,
+		},
 		Services: Services{Address: netip.AddrFrom4([4]byte{192, 0, 2, 53})},
 		TUN:      TUN{Name: "vpnmasq0", Table: 5353, RulePriority: 5353},
 		Log:      Log{Level: "info", Format: "auto"},

@@ -23,6 +23,7 @@ type Config struct {
 	Routing  Routing   `toml:"routing"`
 	Forwards []Forward `toml:"forward"`
 	IPsec    IPsec     `toml:"ipsec"`
+	PPTP     PPTP      `toml:"pptp"`
 	Services Services  `toml:"services"`
 	TUN      TUN       `toml:"tun"`
 	Log      Log       `toml:"log"`
@@ -77,6 +78,15 @@ type IPsec struct {
 	ESPRetries int           `toml:"esp_retries"` // re-arms of that wait before squelching, default 5
 	ESPSquelch time.Duration `toml:"esp_squelch"` // how long a squelched SPI is dropped, default 30s
 	MaxESP     int           `toml:"max_esp"`     // most SPI pairs (and IKE sessions) at once, default 4096
+}
+
+// PPTP holds the timers of PPTP masquerading (Call IDs on TCP 1723 and the
+// GRE that follows them).
+type PPTP struct {
+	CallSetupTimeout time.Duration `toml:"call_setup_timeout"` // a requested call waits this long for the server's reply, default 2m
+	TeardownGrace    time.Duration `toml:"teardown_grace"`     // a cleared call keeps its GRE mapping this long, default 30s
+	GRETimeout       time.Duration `toml:"gre_timeout"`        // idle lifetime of a non-PPTP GRE binding, default 5m
+	MaxCalls         int           `toml:"max_calls"`          // most masqueraded calls at once, default 4096
 }
 
 // Services is the router's own address for local services (netstack).

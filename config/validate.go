@@ -43,6 +43,7 @@ func validate(c *Config, pos *positions) Errors {
 	v := &validator{c: c, pos: pos}
 	v.nat()
 	v.ipsec()
+	v.pptp()
 	v.lan()
 	v.wan()
 	v.routing()
@@ -115,6 +116,25 @@ func (v *validator) ipsec() {
 	}
 	if c.MaxESP < 1 {
 		v.errorf("ipsec.max_esp", "must be at least 1")
+	}
+}
+
+func (v *validator) pptp() {
+	c := v.c.PPTP
+	for _, t := range []struct {
+		key   string
+		value time.Duration
+	}{
+		{"pptp.call_setup_timeout", c.CallSetupTimeout},
+		{"pptp.teardown_grace", c.TeardownGrace},
+		{"pptp.gre_timeout", c.GRETimeout},
+	} {
+		if t.value <= 0 {
+			v.errorf(t.key, "must be a positive duration")
+		}
+	}
+	if c.MaxCalls < 1 {
+		v.errorf("pptp.max_calls", "must be at least 1")
 	}
 }
 

@@ -60,6 +60,7 @@ type Config struct {
 	MaxMappings           int
 	Forwards              []Forward
 	IPsec                 IPsecConfig
+	PPTP                  PPTPConfig
 	Clock                 Clock
 	Log                   zerolog.Logger
 }
@@ -121,6 +122,8 @@ type Engine struct {
 	frags    fragTable
 	ike      ikeTracker
 	esp      *espHandler
+	pptp     pptpTracker
+	gre      *greHandler
 	Drops    DropCounters
 }
 
@@ -149,6 +152,7 @@ func New(cfg Config) *Engine {
 		cfg.Clock = SystemClock{}
 	}
 	cfg.IPsec = cfg.IPsec.withDefaults()
+	cfg.PPTP = cfg.PPTP.withDefaults()
 	e := &Engine{
 		cfg:   cfg,
 		wan:   cfg.WANAddr.As4(),
@@ -165,6 +169,9 @@ func New(cfg Config) *Engine {
 	e.esp = newESPHandler(e)
 	e.handlers[ProtoESP] = e.esp
 	e.handlers[ProtoAH] = &ahHandler{e: e, logged: make(map[hostRemote]bool)}
+	e.pptp.init(e)
+	e.gre = newGREHandler(e)
+	e.handlers[ProtoGRE] = e.gre
 	for _, f := range cfg.Forwards {
 		switch f.Proto {
 		case ProtoTCP, ProtoUDP:
@@ -173,6 +180,11 @@ func New(cfg Config) *Engine {
 			// The ESP handler keeps associating other hosts' SPIs; the
 			// forward takes the inbound SPIs no pair claims.
 			e.esp.forward, e.esp.forwardTo = true, f.To.As4()
+		case ProtoGRE:
+			// Enhanced GRE of masqueraded calls still goes by Call ID;
+			// the forward takes the rest (the PPTP server behind the
+			// router).
+			e.gre.forward, e.gre.forwardTo = true, f.To.As4()
 		default:
 			e.handlers[f.Proto] = &wholeProtoForward{e: e, proto: f.Proto, to: f.To.As4()}
 		}
@@ -280,6 +292,8 @@ func (e *Engine) Expire() {
 	e.frags.expire(now)
 	e.ike.expire(now)
 	e.esp.expire(now)
+	e.pptp.expire(now)
+	e.gre.expire(now)
 }
 
 // dur converts a configured duration to engine nanoseconds.

@@ -189,24 +189,8 @@ func TestWholeProtocolForward(t *testing.T) {
 				t.Errorf("left as %v→%v", p.SrcAddr(), p.DstAddr())
 			}
 		})
-		if proto == ProtoESP {
-			continue // other hosts' ESP is associated by SPI: esp_test.go
-		}
-		t.Run(name+" from another lan host is dropped", func(t *testing.T) {
-			l := newLab(t, Config{Forwards: []Forward{{Proto: proto, To: lanB}}})
-			r, _ := l.out(buildIPv4(ipHdr{src: lanA, dst: remote1, proto: proto}, body))
-			wantDrop(t, r, DropUnsupported)
-		})
-		t.Run(name+" without a forward is dropped as unsupported both ways", func(t *testing.T) {
-			l := newLab(t, Config{})
-			r, _ := l.out(buildIPv4(ipHdr{src: lanA, dst: remote1, proto: proto}, body))
-			wantDrop(t, r, DropUnsupported)
-			r, _ = l.in(buildIPv4(ipHdr{src: remote1, dst: wanAddr, proto: proto}, body))
-			wantDrop(t, r, DropUnsupported)
-			if n := l.e.Drops.Get(DropUnsupported); n != 2 {
-				t.Errorf("unsupported_protocol counter %d, want 2", n)
-			}
-		})
+		// Other hosts' ESP is associated by SPI (esp_test.go), other
+		// hosts' GRE by Call ID or by address (gre_test.go).
 	}
 	t.Run("fragmented gre follows the forward", func(t *testing.T) {
 		l := newLab(t, Config{Forwards: []Forward{{Proto: ProtoGRE, To: lanB}}})

@@ -35,6 +35,13 @@ const (
 	DropESPUnbound                    // inbound ESP whose SPI no LAN host can own yet
 	DropAHNotMasqueradable            // AH would need masquerading, which its integrity check forbids
 	DropWANOverflow                   // the kernel dropped it: the WAN capture socket's buffer was full
+	DropPPTPMalformed                 // PPTP control data after a malformed message (bad magic, type or length)
+	DropPPTPOutOfOrder                // PPTP control segment beyond a gap in the stream: the sender retransmits
+	DropPPTPSplitCallID               // PPTP control segment holding only part of a Call ID: the sender retransmits
+	DropPPTPFragmented                // fragmented PPTP control segment
+	DropGREMalformed                  // GRE header truncated or inconsistent, or enhanced GRE without a key
+	DropGREUnknownCall                // enhanced GRE whose Call ID names no masqueraded call
+	DropGRERemoteBusy                 // non-PPTP GRE to a remote already bound to another LAN host
 	numDropReasons
 )
 
@@ -66,6 +73,13 @@ var dropReasonNames = [numDropReasons]string{
 	DropESPUnbound:         "esp_unbound",
 	DropAHNotMasqueradable: "ah_not_masqueradable",
 	DropWANOverflow:        "wan_rx_overflow",
+	DropPPTPMalformed:      "pptp_malformed",
+	DropPPTPOutOfOrder:     "pptp_out_of_order",
+	DropPPTPSplitCallID:    "pptp_split_call_id",
+	DropPPTPFragmented:     "pptp_fragmented",
+	DropGREMalformed:       "gre_malformed",
+	DropGREUnknownCall:     "gre_unknown_call",
+	DropGRERemoteBusy:      "gre_remote_busy",
 }
 
 func (r DropReason) String() string {

@@ -68,6 +68,14 @@ func (h *tcpHandler) Outbound(p *Packet, now int64) Result {
 		// happened before we were watching.
 		f.tcp = tcpSynOut | tcpSynIn
 	}
+	if p.DstPort == PortPPTP && p.Dst != h.e.wan && !f.m.Static {
+		// A LAN client's PPTP control connection: its Call IDs are
+		// masqueraded (a forwarded PPTP server's own replies are not).
+		c := h.e.pptp.conn(pptpConnKey{f.m.Int, f.remote}, now)
+		if r := h.e.pptp.control(c, p, fromClient, now); r != DropNone {
+			return drop(r)
+		}
+	}
 	f.tcp.update(p.TCPFlags, true)
 	t.touch(f, now, h.timeout(f.tcp))
 	rewriteSrc(p, h.e.wan, f.m.Ext)
@@ -87,6 +95,14 @@ func (h *tcpHandler) Inbound(p *Packet, now int64) Result {
 			return drop(DropUnsolicited)
 		}
 		f = t.addFlow(m, remote, now)
+	}
+	if remote.port == PortPPTP && !m.Static {
+		if c := h.e.pptp.conns[pptpConnKey{m.Int, remote}]; c != nil {
+			c.lastSeen = now
+			if r := h.e.pptp.control(c, p, fromServer, now); r != DropNone {
+				return drop(r)
+			}
+		}
 	}
 	f.tcp.update(p.TCPFlags, false)
 	t.touch(f, now, h.timeout(f.tcp))

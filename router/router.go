@@ -115,6 +115,12 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 			ESPSquelch: cfg.IPsec.ESPSquelch,
 			MaxESP:     cfg.IPsec.MaxESP,
 		},
+		PPTP: nat.PPTPConfig{
+			CallSetupTimeout: cfg.PPTP.CallSetupTimeout,
+			TeardownGrace:    cfg.PPTP.TeardownGrace,
+			GRETimeout:       cfg.PPTP.GRETimeout,
+			MaxCalls:         cfg.PPTP.MaxCalls,
+		},
 		Clock: nat.SystemClock{},
 		Log:   log.With().Str("component", "nat").Logger(),
 	})

@@ -100,6 +100,10 @@ func printSummary(out io.Writer, c *config.Config) {
 	row("ipsec", fmt.Sprintf("ike %s, esp %s, esp wait %s x%d, squelch %s, max %d",
 		shortDuration(ip.IKETimeout), shortDuration(ip.ESPTimeout), shortDuration(ip.ESPWait),
 		ip.ESPRetries, shortDuration(ip.ESPSquelch), ip.MaxESP))
+	pp := c.PPTP
+	row("pptp", fmt.Sprintf("call setup %s, teardown grace %s, gre %s, max calls %d",
+		shortDuration(pp.CallSetupTimeout), shortDuration(pp.TeardownGrace),
+		shortDuration(pp.GRETimeout), pp.MaxCalls))
 	if len(c.Routing.NoNAT) > 0 {
 		row("routing.no_nat", joinStrings(c.Routing.NoNAT))
 	} else {

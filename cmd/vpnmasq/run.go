@@ -119,7 +119,22 @@ func dumpTable(log zerolog.Logger, r *router.Router) {
 			Str("idle", m.Idle.Round(time.Millisecond).String()).
 			Msg("nat mapping")
 	}
-	log.Info().Int("mappings", len(ms)).Msg("nat table")
+	calls := r.Engine().PPTPCalls()
+	for _, c := range calls {
+		log.Info().
+			Stringer("client", c.Client).
+			Stringer("server", c.Server).
+			Uint16("call_id", c.CallID).
+			Uint16("masq_call_id", c.MasqCallID).
+			Uint16("peer_call_id", c.PeerCallID).
+			Str("state", c.State).
+			Str("connection", c.Connection).
+			Uint64("gre_out", c.GREOut).
+			Uint64("gre_in", c.GREIn).
+			Str("age", c.Age.Round(time.Millisecond).String()).
+			Msg("pptp call")
+	}
+	log.Info().Int("mappings", len(ms)).Int("pptp_calls", len(calls)).Msg("nat table")
 }
 
 // newLogger builds the zerolog logger the configuration asks for: console
