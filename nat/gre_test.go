@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 // grePkt is enhanced GRE (RFC 2637 section 4.1) with a sequence number:
@@ -102,6 +104,36 @@ func TestGRE(t *testing.T) {
 		masq := be16(payloadOf(c.fromClient(pptpMsg(PPTPOutgoingCallRequest, 5, 0))), 12)
 		if p := s.mustIn(grePkt(remote1, wanAddr, masq, nil), VerdictToLAN); p.DstAddr() != lanA {
 			t.Errorf("call GRE went to %v", p.DstAddr())
+		}
+	})
+}
+
+func TestGREICMPErrors(t *testing.T) {
+	t.Run("fragmentation needed about a client's enhanced GRE reaches that client", func(t *testing.T) {
+		s := newPPTPLab(t, Config{})
+		a := s.open(ap(lanA, 40000), ap(remote1, PortPPTP))
+		b := s.open(ap(lanB, 40000), ap(remote1, PortPPTP))
+		ma := be16(payloadOf(a.fromClient(pptpMsg(PPTPOutgoingCallRequest, 1, 0))), 12)
+		mb := be16(payloadOf(b.fromClient(pptpMsg(PPTPOutgoingCallRequest, 1, 0))), 12)
+		a.fromServer(pptpMsg(PPTPOutgoingCallReply, 0x100, ma))
+		b.fromServer(pptpMsg(PPTPOutgoingCallReply, 0x200, mb))
+		sent := s.mustOut(grePkt(lanB, remote1, 0x200, make([]byte, 64)), VerdictToWAN)
+		errPkt := icmpErrPkt(router, wanAddr, header.ICMPv4DstUnreachable, header.ICMPv4FragmentationNeeded, sent.Buf, 28)
+		p := s.mustIn(errPkt, VerdictToLAN)
+		if p.DstAddr() != lanB {
+			t.Errorf("error delivered to %v, want %v", p.DstAddr(), lanB)
+		}
+		inner := header.IPv4(p.L4[8:])
+		if inner.SourceAddress().As4() != lanB.As4() {
+			t.Errorf("embedded source %v", inner.SourceAddress())
+		}
+	})
+	t.Run("an error about non-PPTP GRE reaches the bound host", func(t *testing.T) {
+		l := newLab(t, Config{})
+		sent := l.mustOut(greV0Pkt(lanA, remote1, make([]byte, 40)), VerdictToWAN)
+		p := l.mustIn(icmpErrPkt(router, wanAddr, header.ICMPv4DstUnreachable, header.ICMPv4HostUnreachable, sent.Buf, 28), VerdictToLAN)
+		if p.DstAddr() != lanA {
+			t.Errorf("error delivered to %v", p.DstAddr())
 		}
 	})
 }

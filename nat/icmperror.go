@@ -70,6 +70,9 @@ func parseEmbedded(icmp header.ICMPv4) (embedded, DropReason) {
 		// Fragmentation Needed about ESP is how an IPsec tunnel learns its
 		// path MTU; the SPI names the pair.
 		in.spi = uint32(in.l4[0])<<24 | uint32(in.l4[1])<<16 | uint32(in.l4[2])<<8 | uint32(in.l4[3])
+	case ProtoGRE:
+		// The first 8 bytes of enhanced GRE hold the key: the Call ID
+		// names the call (greErrorOwner).
 	default:
 		return in, DropICMPError
 	}
@@ -190,9 +193,10 @@ func (e *Engine) icmpErrorOutbound(p *Packet) Result {
 	return toWAN
 }
 
-// ipsecErrorOwner finds the LAN endpoint behind an ICMP error about IPsec
+// ipsecErrorOwner finds the LAN endpoint behind an ICMP error about VPN
 // traffic, which the port table does not hold: ESP by its outbound SPI, IKE
-// on 500 by the SPIs in the quoted header, NAT-T on 4500 by its flow.
+// on 500 by the SPIs in the quoted header, NAT-T on 4500 by its flow, GRE by
+// its Call ID or address binding.
 func (e *Engine) ipsecErrorOwner(in *embedded) (endpoint, bool) {
 	switch {
 	case in.proto == ProtoESP:
@@ -211,6 +215,32 @@ func (e *Engine) ipsecErrorOwner(in *embedded) (endpoint, bool) {
 				return s.host, true
 			}
 		}
+	case in.proto == ProtoGRE:
+		return e.greErrorOwner(in)
+	}
+	return endpoint{}, false
+}
+
+// greErrorOwner finds the LAN host that sent the GRE an ICMP error quotes:
+// enhanced GRE names the server's Call ID (unique at that server), other
+// GRE goes by the address binding; a GRE forward owns the rest.
+func (e *Engine) greErrorOwner(in *embedded) (endpoint, bool) {
+	// An error quotes only 8 bytes of GRE for sure: enough for the key,
+	// not for the sequence number parseGRE wants room for.
+	g := greHeader(in.l4)
+	if g.version() == 1 && g.flags()&greFlagKey != 0 && g.protocol() == GREProtoPPP {
+		for k, call := range e.pptp.byPeer {
+			if k.server == in.dst && k.peer == g.callID() {
+				return endpoint{call.client, 0}, true
+			}
+		}
+	} else if g.version() == 0 {
+		if b := e.gre.bindings[in.dst]; b != nil && b.expires > e.now() {
+			return endpoint{b.host, 0}, true
+		}
+	}
+	if e.gre.forward {
+		return endpoint{e.gre.forwardTo, 0}, true
 	}
 	return endpoint{}, false
 }

@@ -197,7 +197,7 @@ func TestICMPErrorValidation(t *testing.T) {
 			return portUnreachable(remote1, wanAddr, tail)
 		}, DropICMPError, false},
 		{"icmp error about an unsupported protocol is dropped", func(out *Packet) []byte {
-			return portUnreachable(remote1, wanAddr, buildIPv4(ipHdr{src: wanAddr, dst: remote1, proto: ProtoGRE}, make([]byte, 8)))
+			return portUnreachable(remote1, wanAddr, buildIPv4(ipHdr{src: wanAddr, dst: remote1, proto: 132}, make([]byte, 8)))
 		}, DropICMPError, false},
 		{"icmp error about an unmapped port goes to the host", func(out *Packet) []byte {
 			return portUnreachable(remote1, wanAddr, udpPkt(ap(wanAddr, out.SrcPort+1), ap(remote1, 53), "q"))
