@@ -608,7 +608,18 @@ func startPcapCapture(t *testing.T, ns *lab.NS, ifname, name string) *pcapCaptur
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return c
+	// dumpcap prints "Capturing on" before it opens the interface, and
+	// creates its file only once the interface is open: a short exchange
+	// started in between would be missing from the capture.
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dumpcap on %s in %s has not created %s after 10s: %s", ifname, ns.Name, path, c.out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // capturedDrops matches dumpcap's summary of frames the capture lost:

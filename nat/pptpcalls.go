@@ -119,7 +119,10 @@ func (pt *pptpTracker) init(e *Engine) {
 	pt.conns = make(map[pptpConnKey]*pptpConn)
 	pt.calls = make(map[pptpCallKey]*pptpCall)
 	pt.byPeer = make(map[pptpPeerKey]*pptpCall)
-	pt.nextID = 1
+	// The counter starts where the start time puts it, not at 1: Call
+	// IDs of routers restarted in a row do not repeat, and small IDs
+	// clients like to pick are not handed out to others first.
+	pt.nextID = uint16(e.base.UnixNano() / 1000)
 }
 
 // conn returns the tracked connection, creating it for a SYN. A connection
