@@ -46,7 +46,6 @@ func (g greHeader) protocol() uint16 { return binary.BigEndian.Uint16(g[2:]) }
 // callID is the enhanced GRE key's Call ID half.
 func (g greHeader) callID() uint16        { return binary.BigEndian.Uint16(g[6:]) }
 func (g greHeader) setCallID(id uint16)   { binary.BigEndian.PutUint16(g[6:], id) }
-func (g greHeader) payloadLength() uint16 { return binary.BigEndian.Uint16(g[4:]) }
 
 // parseGRE checks a GRE header and reports its version. Enhanced GRE must
 // look like RFC 2637 says: no checksum, routing, strict source route or
