@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -98,19 +99,12 @@ func (v *validator) nat() {
 
 func (v *validator) ipsec() {
 	c := v.c.IPsec
-	for _, t := range []struct {
-		key   string
-		value time.Duration
-	}{
-		{"ipsec.ike_timeout", c.IKETimeout},
-		{"ipsec.esp_timeout", c.ESPTimeout},
-		{"ipsec.esp_wait", c.ESPWait},
-		{"ipsec.esp_squelch", c.ESPSquelch},
-	} {
-		if t.value <= 0 {
-			v.errorf(t.key, "must be a positive duration")
-		}
-	}
+	v.positive(map[string]time.Duration{
+		"ipsec.ike_timeout": c.IKETimeout,
+		"ipsec.esp_timeout": c.ESPTimeout,
+		"ipsec.esp_wait":    c.ESPWait,
+		"ipsec.esp_squelch": c.ESPSquelch,
+	})
 	if c.ESPRetries < 1 {
 		v.errorf("ipsec.esp_retries", "must be at least 1")
 	}
@@ -119,20 +113,23 @@ func (v *validator) ipsec() {
 	}
 }
 
-func (v *validator) pptp() {
-	c := v.c.PPTP
-	for _, t := range []struct {
-		key   string
-		value time.Duration
-	}{
-		{"pptp.call_setup_timeout", c.CallSetupTimeout},
-		{"pptp.teardown_grace", c.TeardownGrace},
-		{"pptp.gre_timeout", c.GRETimeout},
-	} {
-		if t.value <= 0 {
-			v.errorf(t.key, "must be a positive duration")
+// positive requires each duration to be above zero, reporting keys in
+// order so that errors come out the same way every time.
+func (v *validator) positive(durations map[string]time.Duration) {
+	for _, key := range slices.Sorted(maps.Keys(durations)) {
+		if durations[key] <= 0 {
+			v.errorf(key, "must be a positive duration")
 		}
 	}
+}
+
+func (v *validator) pptp() {
+	c := v.c.PPTP
+	v.positive(map[string]time.Duration{
+		"pptp.call_setup_timeout": c.CallSetupTimeout,
+		"pptp.teardown_grace":     c.TeardownGrace,
+		"pptp.gre_timeout":        c.GRETimeout,
+	})
 	if c.MaxCalls < 1 {
 		v.errorf("pptp.max_calls", "must be at least 1")
 	}

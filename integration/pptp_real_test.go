@@ -80,20 +80,6 @@ func requireRealPPTPTools(t *testing.T) {
 	}
 }
 
-// realPPTPKernelHelper attaches the kernel's PPTP conntrack/NAT helper to
-// control connections from the LAN; loaded with kernelMasquerade it makes
-// the router namespace the reference PPTP masquerade.
-const realPPTPKernelHelper = `table ip realpptp_helper {
-	ct helper pptp-1723 {
-		type "pptp" protocol tcp;
-	}
-	chain pre {
-		type filter hook prerouting priority filter; policy accept;
-		iifname "br-lan" tcp dport 1723 ct helper set "pptp-1723"
-	}
-}
-`
-
 // realPPTPScenarios are the ways the two LAN hosts dial. pptp-linux takes
 // its Call ID from /dev/random, so two hosts almost never collide; a
 // masquerade that leaves Call IDs alone then goes unnoticed. Pinning both
@@ -122,7 +108,7 @@ const (
 
 func TestRealPPTPPeersThroughKernelHelper(t *testing.T) {
 	testRealPPTPPeers(t, func(t *testing.T, l *lab.Lab) {
-		loadKernelNAT(t, l, kernelMasquerade+realPPTPKernelHelper)
+		loadKernelNAT(t, l, kernelMasquerade+pptpKernelHelper)
 	})
 }
 

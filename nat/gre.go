@@ -44,8 +44,8 @@ func (g greHeader) version() uint16  { return g.flags() & greVersionMask }
 func (g greHeader) protocol() uint16 { return binary.BigEndian.Uint16(g[2:]) }
 
 // callID is the enhanced GRE key's Call ID half.
-func (g greHeader) callID() uint16        { return binary.BigEndian.Uint16(g[6:]) }
-func (g greHeader) setCallID(id uint16)   { binary.BigEndian.PutUint16(g[6:], id) }
+func (g greHeader) callID() uint16      { return binary.BigEndian.Uint16(g[6:]) }
+func (g greHeader) setCallID(id uint16) { binary.BigEndian.PutUint16(g[6:], id) }
 
 // parseGRE checks a GRE header and reports its version. Enhanced GRE must
 // look like RFC 2637 says: no checksum, routing, strict source route or
@@ -152,21 +152,23 @@ func (h *greHandler) Inbound(p *Packet, now int64) Result {
 			h.setDst(p, call.client)
 			return toLAN
 		}
-		if h.forward {
-			h.setDst(p, h.forwardTo)
-			return toLAN
-		}
-		return drop(DropGREUnknownCall)
+		return h.toForward(p, DropGREUnknownCall)
 	}
 	if b := h.bindings[p.Src]; b != nil && b.expires > now {
 		h.setDst(p, b.host)
 		return toLAN
 	}
-	if h.forward {
-		h.setDst(p, h.forwardTo)
-		return toLAN
+	return h.toForward(p, DropUnsolicited)
+}
+
+// toForward hands inbound GRE that no call or binding claims to the GRE
+// forward, or drops it for the reason given.
+func (h *greHandler) toForward(p *Packet, otherwise DropReason) Result {
+	if !h.forward {
+		return drop(otherwise)
 	}
-	return drop(DropUnsolicited)
+	h.setDst(p, h.forwardTo)
+	return toLAN
 }
 
 func (h *greHandler) setSrc(p *Packet, a [4]byte) {
