@@ -168,7 +168,7 @@ func (pt *pptpTracker) newCall(c *pptpConn, orig uint16, now int64) *pptpCall {
 		pt.e.log.Info().Stringer("client", netip.AddrFrom4(call.client)).
 			Stringer("server", netip.AddrFrom4(call.server)).
 			Uint16("call_id", orig).Uint16("masq_call_id", id).
-			Msg("pptp call")
+			Msg("pptp call created")
 		return call
 	}
 	return nil
