@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sort"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -18,6 +20,8 @@ type Host struct {
 	// route with the lowest metric; empty when there is none.
 	DefaultRouteInterface string
 	Interfaces            []HostInterface // ordered by Index
+	// Nameservers are the IPv4 nameservers of /etc/resolv.conf.
+	Nameservers []netip.Addr
 }
 
 // HostInterface is one network interface.
@@ -99,7 +103,27 @@ func ReadHost() (*Host, error) {
 			best, h.DefaultRouteInterface = r.Priority, name
 		}
 	}
+	h.Nameservers = readNameservers("/etc/resolv.conf")
 	return h, nil
+}
+
+// readNameservers returns the IPv4 "nameserver" lines of a resolv.conf; a
+// missing or unreadable file has none.
+func readNameservers(path string) []netip.Addr {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "nameserver" {
+			if a, err := netip.ParseAddr(f[1]); err == nil && a.Is4() {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
 }
 
 func isDefault(dst *net.IPNet) bool {

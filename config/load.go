@@ -47,9 +47,13 @@ func Default() *Config {
 			GRETimeout:       5 * time.Minute,
 			MaxCalls:         4096,
 		},
-		Services: Services{Address: netip.AddrFrom4([4]byte{192, 0, 2, 53})},
-		TUN:      TUN{Name: "vpnmasq0", Table: 5353, RulePriority: 5353},
-		Log:      Log{Level: "info", Format: "auto"},
+		Services: Services{
+			Address:     netip.AddrFrom4([4]byte{192, 0, 2, 53}),
+			AdminPort:   80,
+			AdminSocket: "/run/vpnmasq/admin.sock",
+		},
+		TUN: TUN{Name: "vpnmasq0", Table: 5353, RulePriority: 5353},
+		Log: Log{Level: "info", Format: "auto"},
 	}
 }
 
@@ -260,6 +264,26 @@ func (d *decoder) value(path string, p toml.Primitive, dst reflect.Value) {
 				}
 			} else {
 				*target = append(*target, prefix)
+			}
+		}
+	case *uint16:
+		if n, ok := d.primitive(p).(int64); ok && n >= 0 && n <= 65535 {
+			*target = uint16(n)
+		} else if ok {
+			d.errorf(path, "must be a port from 1 to 65535, not %d", n)
+		} else {
+			d.errorf(path, "must be an integer, not %s", tomlTypeName(d.primitive(p)))
+		}
+	case *[]Upstream:
+		*target = nil
+		for i, item := range d.array(path, p, "addresses") {
+			var u Upstream
+			if s, ok := item.(string); !ok {
+				d.errorf(indexPath(path, i), "must be an IPv4 address in a string, e.g. \"192.0.2.1\" or \"192.0.2.1:53\", not %s", tomlTypeName(item))
+			} else if err := u.UnmarshalText([]byte(s)); err != nil {
+				d.errorf(indexPath(path, i), "%v", err)
+			} else {
+				*target = append(*target, u)
 			}
 		}
 	case *[]Forward:

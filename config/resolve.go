@@ -13,7 +13,10 @@ import (
 //   - wan.mtu: the WAN interface's MTU;
 //   - lan.interfaces: every up, non-loopback interface with an IPv4 address
 //     other than the WAN and the TUN;
-//   - lan.prefixes: the subnets of the LAN interfaces' addresses.
+//   - lan.prefixes: the subnets of the LAN interfaces' addresses;
+//   - services.dns_upstream: the IPv4 nameservers of /etc/resolv.conf, except
+//     the service address itself (none: no DNS forwarder);
+//   - services.admin_allow: lan.prefixes.
 //
 // It checks that every named interface exists and that explicit values agree
 // with the host, then validates the result again, since forwards and the
@@ -95,6 +98,17 @@ func (c *Config) Resolve(h *Host) error {
 		}
 	}
 
+	if len(r.Services.DNSUpstream) == 0 {
+		for _, a := range h.Nameservers {
+			if a != r.Services.Address {
+				r.Services.DNSUpstream = append(r.Services.DNSUpstream, Upstream(netip.AddrPortFrom(a, 53)))
+			}
+		}
+	}
+	if len(r.Services.AdminAllow) == 0 {
+		r.Services.AdminAllow = slices.Clone(r.LAN.Prefixes)
+	}
+
 	es = append(es, validate(r, forwardPositions(r))...)
 	if err := es.orNil(); err != nil {
 		return err
@@ -125,5 +139,7 @@ func (c *Config) clone() *Config {
 	r.LAN.Prefixes = slices.Clone(c.LAN.Prefixes)
 	r.Routing.NoNAT = slices.Clone(c.Routing.NoNAT)
 	r.Forwards = slices.Clone(c.Forwards)
+	r.Services.DNSUpstream = slices.Clone(c.Services.DNSUpstream)
+	r.Services.AdminAllow = slices.Clone(c.Services.AdminAllow)
 	return &r
 }

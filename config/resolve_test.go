@@ -51,6 +51,20 @@ func TestResolveFillsWhatTheFileLeftOpen(t *testing.T) {
 			func(c *Config) any { return c.LAN.Interfaces }, []string{"br-lan", "br-guest"}},
 		{"LAN prefixes are the masked subnets of the LAN interfaces, without duplicates", nil, nil,
 			func(c *Config) any { return c.LAN.Prefixes }, prefixes("192.168.77.0/24", "192.168.78.0/24")},
+		{"DNS upstreams are the host's IPv4 nameservers on port 53, the service address left out",
+			func(h *Host) {
+				h.Nameservers = []netip.Addr{netip.MustParseAddr("198.18.0.53"), netip.MustParseAddr("192.0.2.53")}
+			}, nil,
+			func(c *Config) any { return c.Services.DNSUpstream },
+			[]Upstream{Upstream(netip.MustParseAddrPort("198.18.0.53:53"))}},
+		{"explicit DNS upstreams are kept", func(h *Host) { h.Nameservers = []netip.Addr{netip.MustParseAddr("198.18.0.53")} },
+			func(c *Config) {
+				c.Services.DNSUpstream = []Upstream{Upstream(netip.MustParseAddrPort("198.18.0.9:5353"))}
+			},
+			func(c *Config) any { return c.Services.DNSUpstream },
+			[]Upstream{Upstream(netip.MustParseAddrPort("198.18.0.9:5353"))}},
+		{"the admin server allows the LAN prefixes", nil, nil,
+			func(c *Config) any { return c.Services.AdminAllow }, prefixes("192.168.77.0/24", "192.168.78.0/24")},
 		{"an explicit WAN interface is used instead of the default route's", nil,
 			func(c *Config) { c.WAN.Interface = "br-guest"; c.LAN.Interfaces = []string{"br-lan"} },
 			func(c *Config) any { return []any{c.WAN.Interface, c.WAN.Address} },

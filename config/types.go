@@ -7,6 +7,7 @@
 package config
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -89,10 +90,43 @@ type PPTP struct {
 	MaxCalls         int           `toml:"max_calls"`          // most masqueraded calls at once, default 4096
 }
 
-// Services is the router's own address for local services (netstack).
+// Services is the router's own address for local services (netstack) and
+// what runs on it.
 type Services struct {
-	Address netip.Addr `toml:"address"` // default 192.0.2.53 (see README)
+	Address     netip.Addr     `toml:"address"`      // default 192.0.2.53 (see README)
+	DNSUpstream []Upstream     `toml:"dns_upstream"` // default: the IPv4 nameservers of the host's /etc/resolv.conf
+	AdminAllow  []netip.Prefix `toml:"admin_allow"`  // LAN sources allowed to use the admin server, default lan.prefixes
+	AdminToken  string         `toml:"admin_token"`  // when set, the admin API on the LAN asks for "Authorization: Bearer <token>"
+	AdminPort   uint16         `toml:"admin_port"`   // admin HTTP port on the service address, default 80
+	AdminSocket string         `toml:"admin_socket"` // host-side unix socket (root-only), default /run/vpnmasq/admin.sock
 }
+
+// Upstream is a DNS server: "192.0.2.1" or "192.0.2.1:5353" in TOML.
+type Upstream netip.AddrPort
+
+// UnmarshalText reads an IPv4 address with an optional port (default 53).
+func (u *Upstream) UnmarshalText(text []byte) error {
+	s := string(text)
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		if !ap.Addr().Is4() || ap.Port() == 0 {
+			return fmt.Errorf("%q: want an IPv4 address with an optional non-zero port", s)
+		}
+		*u = Upstream(ap)
+		return nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is4() {
+		return fmt.Errorf("%q: want an IPv4 address with an optional port, e.g. \"192.0.2.1\" or \"192.0.2.1:53\"", s)
+	}
+	*u = Upstream(netip.AddrPortFrom(a, 53))
+	return nil
+}
+
+// MarshalText writes "address:port".
+func (u Upstream) MarshalText() ([]byte, error) { return []byte(netip.AddrPort(u).String()), nil }
+
+// AddrPort is the upstream as an address and port.
+func (u Upstream) AddrPort() netip.AddrPort { return netip.AddrPort(u) }
 
 // TUN is the device that captures LAN traffic, and its policy routing.
 type TUN struct {

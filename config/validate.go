@@ -239,6 +239,26 @@ func (v *validator) services() {
 	if a == v.c.WAN.Address {
 		v.errorf(key, "%s is also wan.address", a)
 	}
+	s := v.c.Services
+	for i, u := range s.DNSUpstream {
+		if u.AddrPort().Addr() == a {
+			v.errorf(indexPath("services.dns_upstream", i), "%s is the service address itself", u.AddrPort())
+		}
+	}
+	for i, p := range s.AdminAllow {
+		if !p.Addr().Is4() {
+			v.errorf(indexPath("services.admin_allow", i), "%s is not an IPv4 prefix", p)
+		}
+	}
+	if s.AdminPort == 0 {
+		v.errorf("services.admin_port", "must be a port from 1 to 65535")
+	}
+	if s.AdminSocket == "" || !strings.HasPrefix(s.AdminSocket, "/") {
+		v.errorf("services.admin_socket", "must be an absolute path, e.g. /run/vpnmasq/admin.sock")
+	}
+	if strings.ContainsAny(s.AdminToken, " \t\r\n") {
+		v.errorf("services.admin_token", "must not contain white space")
+	}
 }
 
 func (v *validator) tun() {

@@ -7,17 +7,27 @@ package nat
 // the operator learns why the VPN does not come up. AH on a no-NAT route is
 // routed unchanged by the routing core and never reaches the engine.
 type ahHandler struct {
-	e      *Engine
-	logged map[hostRemote]bool
+	e       *Engine
+	refused map[hostRemote]*ahRefused
 }
 
-// ahMaxLogged bounds the memory of which pairs were already explained.
-const ahMaxLogged = 1024
+// ahRefused is what the status page shows of a refused pair.
+type ahRefused struct {
+	packets uint64
+	last    int64
+}
 
-func (h *ahHandler) refuse(host, remote [4]byte, dir string) Result {
+// ahMaxRefused bounds the memory of refused pairs; beyond it, new pairs
+// are still dropped and counted, just not listed or explained again.
+const ahMaxRefused = 1024
+
+func (h *ahHandler) refuse(host, remote [4]byte, dir string, now int64) Result {
 	hr := hostRemote{host, remote}
-	if !h.logged[hr] && len(h.logged) < ahMaxLogged {
-		h.logged[hr] = true
+	if r := h.refused[hr]; r != nil {
+		r.packets++
+		r.last = now
+	} else if len(h.refused) < ahMaxRefused {
+		h.refused[hr] = &ahRefused{packets: 1, last: now}
 		h.e.log.Warn().Str("direction", dir).
 			Stringer("host", endpoint{host, 0}.AddrPort().Addr()).
 			Stringer("remote", endpoint{remote, 0}.AddrPort().Addr()).
@@ -26,6 +36,10 @@ func (h *ahHandler) refuse(host, remote [4]byte, dir string) Result {
 	return drop(DropAHNotMasqueradable)
 }
 
-func (h *ahHandler) Outbound(p *Packet, now int64) Result { return h.refuse(p.Src, p.Dst, "outbound") }
+func (h *ahHandler) Outbound(p *Packet, now int64) Result {
+	return h.refuse(p.Src, p.Dst, "outbound", now)
+}
 
-func (h *ahHandler) Inbound(p *Packet, now int64) Result { return h.refuse(p.Dst, p.Src, "inbound") }
+func (h *ahHandler) Inbound(p *Packet, now int64) Result {
+	return h.refuse(p.Dst, p.Src, "inbound", now)
+}

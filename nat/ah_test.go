@@ -81,17 +81,17 @@ func TestAHRefused(t *testing.T) {
 	})
 	t.Run("the memory of explained pairs is bounded", func(t *testing.T) {
 		l, logs := newLoggingLab(t, Config{})
-		for i := range ahMaxLogged + 100 {
+		for i := range ahMaxRefused + 100 {
 			remote := netip.AddrFrom4([4]byte{198, 18, byte(1 + i/250), byte(1 + i%250)})
 			r, _ := l.out(ahPkt(lanA, remote, uint32(i+1)))
 			wantDrop(t, r, DropAHNotMasqueradable)
 		}
 		ah := l.e.handlers[ProtoAH].(*ahHandler)
-		if len(ah.logged) > ahMaxLogged {
-			t.Errorf("%d explained pairs remembered, bound %d", len(ah.logged), ahMaxLogged)
+		if len(ah.refused) > ahMaxRefused {
+			t.Errorf("%d explained pairs remembered, bound %d", len(ah.refused), ahMaxRefused)
 		}
-		if n := len(logs.entries(t, msg)); n != ahMaxLogged {
-			t.Errorf("%d AH log lines, want %d", n, ahMaxLogged)
+		if n := len(logs.entries(t, msg)); n != ahMaxRefused {
+			t.Errorf("%d AH log lines, want %d", n, ahMaxRefused)
 		}
 	})
 }

@@ -168,7 +168,7 @@ func New(cfg Config) *Engine {
 	e.ike.init(e)
 	e.esp = newESPHandler(e)
 	e.handlers[ProtoESP] = e.esp
-	e.handlers[ProtoAH] = &ahHandler{e: e, logged: make(map[hostRemote]bool)}
+	e.handlers[ProtoAH] = &ahHandler{e: e, refused: make(map[hostRemote]*ahRefused)}
 	e.pptp.init(e)
 	e.gre = newGREHandler(e)
 	e.handlers[ProtoGRE] = e.gre

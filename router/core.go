@@ -37,10 +37,25 @@ type core struct {
 	stats Stats
 }
 
-// Stats counts what crossed the router, by direction.
+// Directions of Stats.Traffic.
+const (
+	LANToWAN = iota // masqueraded or routed out
+	WANToLAN        // translated or routed in
+)
+
+// Counter is a packet and byte count.
+type Counter struct{ Packets, Bytes atomic.Uint64 }
+
+func (c *Counter) add(n int) {
+	c.Packets.Add(1)
+	c.Bytes.Add(uint64(n))
+}
+
+// Stats counts what crossed the router.
 type Stats struct {
-	LANToWANPackets, LANToWANBytes atomic.Uint64 // masqueraded or routed out
-	WANToLANPackets, WANToLANBytes atomic.Uint64 // translated or routed in
+	// Traffic is indexed by direction (LANToWAN, WANToLAN) and IP
+	// protocol, counted as the packet leaves (after translation).
+	Traffic [2][256]Counter
 	HairpinPackets                 atomic.Uint64 // LAN → WAN address → LAN
 	LocalPackets                   atomic.Uint64 // LAN ↔ LAN across interfaces
 	ICMPErrorsSent                 atomic.Uint64 // Time Exceeded, Fragmentation Needed, Unreachable
@@ -102,8 +117,7 @@ func (c *core) routeOut(buf []byte, p *nat.Packet, o *outbox, masquerade bool) {
 			return
 		}
 	}
-	c.stats.LANToWANPackets.Add(1)
-	c.stats.LANToWANBytes.Add(uint64(len(p.Buf)))
+	c.stats.Traffic[LANToWAN][p.Proto].add(len(p.Buf))
 	if !tooBig {
 		o.toWAN(buf, len(p.Buf))
 		return
@@ -209,8 +223,7 @@ func (c *core) fromWAN(buf []byte, n int, p *nat.Packet, o *outbox) {
 }
 
 func (c *core) deliverLAN(buf []byte, p *nat.Packet, o *outbox) {
-	c.stats.WANToLANPackets.Add(1)
-	c.stats.WANToLANBytes.Add(uint64(len(p.Buf)))
+	c.stats.Traffic[WANToLAN][p.Proto].add(len(p.Buf))
 	o.toLAN(buf, len(p.Buf))
 }
 

@@ -116,6 +116,26 @@ func printSummary(out io.Writer, c *config.Config) {
 		row(fmt.Sprintf("forward[%d]", i), describeForward(f))
 	}
 	row("services.address", c.Services.Address.String())
+	sv := c.Services
+	var ups []string
+	for _, u := range sv.DNSUpstream {
+		ups = append(ups, u.AddrPort().String())
+	}
+	if len(ups) == 0 {
+		row("services.dns_upstream", "none (no DNS forwarder)")
+	} else {
+		row("services.dns_upstream", strings.Join(ups, ", "))
+	}
+	var allow []string
+	for _, p := range sv.AdminAllow {
+		allow = append(allow, p.String())
+	}
+	token := "no token"
+	if sv.AdminToken != "" {
+		token = "bearer token"
+	}
+	row("services admin", fmt.Sprintf("http://%s:%d from %s (%s); socket %s",
+		sv.Address, sv.AdminPort, strings.Join(allow, ", "), token, sv.AdminSocket))
 	row("tun", fmt.Sprintf("%s, table %d, rule priority %d", c.TUN.Name, c.TUN.Table, c.TUN.RulePriority))
 	row("log", fmt.Sprintf("level %s, format %s", c.Log.Level, c.Log.Format))
 	w.Flush()
