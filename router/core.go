@@ -55,11 +55,11 @@ func (c *Counter) add(n int) {
 type Stats struct {
 	// Traffic is indexed by direction (LANToWAN, WANToLAN) and IP
 	// protocol, counted as the packet leaves (after translation).
-	Traffic [2][256]Counter
-	HairpinPackets                 atomic.Uint64 // LAN → WAN address → LAN
-	LocalPackets                   atomic.Uint64 // LAN ↔ LAN across interfaces
-	ICMPErrorsSent                 atomic.Uint64 // Time Exceeded, Fragmentation Needed, Unreachable
-	FragmentsSent                  atomic.Uint64
+	Traffic        [2][256]Counter
+	HairpinPackets atomic.Uint64 // LAN → WAN address → LAN
+	LocalPackets   atomic.Uint64 // LAN ↔ LAN across interfaces
+	ICMPErrorsSent atomic.Uint64 // Time Exceeded, Fragmentation Needed, Unreachable
+	FragmentsSent  atomic.Uint64
 }
 
 func (c *core) drop(r nat.DropReason) { c.drops.Add(r) }
