@@ -102,6 +102,7 @@ type ikeKey struct {
 type ikeSession struct {
 	host       endpoint // LAN host and the port it speaks IKE from
 	remote     [4]byte
+	remotePort uint16 // the remote's port in the latest message (500 or 4500), for display
 	ispi, rspi uint64
 	created    int64
 	lastSeen   int64
@@ -198,10 +199,10 @@ func (t *ikeTracker) outbound(p *Packet, h ikeHeader, now int64) DropReason {
 	case s == nil && t.full():
 		return DropTableFull
 	case s == nil && h.rspi == 0:
-		t.newSession(host, p.Dst, h, now, "new exchange from the LAN host")
+		t.newSession(host, p.Dst, h, now, "new exchange from the LAN host").remotePort = p.DstPort
 	case s == nil:
 		// E.g. the first message of an IKE SA the remote's rekey created.
-		t.newSession(host, p.Dst, h, now, "LAN host's message on SPIs not seen before")
+		t.newSession(host, p.Dst, h, now, "LAN host's message on SPIs not seen before").remotePort = p.DstPort
 	case s.host.addr != p.Src:
 		t.e.log.Warn().Stringer("host", host.AddrPort()).Stringer("remote", p.DstAddr()).
 			Hex("ispi", u64(h.ispi)).Stringer("owner", s.host.AddrPort()).
@@ -209,6 +210,7 @@ func (t *ikeTracker) outbound(p *Packet, h ikeHeader, now int64) DropReason {
 		return DropIKECollision
 	default:
 		s.host.port = p.SrcPort // NAT-T floats from 500 to 4500
+		s.remotePort = p.DstPort
 		t.seen(s, h, now)
 	}
 	return DropNone
@@ -220,6 +222,7 @@ func (t *ikeTracker) outbound(p *Packet, h ikeHeader, now int64) DropReason {
 // that remote most recently, and is tracked from then on.
 func (t *ikeTracker) inbound(p *Packet, h ikeHeader, now int64) (endpoint, bool) {
 	if s := t.lookup(p.Src, h, now); s != nil {
+		s.remotePort = p.SrcPort
 		t.seen(s, h, now)
 		return s.host, true
 	}
@@ -232,6 +235,7 @@ func (t *ikeTracker) inbound(p *Packet, h ikeHeader, now int64) (endpoint, bool)
 		port = PortNATT
 	}
 	s := t.newSession(endpoint{host, port}, p.Src, h, now, "new SPIs from the remote: most recent LAN host in IKE with it")
+	s.remotePort = p.SrcPort
 	return s.host, true
 }
 

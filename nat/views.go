@@ -12,7 +12,8 @@ import (
 // IKESession describes one IKE session tracked by its SPIs.
 type IKESession struct {
 	Host         netip.AddrPort // LAN host and the port it speaks IKE from
-	Remote       netip.Addr
+	Remote       netip.AddrPort
+	WANPort      uint16 // 500 kept; for NAT-T 4500 kept or a range port
 	InitiatorSPI uint64
 	ResponderSPI uint64 // 0 until the responder answered
 	Age, Idle    time.Duration
@@ -28,9 +29,18 @@ func (e *Engine) IKESessions() []IKESession {
 		if e.ike.live(s, now) == nil {
 			continue
 		}
+		wanPort := s.host.port
+		if wanPort != PortIKE {
+			if f := e.ike.natt[nattKey{endpoint{s.remote, s.remotePort}}]; f != nil && f.host == s.host {
+				wanPort = PortNATT
+			} else if m := e.table.lookupInt(ProtoUDP, s.host); m != nil {
+				wanPort = m.Ext
+			}
+		}
 		out = append(out, IKESession{
+			WANPort:      wanPort,
 			Host:         s.host.AddrPort(),
-			Remote:       netip.AddrFrom4(s.remote),
+			Remote:       netip.AddrPortFrom(netip.AddrFrom4(s.remote), s.remotePort),
 			InitiatorSPI: s.ispi,
 			ResponderSPI: s.rspi,
 			Age:          time.Duration(now - s.created),

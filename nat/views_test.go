@@ -17,7 +17,7 @@ func TestViews(t *testing.T) {
 			t.Fatalf("%d sessions: %+v", len(got), got)
 		}
 		s := got[0]
-		if s.Host != ap(lanA, PortIKE) || s.Remote != remote1 || s.InitiatorSPI != 0x1111 || s.ResponderSPI != 0x2222 ||
+		if s.Host != ap(lanA, PortIKE) || s.Remote != ap(remote1, PortIKE) || s.InitiatorSPI != 0x1111 || s.ResponderSPI != 0x2222 ||
 			s.Age != 3*time.Second || s.Idle != time.Second {
 			t.Errorf("session %+v", s)
 		}
