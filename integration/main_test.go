@@ -284,6 +284,7 @@ func launchRouter(t *testing.T, l *lab.Lab, config string) (*router, error) {
 	t.Helper()
 	args := []string{"run"} // no config: the embedded default
 	if config != "" {
+		config = withAdminSocket(config, filepath.Join(t.TempDir(), "admin.sock"))
 		path := filepath.Join(t.TempDir(), "vpnmasq.toml")
 		if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 			return nil, err
@@ -322,6 +323,21 @@ func launchRouter(t *testing.T, l *lab.Lab, config string) (*router, error) {
 	r.ready = ready
 	t.Logf("router ready: %s", ready.Raw)
 	return r, nil
+}
+
+// withAdminSocket puts the router's admin socket at path unless the
+// configuration names one, so a test (or a kill -9) leaves no socket in
+// /run/vpnmasq and tests never meet another router's socket.
+func withAdminSocket(config, path string) string {
+	if strings.Contains(config, "admin_socket") {
+		return config
+	}
+	line := fmt.Sprintf("admin_socket = %q\n", path)
+	if i := strings.Index(config, "[services]\n"); i >= 0 {
+		i += len("[services]\n")
+		return config[:i] + line + config[i:]
+	}
+	return config + "\n[services]\n" + line
 }
 
 func (r *router) hasExited() bool {

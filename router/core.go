@@ -23,11 +23,14 @@ import (
 // would expire on its way to the LAN is answered with Time Exceeded from the
 // WAN address, quoting the packet as the remote sent it.
 type core struct {
-	nat      *nat.Engine
-	lan      prefixSet
-	noNAT    prefixSet
-	wanAddr  [4]byte
-	service  [4]byte
+	nat     *nat.Engine
+	lan     prefixSet
+	noNAT   prefixSet
+	wanAddr [4]byte
+	service [4]byte
+	// local takes packets for the service address (the netstack); nil
+	// until the services run.
+	local    func(pkt []byte)
 	wanMTU   int
 	offset   int
 	lanAddrs []netip.Prefix // the router's own LAN-side addresses, for ICMP errors
@@ -58,6 +61,7 @@ type Stats struct {
 	Traffic        [2][256]Counter
 	HairpinPackets atomic.Uint64 // LAN → WAN address → LAN
 	LocalPackets   atomic.Uint64 // LAN ↔ LAN across interfaces
+	ServicePackets atomic.Uint64 // LAN → the service address (netstack)
 	ICMPErrorsSent atomic.Uint64 // Time Exceeded, Fragmentation Needed, Unreachable
 	FragmentsSent  atomic.Uint64
 }
@@ -79,7 +83,12 @@ func (c *core) fromLAN(buf []byte, n int, p *nat.Packet, o *outbox) {
 		// (or a spoofer) behind the WAN address.
 		c.drop(nat.DropMartian)
 	case p.Dst == c.service:
-		c.drop(nat.DropNoService)
+		if c.local == nil {
+			c.drop(nat.DropNoService)
+			return
+		}
+		c.stats.ServicePackets.Add(1)
+		c.local(p.Buf)
 	case c.lan.contains(p.Dst):
 		// Between LAN interfaces: route unchanged.
 		c.stats.LocalPackets.Add(1)

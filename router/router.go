@@ -44,18 +44,19 @@ const maxPacket = 65535
 
 // Router is one running vpnmasq instance.
 type Router struct {
-	cfg     *config.Config
-	log     zerolog.Logger
-	core    core
-	nat     *nat.Engine
-	spec    HostSpec
-	tunMTU  int
-	tun     tun.Device
-	wan     WAN
-	host    *Host
-	wg      sync.WaitGroup
-	closing chan struct{}
-	wanBad  uint64 // truncated+malformed captures already counted
+	cfg      *config.Config
+	log      zerolog.Logger
+	core     core
+	nat      *nat.Engine
+	spec     HostSpec
+	tunMTU   int
+	tun      tun.Device
+	wan      WAN
+	host     *Host
+	services *services
+	wg       sync.WaitGroup
+	closing  chan struct{}
+	wanBad   uint64 // truncated+malformed captures already counted
 }
 
 // New prepares a router from a resolved configuration. It changes nothing on
@@ -220,6 +221,12 @@ func (r *Router) Start() error {
 		r.tun.Close()
 		return fmt.Errorf("setting up host routing: %w", err)
 	}
+	if err := r.startServices(); err != nil {
+		r.host.Close()
+		r.wan.Close()
+		r.tun.Close()
+		return err
+	}
 	return nil
 }
 
@@ -308,6 +315,9 @@ func (r *Router) Close() error {
 	}
 	close(r.closing)
 	var errs []error
+	if r.services != nil {
+		errs = append(errs, r.services.close())
+	}
 	if r.host != nil {
 		errs = append(errs, r.host.Close())
 	}

@@ -5,6 +5,7 @@
 //
 //	vpnmasq run [--config FILE]    run the router (embedded default without a file)
 //	vpnmasq check --config FILE    validate a configuration (exit 2 on errors)
+//	vpnmasq status [--json]        print the running router's tables (admin socket)
 //	vpnmasq demo                   build a throwaway namespace lab and show it working
 //	vpnmasq version
 package main
@@ -23,6 +24,9 @@ commands:
   run [--config FILE]   run the router (default file: /etc/vpnmasq/vpnmasq.toml when it
                         exists, else the embedded default)
   check --config FILE   validate a configuration file; exit 2 on errors
+  status [--json] [--socket PATH]
+                        print the running router's mappings and VPN sessions through its
+                        admin socket (default /run/vpnmasq/admin.sock; root)
   demo                  build a throwaway network-namespace lab, route HTTP, UDP and
                         ping through the real router, print the NAT table, clean up
   version               print the version
@@ -39,6 +43,8 @@ func main() {
 		os.Exit(cmdRun(args))
 	case "check":
 		os.Exit(cmdCheck(args))
+	case "status":
+		os.Exit(cmdStatus(args))
 	case "demo":
 		os.Exit(cmdDemo(args))
 	case "version", "--version":

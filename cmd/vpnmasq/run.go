@@ -54,6 +54,7 @@ func cmdRun(args []string) int {
 		return 2
 	}
 	log := newLogger(cfg.Log, os.Stderr)
+	router.Version = version
 	r, err := router.New(cfg, host, log)
 	if err != nil {
 		log.Error().Err(err).Msg("configuration")

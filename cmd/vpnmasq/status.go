@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vpnmasq/vpnmasq/router/admin"
+)
+
+// statusTimeout bounds the whole exchange with the router: a router that
+// accepts but never answers must not hang the command.
+const statusTimeout = 10 * time.Second
+
+// cmdStatus implements `vpnmasq status [--json] [--socket PATH]`.
+func cmdStatus(args []string) int { return runStatus(args, os.Stdout, os.Stderr) }
+
+// runStatus asks the running router for its state over the admin unix
+// socket and prints it as text tables, or as the API's JSON with --json.
+// It returns 0 on success, 1 when the router cannot be asked, 2 on usage
+// errors.
+func runStatus(args []string, stdout, stderr io.Writer) int {
+	flags := flag.NewFlagSet("status", flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	asJSON := flags.Bool("json", false, "print the router's JSON (/api/v1/status) instead of tables")
+	socket := flags.String("socket", admin.DefaultSocket, "the router's admin unix socket `PATH`")
+	flags.Usage = func() {
+		fmt.Fprintf(stderr, "usage: vpnmasq status [--json] [--socket PATH]\n\n"+
+			"Shows the running router's state: VPN sessions, NAT mappings, traffic, drops\n"+
+			"and DNS counters. The socket is root-only.\n\n")
+		flags.PrintDefaults()
+	}
+	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if flags.NArg() > 0 {
+		fmt.Fprintf(stderr, "status: unexpected argument %q\n", flags.Arg(0))
+		flags.Usage()
+		return 2
+	}
+
+	body, err := fetchStatus(*socket, statusTimeout)
+	if err != nil {
+		fmt.Fprintf(stderr, "vpnmasq status: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		stdout.Write(body)
+		return 0
+	}
+	var snap admin.Snapshot
+	if err := json.Unmarshal(body, &snap); err != nil {
+		fmt.Fprintf(stderr, "vpnmasq status: the router at %s sent an unreadable status: %v\n", *socket, err)
+		return 1
+	}
+	if err := admin.WriteText(stdout, snap); err != nil {
+		fmt.Fprintf(stderr, "vpnmasq status: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// fetchStatus GETs /api/v1/status over the unix socket. Its errors read as
+// the rest of a sentence after "vpnmasq status: ".
+func fetchStatus(socket string, timeout time.Duration) ([]byte, error) {
+	client := &http.Client{
+		Timeout: timeout,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}},
+	}
+	defer client.CloseIdleConnections()
+	resp, err := client.Get("http://unix/api/v1/status")
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) && ue.Timeout() {
+			return nil, fmt.Errorf("the router at %s did not answer within %s", socket, timeout)
+		}
+		return nil, reachError(socket, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("reading the router's answer from %s: %v", socket, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("the router at %s answered %s: %s", socket, resp.Status,
+			strings.TrimSpace(string(bytes.ToValidUTF8(body, []byte("?")))))
+	}
+	return body, nil
+}
+
+// reachError explains a failed request. The dial error alone ("connect: no
+// such file or directory") says what happened; the URL around it does not.
+func reachError(socket string, err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		err = op.Err
+	}
+	if errors.Is(err, syscall.EACCES) {
+		return fmt.Errorf("cannot reach the router at %s: %v; the socket is root-only", socket, err)
+	}
+	return fmt.Errorf("cannot reach the router at %s: %v; is it running?", socket, err)
+}

@@ -1,0 +1,163 @@
+package admin
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"github.com/rs/zerolog"
+)
+
+// Options control who may use the handler.
+type Options struct {
+	// Allow lists the client networks that may connect. An empty list
+	// refuses every untrusted client: the API shows the LAN's hosts and
+	// their VPN peers, which is nobody's business by default.
+	Allow []netip.Prefix
+	// Token, when set, must come as "Authorization: Bearer <token>".
+	Token string
+	// Trusted skips both checks. It is for the unix socket, whose file
+	// mode already limits it to root.
+	Trusted bool
+	Log     zerolog.Logger
+}
+
+// NewHandler serves the admin API and the status page:
+//
+//	GET /healthz          "ok"
+//	GET /metrics          Prometheus text format (see NewCollector)
+//	GET /api/v1/status    the whole Snapshot as JSON
+//	GET /api/v1/mappings  {"mappings":[...]}
+//	GET /api/v1/vpn       {"ike":[...],"esp":[...],"pptp":[...],"ah":[...]}
+//	GET /                 the status page (HTML, refreshes itself)
+//
+// Other methods get 405 and other paths 404, but only after the access
+// checks, so a refused client learns nothing about the routes.
+func NewHandler(src Source, opts Options) http.Handler {
+	h := &handler{src: src, opts: opts, log: opts.Log}
+	if opts.Token != "" {
+		// Comparing digests keeps the comparison constant-time even in the
+		// token's length, which subtle.ConstantTimeCompare does not hide.
+		sum := sha256.Sum256([]byte(opts.Token))
+		h.token = sum[:]
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", h.healthz)
+	mux.Handle("GET /metrics", newMetricsHandler(src, h.log))
+	mux.HandleFunc("GET /api/v1/status", h.status)
+	mux.HandleFunc("GET /api/v1/mappings", h.mappings)
+	mux.HandleFunc("GET /api/v1/vpn", h.vpn)
+	mux.HandleFunc("GET /{$}", h.page)
+	h.mux = mux
+	return h
+}
+
+type handler struct {
+	src   Source
+	opts  Options
+	token []byte // SHA-256 of Options.Token, nil without a token
+	log   zerolog.Logger
+	mux   *http.ServeMux
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.opts.Trusted {
+		client, ok := clientAddr(r.RemoteAddr)
+		if !ok || !allowed(h.opts.Allow, client) {
+			h.log.Info().Str("client", r.RemoteAddr).Str("path", r.URL.Path).Msg("admin: client address not allowed")
+			http.Error(w, "403 forbidden: this address may not use the admin interface", http.StatusForbidden)
+			return
+		}
+		if h.token != nil && !h.tokenMatches(r) {
+			h.log.Info().Str("client", r.RemoteAddr).Str("path", r.URL.Path).Msg("admin: missing or wrong bearer token")
+			// Basic too, so that a browser asks for the token (as the
+			// password) and can show the status page.
+			w.Header().Add("WWW-Authenticate", `Bearer realm="vpnmasq"`)
+			w.Header().Add("WWW-Authenticate", `Basic realm="vpnmasq", charset="UTF-8"`)
+			http.Error(w, "401 unauthorized: a bearer token is required", http.StatusUnauthorized)
+			return
+		}
+	}
+	h.log.Debug().Str("client", r.RemoteAddr).Str("method", r.Method).Str("path", r.URL.Path).Msg("admin request")
+	h.mux.ServeHTTP(w, r)
+}
+
+// clientAddr parses http.Request.RemoteAddr. IPv4-mapped IPv6 addresses are
+// unmapped so that IPv4 prefixes match them.
+func clientAddr(remote string) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return ap.Addr().Unmap(), true
+}
+
+func allowed(allow []netip.Prefix, a netip.Addr) bool {
+	for _, p := range allow {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// tokenMatches checks a request's credentials: "Authorization: Bearer
+// <token>" for API clients and Prometheus, or HTTP Basic with the token as
+// the password (any user name) for browsers. The scheme is case-insensitive
+// (RFC 9110, section 11.1); the token is not.
+func (h *handler) tokenMatches(r *http.Request) bool {
+	if _, password, ok := r.BasicAuth(); ok {
+		sum := sha256.Sum256([]byte(password))
+		return subtle.ConstantTimeCompare(sum[:], h.token) == 1
+	}
+	header := r.Header.Get("Authorization")
+	const scheme = "bearer "
+	if len(header) < len(scheme) || !strings.EqualFold(header[:len(scheme)], scheme) {
+		return false
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(header[len(scheme):])))
+	return subtle.ConstantTimeCompare(sum[:], h.token) == 1
+}
+
+func (h *handler) healthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write([]byte("ok\n"))
+}
+
+func (h *handler) status(w http.ResponseWriter, r *http.Request) {
+	h.writeJSON(w, h.src.Snapshot().normalized())
+}
+
+// MappingsResponse is the body of /api/v1/mappings.
+type MappingsResponse struct {
+	Mappings []Mapping `json:"mappings"`
+}
+
+func (h *handler) mappings(w http.ResponseWriter, r *http.Request) {
+	h.writeJSON(w, MappingsResponse{Mappings: orEmpty(h.src.Snapshot().Mappings)})
+}
+
+// vpn answers with a VPN itself: its JSON is the documented body.
+func (h *handler) vpn(w http.ResponseWriter, r *http.Request) {
+	h.writeJSON(w, h.src.Snapshot().VPN.normalized())
+}
+
+// writeJSON encodes before writing anything, so a failure can still be a
+// clean 500 instead of a truncated 200.
+func (h *handler) writeJSON(w http.ResponseWriter, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		h.log.Error().Err(err).Msg("admin: cannot encode JSON")
+		http.Error(w, "500 internal error: cannot encode the response", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(buf.Bytes())
+}

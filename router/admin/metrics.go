@@ -1,0 +1,217 @@
+package admin
+
+import (
+	"fmt"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/vpnmasq/vpnmasq/nat"
+)
+
+// The descriptors of the metrics listed on Collector.
+var (
+	descPackets = prometheus.NewDesc("vpnmasq_packets_total",
+		"Packets forwarded, by direction (lan_to_wan, wan_to_lan) and protocol.", []string{"direction", "proto"}, nil)
+	descBytes = prometheus.NewDesc("vpnmasq_bytes_total",
+		"Bytes forwarded (whole IP packets), by direction and protocol.", []string{"direction", "proto"}, nil)
+	descDrops = prometheus.NewDesc("vpnmasq_drops_total",
+		"Packets dropped, by reason.", []string{"reason"}, nil)
+	descMappings = prometheus.NewDesc("vpnmasq_mappings",
+		"NAT mappings, by protocol.", []string{"proto"}, nil)
+	descPortsInUse = prometheus.NewDesc("vpnmasq_ports_in_use",
+		"WAN ports (ICMP query identifiers) in use, by protocol.", []string{"proto"}, nil)
+	descPortsSize = prometheus.NewDesc("vpnmasq_ports_size",
+		"Size of the WAN port range, by protocol.", []string{"proto"}, nil)
+	descVPN = prometheus.NewDesc("vpnmasq_vpn_sessions",
+		"VPN passthrough state, by kind (ike, esp_established, esp_waiting, esp_squelched, pptp_control, pptp_call, ah_refused).",
+		[]string{"kind"}, nil)
+	descDNSQueries = prometheus.NewDesc("vpnmasq_dns_queries_total",
+		"Queries to the DNS forwarder, by transport (udp, tcp).", []string{"transport"}, nil)
+	descDNSHits = prometheus.NewDesc("vpnmasq_dns_cache_hits_total",
+		"DNS queries answered from the cache.", nil, nil)
+	descDNSFailures = prometheus.NewDesc("vpnmasq_dns_upstream_failures_total",
+		"Upstream DNS queries that failed or timed out.", nil, nil)
+	descUptime = prometheus.NewDesc("vpnmasq_uptime_seconds",
+		"Seconds since the router started.", nil, nil)
+	descBuild = prometheus.NewDesc("vpnmasq_build_info",
+		"Always 1; the version is the label.", []string{"version"}, nil)
+)
+
+// mappingProtos always have a vpnmasq_mappings series, so that a graph shows
+// zero rather than a gap when a protocol has no mappings.
+var mappingProtos = []string{"tcp", "udp", "icmp"}
+
+// Collector turns one Snapshot per scrape into metrics. It keeps no state of
+// its own: the router's counters are the truth, and two scrapes never see
+// halves of different snapshots.
+//
+// The metrics served on /metrics, besides the Go runtime's go_* and the
+// process's process_* metrics:
+//
+//	vpnmasq_packets_total{direction,proto}    counter  packets forwarded; direction is lan_to_wan or
+//	                                                   wan_to_lan, proto one of tcp udp icmp gre esp ah other
+//	vpnmasq_bytes_total{direction,proto}      counter  bytes forwarded (IP packets, headers included)
+//	vpnmasq_drops_total{reason}               counter  packets dropped, by reason; every reason is
+//	                                                   present, zeros included
+//	vpnmasq_mappings{proto}                   gauge    NAT mappings (tcp, udp and icmp always present)
+//	vpnmasq_ports_in_use{proto}               gauge    WAN ports (ICMP query ids) taken from the port range
+//	vpnmasq_ports_size{proto}                 gauge    size of the port range
+//	vpnmasq_vpn_sessions{kind}                gauge    VPN passthrough state; kind is ike, esp_established,
+//	                                                   esp_waiting, esp_squelched, pptp_control, pptp_call
+//	                                                   or ah_refused (LAN host and remote pairs whose AH
+//	                                                   was refused)
+//	vpnmasq_dns_queries_total{transport}      counter  queries to the DNS forwarder; transport is udp or tcp
+//	vpnmasq_dns_cache_hits_total              counter  queries answered from the cache
+//	vpnmasq_dns_upstream_failures_total       counter  upstream queries that failed or timed out
+//	vpnmasq_uptime_seconds                    gauge    seconds since the router started
+//	vpnmasq_build_info{version}               gauge    always 1; the version is the label
+type Collector struct {
+	src Source
+}
+
+// NewCollector returns a prometheus.Collector for src's metrics (listed
+// above).
+func NewCollector(src Source) *Collector { return &Collector{src: src} }
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descPackets, descBytes, descDrops, descMappings,
+		descPortsInUse, descPortsSize, descVPN, descDNSQueries, descDNSHits, descDNSFailures,
+		descUptime, descBuild} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src.Snapshot()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+
+	// The same label set twice would make the whole scrape fail, so rows
+	// that repeat a direction and protocol are added up.
+	type dirProto struct{ dir, proto string }
+	traffic := map[dirProto]Traffic{}
+	for _, t := range s.Traffic {
+		k := dirProto{t.Direction, t.Proto}
+		sum := traffic[k]
+		sum.Packets += t.Packets
+		sum.Bytes += t.Bytes
+		traffic[k] = sum
+	}
+	for k, t := range traffic {
+		counter(descPackets, t.Packets, k.dir, k.proto)
+		counter(descBytes, t.Bytes, k.dir, k.proto)
+	}
+
+	for reason, n := range allDrops(s.Drops) {
+		counter(descDrops, n, reason)
+	}
+
+	mappings := map[string]int{}
+	for _, p := range mappingProtos {
+		mappings[p] = 0
+	}
+	for _, m := range s.Mappings {
+		mappings[m.Proto]++
+	}
+	for proto, n := range mappings {
+		gauge(descMappings, float64(n), proto)
+	}
+
+	inUse, size := map[string]int{}, map[string]int{}
+	for _, p := range s.Ports {
+		inUse[p.Proto] += p.InUse
+		size[p.Proto] += p.Size
+	}
+	for proto := range inUse {
+		gauge(descPortsInUse, float64(inUse[proto]), proto)
+		gauge(descPortsSize, float64(size[proto]), proto)
+	}
+
+	for _, k := range vpnKinds(s.VPN) {
+		gauge(descVPN, float64(k.n), k.kind)
+	}
+
+	counter(descDNSQueries, s.DNS.UDPQueries, "udp")
+	counter(descDNSQueries, s.DNS.TCPQueries, "tcp")
+	counter(descDNSHits, s.DNS.CacheHits)
+	counter(descDNSFailures, s.DNS.UpstreamFailures)
+	gauge(descUptime, float64(s.Uptime))
+	gauge(descBuild, 1, s.Version)
+}
+
+type vpnKind struct {
+	kind string
+	n    int
+}
+
+// vpnKinds counts the VPN state by the kinds of vpnmasq_vpn_sessions. The
+// status page and the CLI do not need it: they list the sessions.
+func vpnKinds(v VPN) []vpnKind {
+	var established, waiting, squelched, calls int
+	for _, e := range v.ESP {
+		switch e.State {
+		case ESPEstablished:
+			established++
+		case ESPWaiting:
+			waiting++
+		case ESPSquelched:
+			squelched++
+		}
+	}
+	for _, c := range v.PPTP {
+		calls += len(c.Calls)
+	}
+	return []vpnKind{
+		{"ike", len(v.IKE)},
+		{"esp_established", established},
+		{"esp_waiting", waiting},
+		{"esp_squelched", squelched},
+		{"pptp_control", len(v.PPTP)},
+		{"pptp_call", calls},
+		{"ah_refused", len(v.AH)},
+	}
+}
+
+// allDrops returns a copy of drops that holds every reason the NAT knows,
+// zeros included, so that a rate over vpnmasq_drops_total exists before the
+// first drop of its kind. It never changes the Source's map.
+func allDrops(drops map[string]uint64) map[string]uint64 {
+	out := make(map[string]uint64, len(drops)+len(nat.AllDropReasons()))
+	for _, r := range nat.AllDropReasons() {
+		out[r.String()] = 0
+	}
+	for reason, n := range drops {
+		out[reason] = n
+	}
+	return out
+}
+
+// newMetricsHandler serves the metrics from a registry of their own, so no
+// other package's registrations on the default registry leak into them.
+func newMetricsHandler(src Source, log zerolog.Logger) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(src),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog:      promLogger{log},
+		ErrorHandling: promhttp.ContinueOnError,
+	})
+}
+
+// promLogger passes promhttp's errors to the router's log.
+type promLogger struct{ log zerolog.Logger }
+
+func (l promLogger) Println(v ...any) {
+	l.log.Error().Msg("admin: metrics: " + fmt.Sprint(v...))
+}

@@ -1,0 +1,183 @@
+package admin
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/vpnmasq/vpnmasq/nat"
+)
+
+// scrape fetches /metrics and parses it as Prometheus does.
+func scrape(t *testing.T, src Source) map[string]*dto.MetricFamily {
+	t.Helper()
+	rec := serve(t, src, "GET", "/metrics")
+	if rec.Code != 200 {
+		t.Fatalf("/metrics: %d %s", rec.Code, rec.Body)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(rec.Body)
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
+	return families
+}
+
+// sample finds the value of the series with exactly these labels
+// ("name=value" pairs).
+func sample(families map[string]*dto.MetricFamily, name string, labels ...string) (float64, dto.MetricType, error) {
+	f := families[name]
+	if f == nil {
+		return 0, 0, fmt.Errorf("no metric %s", name)
+	}
+	want := map[string]string{}
+	for _, l := range labels {
+		k, v, _ := strings.Cut(l, "=")
+		want[k] = v
+	}
+	for _, m := range f.GetMetric() {
+		got := map[string]string{}
+		for _, lp := range m.GetLabel() {
+			got[lp.GetName()] = lp.GetValue()
+		}
+		if !maps.Equal(got, want) {
+			continue
+		}
+		switch f.GetType() {
+		case dto.MetricType_COUNTER:
+			return m.GetCounter().GetValue(), f.GetType(), nil
+		case dto.MetricType_GAUGE:
+			return m.GetGauge().GetValue(), f.GetType(), nil
+		default:
+			return m.GetUntyped().GetValue(), f.GetType(), nil
+		}
+	}
+	return 0, 0, fmt.Errorf("no series %s%v", name, labels)
+}
+
+func TestMetrics(t *testing.T) {
+	families := scrape(t, &fakeSource{snap: fakeSnapshot()})
+	counter, gauge := dto.MetricType_COUNTER, dto.MetricType_GAUGE
+	cases := []struct {
+		name   string
+		labels []string
+		typ    dto.MetricType
+		want   float64
+	}{
+		{"vpnmasq_packets_total", []string{"direction=lan_to_wan", "proto=tcp"}, counter, 100},
+		{"vpnmasq_packets_total", []string{"direction=wan_to_lan", "proto=tcp"}, counter, 90},
+		{"vpnmasq_packets_total", []string{"direction=lan_to_wan", "proto=esp"}, counter, 7},
+		{"vpnmasq_bytes_total", []string{"direction=lan_to_wan", "proto=tcp"}, counter, 150000},
+		{"vpnmasq_bytes_total", []string{"direction=wan_to_lan", "proto=udp"}, counter, 500},
+		{"vpnmasq_drops_total", []string{"reason=malformed"}, counter, 3},
+		{"vpnmasq_drops_total", []string{"reason=esp_squelched"}, counter, 2},
+		{"vpnmasq_drops_total", []string{"reason=unsolicited"}, counter, 0},
+		{"vpnmasq_mappings", []string{"proto=tcp"}, gauge, 2},
+		{"vpnmasq_mappings", []string{"proto=udp"}, gauge, 1},
+		{"vpnmasq_mappings", []string{"proto=icmp"}, gauge, 0},
+		{"vpnmasq_ports_in_use", []string{"proto=tcp"}, gauge, 2},
+		{"vpnmasq_ports_in_use", []string{"proto=icmp"}, gauge, 0},
+		{"vpnmasq_ports_size", []string{"proto=udp"}, gauge, 12768},
+		{"vpnmasq_ports_size", []string{"proto=icmp"}, gauge, 65536},
+		{"vpnmasq_vpn_sessions", []string{"kind=ike"}, gauge, 1},
+		{"vpnmasq_vpn_sessions", []string{"kind=esp_established"}, gauge, 2},
+		{"vpnmasq_vpn_sessions", []string{"kind=esp_waiting"}, gauge, 1},
+		{"vpnmasq_vpn_sessions", []string{"kind=esp_squelched"}, gauge, 1},
+		{"vpnmasq_vpn_sessions", []string{"kind=pptp_control"}, gauge, 2},
+		{"vpnmasq_vpn_sessions", []string{"kind=pptp_call"}, gauge, 2},
+		{"vpnmasq_vpn_sessions", []string{"kind=ah_refused"}, gauge, 1},
+		{"vpnmasq_dns_queries_total", []string{"transport=udp"}, counter, 10},
+		{"vpnmasq_dns_queries_total", []string{"transport=tcp"}, counter, 2},
+		{"vpnmasq_dns_cache_hits_total", nil, counter, 4},
+		{"vpnmasq_dns_upstream_failures_total", nil, counter, 1},
+		{"vpnmasq_uptime_seconds", nil, gauge, 3723.25},
+		{"vpnmasq_build_info", []string{"version=1.2.3"}, gauge, 1},
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprintf("%s%v is %v", tc.name, tc.labels, tc.want), func(t *testing.T) {
+			got, typ, err := sample(families, tc.name, tc.labels...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if typ != tc.typ {
+				t.Errorf("type %v, want %v", typ, tc.typ)
+			}
+			if got != tc.want {
+				t.Errorf("value %v, want %v", got, tc.want)
+			}
+		})
+	}
+
+	t.Run("every drop reason has a series, zeros included", func(t *testing.T) {
+		for _, r := range nat.AllDropReasons() {
+			if _, _, err := sample(families, "vpnmasq_drops_total", "reason="+r.String()); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	t.Run("the Go runtime and process metrics are there too", func(t *testing.T) {
+		for _, name := range []string{"go_goroutines", "process_open_fds"} {
+			if families[name] == nil {
+				t.Errorf("no %s", name)
+			}
+		}
+	})
+	t.Run("every metric has help text", func(t *testing.T) {
+		for _, name := range slices.Sorted(maps.Keys(families)) {
+			if strings.HasPrefix(name, "vpnmasq_") && families[name].GetHelp() == "" {
+				t.Errorf("%s has no help", name)
+			}
+		}
+	})
+	t.Run("the names pass the Prometheus linter", func(t *testing.T) {
+		problems, err := testutil.CollectAndLint(NewCollector(&fakeSource{snap: fakeSnapshot()}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range problems {
+			t.Errorf("%s: %s", p.Metric, p.Text)
+		}
+	})
+}
+
+func TestMetricsEdgeCases(t *testing.T) {
+	cases := []struct {
+		name   string
+		snap   Snapshot
+		metric string
+		labels []string
+		want   float64
+	}{
+		{"repeated traffic rows are added up instead of failing the scrape",
+			Snapshot{Traffic: []Traffic{{LANToWAN, "udp", 1, 10}, {LANToWAN, "udp", 2, 20}}},
+			"vpnmasq_bytes_total", []string{"direction=lan_to_wan", "proto=udp"}, 30},
+		{"repeated port rows are added up", Snapshot{Ports: []PortUse{{"tcp", 1, 10}, {"tcp", 2, 10}}},
+			"vpnmasq_ports_in_use", []string{"proto=tcp"}, 3},
+		{"an idle router still has its mapping gauges", Snapshot{}, "vpnmasq_mappings", []string{"proto=tcp"}, 0},
+		{"an idle router still has its VPN gauges", Snapshot{}, "vpnmasq_vpn_sessions", []string{"kind=pptp_call"}, 0},
+		{"a drop reason the NAT does not know yet is still exported",
+			Snapshot{Drops: map[string]uint64{"brand_new": 4}}, "vpnmasq_drops_total", []string{"reason=brand_new"}, 4},
+		{"an unknown mapping protocol gets its own series",
+			Snapshot{Mappings: []Mapping{{Proto: "gre"}}}, "vpnmasq_mappings", []string{"proto=gre"}, 1},
+		{"a hostile version is only a label value", Snapshot{Version: hostile},
+			"vpnmasq_build_info", []string{"version=" + hostile}, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, _, err := sample(scrape(t, &fakeSource{snap: tc.snap}), tc.metric, tc.labels...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("value %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,212 @@
+// Package admin serves the router's view of itself: a small HTTP API (JSON
+// tables, Prometheus metrics, a health check) and a self-refreshing status
+// page. The same handler is served on the netstack's port 80 for the LAN,
+// behind an address allow-list and an optional bearer token, and on a
+// root-only unix socket for `vpnmasq status`.
+//
+// The package knows nothing about how the router keeps its state: everything
+// it shows comes from one Snapshot per request, taken from a Source.
+package admin
+
+import (
+	"math"
+	"net/netip"
+	"strconv"
+	"time"
+)
+
+// Source gives a consistent picture of the router. Snapshot is called once
+// per request or scrape, from any goroutine, and the result is only read.
+type Source interface {
+	Snapshot() Snapshot
+}
+
+// Seconds is a duration in seconds. It is a plain JSON number, so API users
+// need no duration parser, and it is rounded to milliseconds on the wire
+// because finer digits are only noise to an operator.
+type Seconds float64
+
+// SecondsOf converts a duration.
+func SecondsOf(d time.Duration) Seconds { return Seconds(d.Seconds()) }
+
+// Duration converts back to a time.Duration.
+func (s Seconds) Duration() time.Duration { return time.Duration(float64(s) * float64(time.Second)) }
+
+// String reads like "1h2m3s": whole seconds, which is what the page and the
+// CLI show.
+func (s Seconds) String() string {
+	if math.IsNaN(float64(s)) || math.IsInf(float64(s), 0) {
+		return "-"
+	}
+	return s.Duration().Round(time.Second).String()
+}
+
+// MarshalJSON writes the number of seconds to the millisecond. A NaN or an
+// infinity, which JSON cannot carry, is written as 0 rather than failing the
+// whole response.
+func (s Seconds) MarshalJSON() ([]byte, error) {
+	f := float64(s)
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		f = 0
+	}
+	return strconv.AppendFloat(nil, math.Round(f*1000)/1000, 'f', -1, 64), nil
+}
+
+// Snapshot is the router's state at one moment.
+type Snapshot struct {
+	Time        time.Time         `json:"time"`
+	Uptime      Seconds           `json:"uptime"`
+	Version     string            `json:"version"`
+	WANAddr     netip.Addr        `json:"wan_addr"`
+	WANIf       string            `json:"wan_if"`
+	LANPrefixes []netip.Prefix    `json:"lan_prefixes"`
+	ServiceAddr netip.Addr        `json:"service_addr"`
+	Traffic     []Traffic         `json:"traffic"` // per direction and protocol
+	Drops       map[string]uint64 `json:"drops"`   // by reason name
+	Mappings    []Mapping         `json:"mappings"`
+	Ports       []PortUse         `json:"ports"` // per protocol
+	VPN         VPN               `json:"vpn"`
+	DNS         DNSStats          `json:"dns"`
+}
+
+// Traffic counts forwarded packets in one direction for one protocol.
+type Traffic struct {
+	Direction string `json:"direction"` // "lan_to_wan" or "wan_to_lan"
+	Proto     string `json:"proto"`     // tcp udp icmp gre esp ah other
+	Packets   uint64 `json:"packets"`
+	Bytes     uint64 `json:"bytes"`
+}
+
+// Directions of Traffic.
+const (
+	LANToWAN = "lan_to_wan"
+	WANToLAN = "wan_to_lan"
+)
+
+// Mapping is one NAT mapping. Remote is the most recent remote endpoint.
+type Mapping struct {
+	Proto  string         `json:"proto"`
+	LAN    netip.AddrPort `json:"lan"`
+	WAN    netip.AddrPort `json:"wan"`
+	Remote netip.AddrPort `json:"remote"`
+	Flows  int            `json:"flows"`
+	Static bool           `json:"static"`
+	Age    Seconds        `json:"age"`
+	Idle   Seconds        `json:"idle"`
+}
+
+// PortUse is how much of one protocol's port range is taken.
+type PortUse struct {
+	Proto string `json:"proto"`
+	InUse int    `json:"in_use"`
+	Size  int    `json:"size"`
+}
+
+// VPN holds the passthrough state of IPsec and PPTP.
+type VPN struct {
+	IKE  []IKESession `json:"ike"`
+	ESP  []ESPPair    `json:"esp"`
+	PPTP []PPTPConn   `json:"pptp"`
+	AH   []AHRefusal  `json:"ah"`
+}
+
+// IKESession is one IKE exchange through the NAT. The SPIs are 16 hex digits.
+type IKESession struct {
+	LANHost      netip.AddrPort `json:"lan_host"`
+	Remote       netip.AddrPort `json:"remote"`
+	WANPort      uint16         `json:"wan_port"`
+	InitiatorSPI string         `json:"initiator_spi"`
+	ResponderSPI string         `json:"responder_spi"`
+	Age          Seconds        `json:"age"`
+	Idle         Seconds        `json:"idle"`
+}
+
+// ESP pair states.
+const (
+	ESPWaiting     = "waiting"
+	ESPEstablished = "established"
+	ESPSquelched   = "squelched"
+)
+
+// ESPPair is one LAN host's ESP security association pair with a remote.
+// The SPIs are 8 hex digits, "" while unknown.
+type ESPPair struct {
+	LANHost netip.Addr `json:"lan_host"`
+	Remote  netip.Addr `json:"remote"`
+	OutSPI  string     `json:"out_spi"`
+	InSPI   string     `json:"in_spi"`
+	State   string     `json:"state"` // waiting, established, squelched
+	Age     Seconds    `json:"age"`
+	Idle    Seconds    `json:"idle"`
+}
+
+// PPTPConn is one PPTP control connection and its calls.
+type PPTPConn struct {
+	Client netip.AddrPort `json:"client"`
+	Server netip.AddrPort `json:"server"`
+	State  string         `json:"state"` // open, closed
+	Calls  []PPTPCall     `json:"calls"`
+}
+
+// PPTPCall is one call on a control connection: the client's Call ID, the
+// one the NAT put on the wire in its place, and the server's.
+type PPTPCall struct {
+	CallID     uint16  `json:"call_id"`
+	MasqCallID uint16  `json:"masq_call_id"`
+	PeerCallID uint16  `json:"peer_call_id"`
+	State      string  `json:"state"` // setup, established, ending
+	GREOut     uint64  `json:"gre_out"`
+	GREIn      uint64  `json:"gre_in"`
+	Age        Seconds `json:"age"`
+}
+
+// AHRefusal records a LAN host whose AH traffic the NAT refused: AH protects
+// the IP addresses, so it cannot be masqueraded.
+type AHRefusal struct {
+	LANHost  netip.Addr `json:"lan_host"`
+	Remote   netip.Addr `json:"remote"`
+	Packets  uint64     `json:"packets"`
+	LastSeen Seconds    `json:"last_seen"`
+}
+
+// DNSStats counts the DNS forwarder's work.
+type DNSStats struct {
+	UDPQueries       uint64 `json:"udp_queries"`
+	TCPQueries       uint64 `json:"tcp_queries"`
+	CacheHits        uint64 `json:"cache_hits"`
+	UpstreamFailures uint64 `json:"upstream_failures"`
+	Answered         uint64 `json:"answered"`
+}
+
+// normalized returns a copy whose lists are never nil, so the JSON has []
+// where a client would otherwise have to handle null, and whose drop map
+// holds every known reason.
+func (s Snapshot) normalized() Snapshot {
+	s.LANPrefixes = orEmpty(s.LANPrefixes)
+	s.Traffic = orEmpty(s.Traffic)
+	s.Drops = allDrops(s.Drops)
+	s.Mappings = orEmpty(s.Mappings)
+	s.Ports = orEmpty(s.Ports)
+	s.VPN = s.VPN.normalized()
+	return s
+}
+
+func (v VPN) normalized() VPN {
+	v.IKE = orEmpty(v.IKE)
+	v.ESP = orEmpty(v.ESP)
+	v.AH = orEmpty(v.AH)
+	conns := make([]PPTPConn, len(v.PPTP))
+	for i, c := range v.PPTP {
+		c.Calls = orEmpty(c.Calls)
+		conns[i] = c
+	}
+	v.PPTP = conns
+	return v
+}
+
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
