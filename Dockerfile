@@ -47,5 +47,8 @@ FROM ${BASE_IMAGE}
 COPY --from=build /out/vpnmasq /usr/local/bin/vpnmasq
 COPY config/example.toml /etc/vpnmasq/vpnmasq.example.toml
 ENTRYPOINT ["/usr/local/bin/vpnmasq"]
+# Healthy while the router answers on its admin socket.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+        CMD ["/usr/local/bin/vpnmasq", "status", "--health"]
 # `run` reads /etc/vpnmasq/vpnmasq.toml when it exists, else the embedded default.
 CMD ["run"]

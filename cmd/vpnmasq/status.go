@@ -23,7 +23,7 @@ import (
 // accepts but never answers must not hang the command.
 const statusTimeout = 10 * time.Second
 
-// cmdStatus implements `vpnmasq status [--json] [--socket PATH]`.
+// cmdStatus implements `vpnmasq status [--json | --health] [--socket PATH]`.
 func cmdStatus(args []string) int { return runStatus(args, os.Stdout, os.Stderr) }
 
 // runStatus asks the running router for its state over the admin unix
@@ -34,9 +34,10 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("status", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	asJSON := flags.Bool("json", false, "print the router's JSON (/api/v1/status) instead of tables")
+	health := flags.Bool("health", false, "only check that the router answers (/healthz): for container health checks")
 	socket := flags.String("socket", admin.DefaultSocket, "the router's admin unix socket `PATH`")
 	flags.Usage = func() {
-		fmt.Fprintf(stderr, "usage: vpnmasq status [--json] [--socket PATH]\n\n"+
+		fmt.Fprintf(stderr, "usage: vpnmasq status [--json | --health] [--socket PATH]\n\n"+
 			"Shows the running router's state: VPN sessions, NAT mappings, traffic, drops\n"+
 			"and DNS counters. The socket is root-only.\n\n")
 		flags.PrintDefaults()
@@ -53,7 +54,16 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	body, err := fetchStatus(*socket, statusTimeout)
+	if *health {
+		body, err := fetch(*socket, "/healthz", statusTimeout)
+		if err != nil {
+			fmt.Fprintf(stderr, "vpnmasq status: %v\n", err)
+			return 1
+		}
+		stdout.Write(body)
+		return 0
+	}
+	body, err := fetch(*socket, "/api/v1/status", statusTimeout)
 	if err != nil {
 		fmt.Fprintf(stderr, "vpnmasq status: %v\n", err)
 		return 1
@@ -74,9 +84,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// fetchStatus GETs /api/v1/status over the unix socket. Its errors read as
-// the rest of a sentence after "vpnmasq status: ".
-func fetchStatus(socket string, timeout time.Duration) ([]byte, error) {
+// fetch GETs a path of the admin API over the unix socket. Its errors read
+// as the rest of a sentence after "vpnmasq status: ".
+func fetch(socket, path string, timeout time.Duration) ([]byte, error) {
 	client := &http.Client{
 		Timeout: timeout,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -85,7 +95,7 @@ func fetchStatus(socket string, timeout time.Duration) ([]byte, error) {
 		}},
 	}
 	defer client.CloseIdleConnections()
-	resp, err := client.Get("http://unix/api/v1/status")
+	resp, err := client.Get("http://unix" + path)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) && ue.Timeout() {

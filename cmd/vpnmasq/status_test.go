@@ -132,6 +132,18 @@ func TestStatusCommand(t *testing.T) {
 			t.Errorf("got %+v\nwant %+v", got, want)
 		}
 	})
+	t.Run("--health prints ok and exits 0 while the router answers", func(t *testing.T) {
+		var stdout, stderr bytes.Buffer
+		if code := runStatus([]string{"--health", "--socket", sock}, &stdout, &stderr); code != 0 || stdout.String() != "ok\n" {
+			t.Errorf("exit %d, stdout %q, stderr %q", code, &stdout, &stderr)
+		}
+	})
+	t.Run("--health exits 1 when no router answers", func(t *testing.T) {
+		var stdout, stderr bytes.Buffer
+		if code := runStatus([]string{"--health", "--socket", filepath.Join(t.TempDir(), "none.sock")}, &stdout, &stderr); code != 1 {
+			t.Errorf("exit %d, stderr %q", code, &stderr)
+		}
+	})
 	t.Run("a socket nobody listens on is exit 1 with a clear message", func(t *testing.T) {
 		stale := filepath.Join(t.TempDir(), "stale.sock")
 		l, err := net.Listen("unix", stale)
@@ -157,7 +169,7 @@ func TestStatusCommand(t *testing.T) {
 		}
 		defer l.Close() // never accepts: the kernel completes the connection, nobody answers
 		start := time.Now()
-		_, err = fetchStatus(path, 200*time.Millisecond)
+		_, err = fetch(path, "/api/v1/status", 200*time.Millisecond)
 		if err == nil || !strings.Contains(err.Error(), "did not answer within 200ms") {
 			t.Errorf("error %v, want a timeout", err)
 		}
