@@ -89,7 +89,7 @@ func TestStatusCommand(t *testing.T) {
 			[]string{`^vpnmasq status: cannot reach the router at ` + regexp.QuoteMeta(missing) +
 				`: connect: no such file or directory; is it running\?\n$`}},
 		{"the default socket is /run/vpnmasq/admin.sock", []string{"-h"}, 0, nil,
-			[]string{`usage: vpnmasq status \[--json\] \[--socket PATH\]`, `\(default "/run/vpnmasq/admin\.sock"\)`}},
+			[]string{`usage: vpnmasq status \[--json \| --health\] \[--socket PATH\]`, `\(default "/run/vpnmasq/admin\.sock"\)`}},
 		{"extra arguments are refused", []string{"--socket", sock, "more"}, 2, nil, []string{`unexpected argument "more"`}},
 		{"an unknown flag is refused", []string{"--sock", sock}, 2, nil, []string{`flag provided but not defined`}},
 	}
