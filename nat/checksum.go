@@ -37,12 +37,16 @@ func rewriteSrc(p *Packet, addr [4]byte, port uint16) {
 		p.Src = addr
 	}
 	if port != p.SrcPort && p.L4 != nil {
-		switch p.Proto {
-		case ProtoTCP:
+		switch {
+		case p.PartialChecksum && p.Proto == ProtoTCP:
+			header.TCP(p.L4).SetSourcePort(port)
+		case p.PartialChecksum && p.Proto == ProtoUDP:
+			header.UDP(p.L4).SetSourcePort(port)
+		case p.Proto == ProtoTCP:
 			header.TCP(p.L4).SetSourcePortWithChecksumUpdate(port)
-		case ProtoUDP:
+		case p.Proto == ProtoUDP:
 			header.UDP(p.L4).SetSourcePortWithChecksumUpdate(port)
-		case ProtoICMP:
+		case p.Proto == ProtoICMP:
 			header.ICMPv4(p.L4).SetIdentWithChecksumUpdate(port)
 			p.DstPort = port
 		}
@@ -59,12 +63,16 @@ func rewriteDst(p *Packet, addr [4]byte, port uint16) {
 		p.Dst = addr
 	}
 	if port != p.DstPort && p.L4 != nil {
-		switch p.Proto {
-		case ProtoTCP:
+		switch {
+		case p.PartialChecksum && p.Proto == ProtoTCP:
+			header.TCP(p.L4).SetDestinationPort(port)
+		case p.PartialChecksum && p.Proto == ProtoUDP:
+			header.UDP(p.L4).SetDestinationPort(port)
+		case p.Proto == ProtoTCP:
 			header.TCP(p.L4).SetDestinationPortWithChecksumUpdate(port)
-		case ProtoUDP:
+		case p.Proto == ProtoUDP:
 			header.UDP(p.L4).SetDestinationPortWithChecksumUpdate(port)
-		case ProtoICMP:
+		case p.Proto == ProtoICMP:
 			header.ICMPv4(p.L4).SetIdentWithChecksumUpdate(port)
 			p.SrcPort = port
 		}
@@ -82,8 +90,8 @@ func rewritePseudoHeader(p *Packet, old, new tcpip.Address) {
 	}
 	switch p.Proto {
 	case ProtoTCP:
-		header.TCP(p.L4).UpdateChecksumPseudoHeaderAddress(old, new, true)
+		header.TCP(p.L4).UpdateChecksumPseudoHeaderAddress(old, new, !p.PartialChecksum)
 	case ProtoUDP:
-		header.UDP(p.L4).UpdateChecksumPseudoHeaderAddress(old, new, true)
+		header.UDP(p.L4).UpdateChecksumPseudoHeaderAddress(old, new, !p.PartialChecksum)
 	}
 }

@@ -50,6 +50,14 @@ type Packet struct {
 	// Fragment state: FragOffset in bytes; MoreFragments is the MF flag.
 	FragOffset    uint16
 	MoreFragments bool
+
+	// PartialChecksum says the TCP or UDP checksum field holds only the
+	// pseudo-header sum, to be completed by checksum offload (a GSO
+	// super-packet with virtio-net NEEDS_CSUM). Address rewrites then
+	// update the field without complementing it, and port rewrites leave
+	// it alone: the ports lie in the part the offload sums. Parse clears
+	// it; the router sets it for packets it passes on whole.
+	PartialChecksum bool
 }
 
 // Parse checks b as an IPv4 packet and fills p. It returns DropNone when the
