@@ -30,7 +30,12 @@ type core struct {
 	service [4]byte
 	// local takes packets for the service address (the netstack); nil
 	// until the services run.
-	local    func(pkt []byte)
+	local func(pkt []byte)
+	// gsoOut: the WAN side sends GSO super-packets whole (WriteGSO).
+	gsoOut bool
+	// gsoIn: the WAN side returns received super-packets whole, their
+	// virtio-net header before each packet, for the TUN.
+	gsoIn    bool
 	wanMTU   int
 	offset   int
 	lanAddrs []netip.Prefix // the router's own LAN-side addresses, for ICMP errors
@@ -62,6 +67,7 @@ type Stats struct {
 	HairpinPackets atomic.Uint64 // LAN → WAN address → LAN
 	LocalPackets   atomic.Uint64 // LAN ↔ LAN across interfaces
 	ServicePackets atomic.Uint64 // LAN → the service address (netstack)
+	GSOWhole       atomic.Uint64 // TCP super-packets translated and sent whole
 	ICMPErrorsSent atomic.Uint64 // Time Exceeded, Fragmentation Needed, Unreachable
 	FragmentsSent  atomic.Uint64
 }
@@ -180,10 +186,17 @@ func (c *core) lanAddrFor(host [4]byte) [4]byte {
 
 // fromWAN handles one packet captured on the WAN interface.
 func (c *core) fromWAN(buf []byte, n int, p *nat.Packet, o *outbox) {
+	c.fromWANAs(buf, n, p, o, false)
+}
+
+// fromWANAs is fromWAN for a packet that is a TCP super-packet with a
+// partial checksum (whole), delivered to the TUN as one frame.
+func (c *core) fromWANAs(buf []byte, n int, p *nat.Packet, o *outbox, whole bool) {
 	if r := p.Parse(buf[c.offset : c.offset+n]); r != nat.DropNone {
 		c.drop(r)
 		return
 	}
+	p.PartialChecksum = whole
 	switch {
 	case isMartianSource(p.Src) || p.Src == c.wanAddr:
 		c.drop(nat.DropMartian)
@@ -203,7 +216,7 @@ func (c *core) fromWAN(buf []byte, n int, p *nat.Packet, o *outbox) {
 			c.expiredFromWAN(p.Buf, o)
 			return
 		}
-		c.deliverLAN(buf, p, o)
+		c.deliverLAN(buf, p, o, whole)
 		return
 	case p.Dst != c.wanAddr:
 		c.drop(nat.DropMartian)
@@ -228,11 +241,16 @@ func (c *core) fromWAN(buf []byte, n int, p *nat.Packet, o *outbox) {
 		c.drop(nat.DropTTLExceeded)
 		return
 	}
-	c.deliverLAN(buf, p, o)
+	c.deliverLAN(buf, p, o, whole)
 }
 
-func (c *core) deliverLAN(buf []byte, p *nat.Packet, o *outbox) {
+func (c *core) deliverLAN(buf []byte, p *nat.Packet, o *outbox, whole bool) {
 	c.stats.Traffic[WANToLAN][p.Proto].add(len(p.Buf))
+	if whole {
+		c.stats.GSOWhole.Add(1)
+		o.toLANWhole(buf, len(p.Buf))
+		return
+	}
 	o.toLAN(buf, len(p.Buf))
 }
 

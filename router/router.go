@@ -51,6 +51,7 @@ type Router struct {
 	spec     HostSpec
 	tunMTU   int
 	tun      tun.Device
+	tunIO    *tunIO // whole-packet reads; nil: wireguard-go's Read
 	wan      WAN
 	host     *Host
 	services *services
@@ -216,6 +217,19 @@ func (r *Router) Start() error {
 		r.tun.Close()
 		return fmt.Errorf("opening WAN transport on %s: %w", r.cfg.WAN.Interface, err)
 	}
+	if r.tunIO, err = newTunIO(dev); err != nil {
+		r.wan.Close()
+		r.tun.Close()
+		return fmt.Errorf("TUN %q: %w", r.cfg.TUN.Name, err)
+	}
+	if g, ok := r.wan.(gsoWAN); ok && g.CanSendGSO() && r.tunIO != nil {
+		r.core.gsoOut = true
+	}
+	if kw, ok := r.wan.(interface{ KeepWhole() }); ok && r.tunIO != nil {
+		kw.KeepWhole()
+		r.core.gsoIn = true
+	}
+	r.log.Debug().Bool("tun_whole_reads", r.tunIO != nil).Bool("wan_gso_send", r.core.gsoOut).Bool("wan_gso_receive", r.core.gsoIn).Msg("data path")
 	if r.host, err = SetupHost(r.spec); err != nil {
 		r.wan.Close()
 		r.tun.Close()
@@ -341,8 +355,17 @@ func (r *Router) closed(err error) bool {
 	return errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed)
 }
 
+// gsoWAN is a WAN transport that can send GSO super-packets whole.
+type gsoWAN interface {
+	CanSendGSO() bool
+	WriteGSO(bufs [][]byte, offset int) (int, error)
+}
+
 // tunLoop reads batches of LAN packets from the TUN.
 func (r *Router) tunLoop() error {
+	if r.tunIO != nil {
+		return r.tunLoopWhole()
+	}
 	batch := r.tun.BatchSize()
 	bufs, sizes := newBuffers(batch)
 	o := newOutbox(batch, packetOffset, 2*batch, max(r.core.wanMTU, maxICMPErrorLen))
@@ -367,6 +390,31 @@ func (r *Router) tunLoop() error {
 	}
 }
 
+// tunLoopWhole reads the TUN's packets whole (tunIO): GSO super-packets
+// go to the WAN as one frame where they can, split otherwise.
+func (r *Router) tunLoopWhole() error {
+	batch := r.tun.BatchSize()
+	bufs, sizes := newBuffers(batch)
+	o := newOutbox(batch, packetOffset, 2*batch, max(r.core.wanMTU, maxICMPErrorLen))
+	segs := &segmentPool{offset: packetOffset}
+	var p nat.Packet
+	for {
+		n, err := r.tunIO.read(bufs, sizes, packetOffset)
+		if err != nil {
+			if r.closed(err) {
+				return nil
+			}
+			return err
+		}
+		o.reset()
+		segs.reset()
+		for i := range n {
+			r.core.fromTUN(bufs[i], sizes[i], &p, o, segs)
+		}
+		r.flush(o)
+	}
+}
+
 // wanLoop reads batches of captured WAN packets.
 func (r *Router) wanLoop() error {
 	batch := r.wan.BatchSize()
@@ -383,33 +431,69 @@ func (r *Router) wanLoop() error {
 		}
 		o.reset()
 		for i := range n {
-			r.core.fromWAN(bufs[i], sizes[i], &p, o)
+			whole := r.core.gsoIn && decodeVnetHdr(bufs[i][packetOffset-vnetHdrLen:packetOffset]).isGSO()
+			r.core.fromWANAs(bufs[i], sizes[i], &p, o, whole)
 		}
 		r.flush(o)
 	}
 }
 
-// flush writes what one pass queued, one batch per side.
+// flush writes what one pass queued: runs of ordinary packets to the WAN
+// transport's Write, super-packets to WriteGSO, in queue order; then the
+// LAN side.
 func (r *Router) flush(o *outbox) {
-	if len(o.wan) > 0 {
-		if _, err := r.wan.Write(o.wan, packetOffset); err != nil && !r.closed(err) {
-			var we *WriteError
-			if errors.As(err, &we) {
-				for range we.Refused {
-					r.core.drop(nat.DropWriteFailed)
-				}
-			} else {
+	for start := 0; start < len(o.wan); {
+		end := start + 1
+		for end < len(o.wan) && o.whole[end] == o.whole[start] {
+			end++
+		}
+		if o.whole[start] {
+			if _, err := r.wan.(gsoWAN).WriteGSO(o.wan[start:end], packetOffset); err != nil && !r.closed(err) {
 				r.core.drop(nat.DropWriteFailed)
+				r.log.Debug().Err(err).Msg("wan gso write")
 			}
-			r.log.Debug().Err(err).Msg("wan write")
+		} else {
+			r.writeWAN(o.wan[start:end])
 		}
+		start = end
 	}
-	if len(o.lan) > 0 {
-		if _, err := r.tun.Write(o.lan, packetOffset); err != nil && !r.closed(err) {
+	for start := 0; start < len(o.lan); {
+		end := start + 1
+		for end < len(o.lan) && o.lanWhole[end] == o.lanWhole[start] {
+			end++
+		}
+		if !o.lanWhole[start] {
+			if _, err := r.tun.Write(o.lan[start:end], packetOffset); err != nil && !r.closed(err) {
+				r.core.drop(nat.DropWriteFailed)
+				r.log.Debug().Err(err).Msg("tun write")
+			}
+		} else {
+			for _, b := range o.lan[start:end] {
+				if err := r.tunIO.write(b[packetOffset-vnetHdrLen:]); err != nil && !r.closed(err) {
+					r.core.drop(nat.DropWriteFailed)
+					r.log.Debug().Err(err).Msg("tun gso write")
+				}
+			}
+		}
+		start = end
+	}
+}
+
+// writeWAN sends ordinary packets through the WAN transport's Write.
+func (r *Router) writeWAN(bufs [][]byte) {
+	_, err := r.wan.Write(bufs, packetOffset)
+	if err == nil || r.closed(err) {
+		return
+	}
+	var we *WriteError
+	if errors.As(err, &we) {
+		for range we.Refused {
 			r.core.drop(nat.DropWriteFailed)
-			r.log.Debug().Err(err).Msg("tun write")
 		}
+	} else {
+		r.core.drop(nat.DropWriteFailed)
 	}
+	r.log.Debug().Err(err).Msg("wan write")
 }
 
 func newBuffers(batch int) ([][]byte, []int) {

@@ -173,3 +173,35 @@ func finishSegment(seg []byte, ihl, k int, last bool, mss int) {
 		udp.SetChecksum(sum)
 	}
 }
+
+// keepWhole decides whether a received super-packet can go to the TUN
+// whole, and if so writes its virtio-net header in the TUN's form into hdr:
+// plain TCP (the kernel's TUN takes TSO without ECN), not PPTP control
+// (rewritten byte by byte), with the checksum left to offload (NEEDS_CSUM,
+// from a local sender's TSO) or already verified (DATA_VALID, after GRO).
+// The checksum field is set to the pseudo-header sum over the whole TCP
+// length, which is what segmentation expects of a NEEDS_CSUM super-packet.
+func keepWhole(pkt []byte, h vnetHdr, hdr []byte) bool {
+	if h.gsoType != unix.VIRTIO_NET_HDR_GSO_TCPV4 || h.gsoSize == 0 ||
+		(!h.needsChecksum() && h.flags&unix.VIRTIO_NET_HDR_F_DATA_VALID == 0) {
+		return false
+	}
+	ip := header.IPv4(pkt)
+	ihl := int(ip.HeaderLength())
+	if ip.Protocol() != nat.ProtoTCP || ip.More() || ip.FragmentOffset() != 0 || len(pkt) < ihl+header.TCPMinimumSize {
+		return false
+	}
+	tcp := header.TCP(pkt[ihl:])
+	thl := int(tcp.DataOffset())
+	if thl < header.TCPMinimumSize || ihl+thl > len(pkt) || tcp.SourcePort() == nat.PortPPTP || tcp.DestinationPort() == nat.PortPPTP {
+		return false
+	}
+	tcp.SetChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(pkt)-ihl)))
+	hdr[0] = unix.VIRTIO_NET_HDR_F_NEEDS_CSUM
+	hdr[1] = unix.VIRTIO_NET_HDR_GSO_TCPV4
+	binary.NativeEndian.PutUint16(hdr[2:], uint16(ihl+thl))
+	binary.NativeEndian.PutUint16(hdr[4:], h.gsoSize)
+	binary.NativeEndian.PutUint16(hdr[6:], uint16(ihl))
+	binary.NativeEndian.PutUint16(hdr[8:], 16)
+	return true
+}

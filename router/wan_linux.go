@@ -74,9 +74,21 @@ type socketWAN struct {
 	txAddrs []unix.RawSockaddrInet4
 	txIndex []int // txMsgs slot -> index in the caller's bufs
 
+	// gso sends whole TCP super-packets; nil when the WAN link has no
+	// Ethernet header.
+	gso *gsoSender
+	// whole: received TCP super-packets are returned whole (KeepWhole).
+	whole   bool
+	gsoKept atomic.Uint64
+	gsoMu   sync.Mutex
+	segPool [][]byte // buffers for super-packets sent as segments
+	segBufs [][]byte
+
 	truncated atomic.Uint64
 	malformed atomic.Uint64
 	segmented atomic.Uint64
+	gsoSent   atomic.Uint64
+	gsoSplit  atomic.Uint64
 }
 
 // WANStats are the transport's own drop counters.
@@ -92,6 +104,11 @@ type WANStats struct {
 	// KernelDrops counts packets the kernel dropped because the capture
 	// socket's receive buffer was full, since the previous call.
 	KernelDrops uint64
+	// GSOSent counts super-packets sent whole; GSOSplit those sent as
+	// segments because their next hop was not resolved.
+	GSOSent, GSOSplit uint64
+	// GSOKept counts received super-packets returned whole (KeepWhole).
+	GSOKept uint64
 }
 
 // OpenWAN opens the WAN transport for c in the network namespace of the
@@ -143,6 +160,10 @@ func OpenWAN(c Capture) (WAN, error) {
 		txIovs:  make([]unix.Iovec, wanBatchSize),
 		txAddrs: make([]unix.RawSockaddrInet4, wanBatchSize),
 		txIndex: make([]int, wanBatchSize),
+	}
+	if w.gso, err = openGSOSender(link); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("GSO send socket on %s: %w", c.Interface, err)
 	}
 	if w.rxConn, err = rx.SyscallConn(); err != nil {
 		w.Close()
@@ -354,6 +375,15 @@ func (w *socketWAN) sortReceived(bufs [][]byte, sizes []int, offset, got, k int)
 				copy(dst, pkt)
 			}
 		}
+		if !staged && w.whole && offset >= vnetHdrLen {
+			if keepWhole(dst, h, bufs[n][offset-vnetHdrLen:offset]) {
+				w.gsoKept.Add(1)
+				sizes[n] = len(dst)
+				n++
+				continue
+			}
+			clear(bufs[n][offset-vnetHdrLen : offset])
+		}
 		size, err := w.finishReceived(dst, h, ip.Protocol())
 		if err != nil {
 			w.malformed.Add(1)
@@ -428,6 +458,9 @@ func (w *socketWAN) deliverPending(bufs [][]byte, sizes []int, offset, n, k int)
 	moved := 0
 	for moved < len(w.pending) && n < k {
 		p := w.pending[moved]
+		if w.whole && offset >= vnetHdrLen {
+			clear(bufs[n][offset-vnetHdrLen : offset])
+		}
 		if len(bufs[n])-offset < len(p) {
 			w.truncated.Add(1)
 		} else {
@@ -523,13 +556,80 @@ func (w *socketWAN) Close() error {
 	if w.closed.Swap(true) {
 		return nil
 	}
-	return errors.Join(w.rx.Close(), w.tx.Close())
+	return errors.Join(w.rx.Close(), w.tx.Close(), w.gso.Close())
+}
+
+// KeepWhole makes Read return TCP super-packets whole, for a TUN that takes
+// them: the vnetHdrLen bytes before each returned packet then hold its
+// virtio-net header in the TUN's form (all zero for an ordinary packet).
+// Super-packets that need work per segment are still split.
+func (w *socketWAN) KeepWhole() {
+	w.rxMu.Lock()
+	w.whole = true
+	w.rxMu.Unlock()
+}
+
+// CanSendGSO reports whether WriteGSO sends super-packets whole.
+func (w *socketWAN) CanSendGSO() bool { return w.gso != nil }
+
+// WriteGSO sends TCP super-packets bufs[i][offset:], each with its
+// virtio-net header (as the TUN gave it) in the vnetHdrLen bytes before
+// offset: whole through the packet socket where the next hop is resolved,
+// otherwise split into segments and sent through Write.
+func (w *socketWAN) WriteGSO(bufs [][]byte, offset int) (int, error) {
+	w.gsoMu.Lock()
+	defer w.gsoMu.Unlock()
+	var slow []int
+	var err error
+	if w.gso != nil {
+		slow, err = w.gso.write(bufs, offset, nil)
+		if err != nil {
+			return 0, w.ioError(err)
+		}
+	} else {
+		for i := range bufs {
+			slow = append(slow, i)
+		}
+	}
+	w.gsoSent.Add(uint64(len(bufs) - len(slow)))
+	sent := len(bufs) - len(slow)
+	for _, i := range slow {
+		w.gsoSplit.Add(1)
+		w.segBufs = w.segBufs[:0]
+		used := 0
+		next := func(size int) []byte {
+			if used == len(w.segPool) {
+				w.segPool = append(w.segPool, nil)
+			}
+			if cap(w.segPool[used]) < offset+size {
+				w.segPool[used] = make([]byte, offset+max(size, 2048))
+			}
+			b := w.segPool[used][:offset+size]
+			used++
+			w.segBufs = append(w.segBufs, b)
+			return b[offset:]
+		}
+		pkt := bufs[i][offset:]
+		h := decodeVnetHdr(bufs[i][offset-vnetHdrLen : offset])
+		first, _, serr := splitGSO(pkt, h, next)
+		if serr != nil {
+			w.malformed.Add(1)
+			continue
+		}
+		segs := append([][]byte{bufs[i][:offset+first]}, w.segBufs...)
+		if _, werr := w.Write(segs, offset); werr != nil && !errors.As(werr, new(*WriteError)) {
+			return sent, werr
+		}
+		sent++
+	}
+	return sent, nil
 }
 
 // Stats returns the transport's drop counters; the kernel's counter is
 // reset by reading it.
 func (w *socketWAN) Stats() (WANStats, error) {
-	s := WANStats{Truncated: w.truncated.Load(), Malformed: w.malformed.Load(), Segmented: w.segmented.Load()}
+	s := WANStats{Truncated: w.truncated.Load(), Malformed: w.malformed.Load(), Segmented: w.segmented.Load(),
+		GSOSent: w.gsoSent.Load(), GSOSplit: w.gsoSplit.Load(), GSOKept: w.gsoKept.Load()}
 	var err error
 	cerr := w.rxConn.Control(func(fd uintptr) {
 		var st *unix.TpacketStats

@@ -1,0 +1,223 @@
+package router
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// The GSO send path. A TCP super-packet (up to 64 KiB, read whole from the
+// TUN with its virtio-net header and translated once) cannot go through the
+// raw IPv4 socket, which sends wire-sized packets only. It leaves through an
+// AF_PACKET socket with PACKET_VNET_HDR instead, as one frame the kernel
+// segments on the way out (in the driver, or in the veth peer's GRO):
+// virtio-net header + Ethernet header + IPv4 packet. That bypasses the
+// host's IP layer, so the router provides what it would have: the next hop's
+// link address (the kernel's route and neighbour tables, read through
+// netlink and cached for a second), and the MTU check (the core sends only
+// super-packets whose segments fit the WAN MTU). A destination whose
+// neighbour is not resolved yet goes the slow way (segments through the raw
+// socket), which also makes the kernel resolve it.
+
+// gsoSender sends GSO super-packets out of the WAN interface.
+type gsoSender struct {
+	f       *os.File
+	conn    syscall.RawConn
+	ifindex int
+	srcMAC  net.HardwareAddr
+
+	mu        sync.Mutex
+	nexthops  map[[4]byte]nexthop
+	msgs      []unix.Mmsghdr
+	iovs      []unix.Iovec // per message: virtio header + Ethernet header, packet
+	hdrs      [][vnetHdrLen + 14]byte
+	addrs     []unix.RawSockaddrLinklayer
+	idx       []int // message slot -> index in the caller's bufs
+	lookupNow func() time.Time
+}
+
+// nexthop is a cached link address for a destination.
+type nexthop struct {
+	mac     [6]byte
+	ok      bool
+	expires time.Time
+}
+
+// nexthopTTL is how long a resolved (or unresolved) next hop is trusted.
+const nexthopTTL = time.Second
+
+// openGSOSender opens the send-only packet socket on the WAN interface. It
+// returns nil without error when the link has no Ethernet header (the GSO
+// path then stays off).
+func openGSOSender(link netlink.Link) (*gsoSender, error) {
+	attrs := link.Attrs()
+	if len(attrs.HardwareAddr) != 6 || attrs.EncapType != "ether" {
+		return nil, nil
+	}
+	// Protocol 0: the socket taps nothing; it only sends.
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("setsockopt PACKET_VNET_HDR", err)
+	}
+	f := os.NewFile(uintptr(fd), "wan-gso")
+	conn, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	g := &gsoSender{
+		f: f, conn: conn, ifindex: attrs.Index, srcMAC: attrs.HardwareAddr,
+		nexthops:  make(map[[4]byte]nexthop),
+		msgs:      make([]unix.Mmsghdr, wanBatchSize),
+		iovs:      make([]unix.Iovec, 2*wanBatchSize),
+		hdrs:      make([][vnetHdrLen + 14]byte, wanBatchSize),
+		addrs:     make([]unix.RawSockaddrLinklayer, wanBatchSize),
+		idx:       make([]int, 0, wanBatchSize),
+		lookupNow: time.Now,
+	}
+	for i := range g.msgs {
+		g.addrs[i] = unix.RawSockaddrLinklayer{Family: unix.AF_PACKET, Protocol: htons(unix.ETH_P_IP), Ifindex: int32(attrs.Index)}
+		g.msgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&g.addrs[i]))
+		g.msgs[i].Hdr.Namelen = unix.SizeofSockaddrLinklayer
+		g.msgs[i].Hdr.Iov = &g.iovs[2*i]
+		g.msgs[i].Hdr.SetIovlen(2)
+		g.iovs[2*i].Base = &g.hdrs[i][0]
+		g.iovs[2*i].SetLen(vnetHdrLen + 14)
+	}
+	return g, nil
+}
+
+// resolve returns the link address of dst's next hop on the WAN
+// interface, from the kernel's tables, cached for nexthopTTL.
+func (g *gsoSender) resolve(dst [4]byte) ([6]byte, bool) {
+	now := g.lookupNow()
+	if nh, ok := g.nexthops[dst]; ok && now.Before(nh.expires) {
+		return nh.mac, nh.ok
+	}
+	nh := nexthop{expires: now.Add(nexthopTTL)}
+	if len(g.nexthops) > 4096 {
+		clear(g.nexthops) // bound the cache; it refills from the kernel
+	}
+	defer func() { g.nexthops[dst] = nh }()
+	routes, err := netlink.RouteGet(net.IP(dst[:]))
+	if err != nil || len(routes) == 0 || routes[0].LinkIndex != g.ifindex {
+		return nh.mac, false
+	}
+	gw := dst
+	if ip := routes[0].Gw.To4(); ip != nil {
+		gw = [4]byte(ip)
+	}
+	neighs, err := netlink.NeighList(g.ifindex, netlink.FAMILY_V4)
+	if err != nil {
+		return nh.mac, false
+	}
+	const usable = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY | netlink.NUD_PROBE | netlink.NUD_PERMANENT
+	for _, n := range neighs {
+		if a, ok := netip.AddrFromSlice(n.IP.To4()); ok && a.As4() == gw && n.State&usable != 0 && len(n.HardwareAddr) == 6 {
+			nh.mac, nh.ok = [6]byte(n.HardwareAddr), true
+			break
+		}
+	}
+	return nh.mac, nh.ok
+}
+
+// write sends the super-packets bufs[i][offset:] whose virtio-net header
+// (as read from the TUN: csum_start counted from the IPv4 header) sits in
+// the vnetHdrLen bytes before offset. It returns the indexes of packets it
+// could not send this way (next hop unresolved, or refused by the kernel),
+// for the caller to send as segments.
+func (g *gsoSender) write(bufs [][]byte, offset int, slow []int) ([]int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	defer runtime.KeepAlive(bufs)
+	for start := 0; start < len(bufs); start += wanBatchSize {
+		idx := g.idx[:0]
+		for j := start; j < min(start+wanBatchSize, len(bufs)); j++ {
+			b := bufs[j]
+			pkt := b[offset:]
+			ip := header.IPv4(pkt)
+			mac, ok := g.resolve(ip.DestinationAddress().As4())
+			if !ok {
+				slow = append(slow, j)
+				continue
+			}
+			k := len(idx)
+			h := decodeVnetHdr(b[offset-vnetHdrLen : offset])
+			hdr := &g.hdrs[k]
+			ihl := int(ip.HeaderLength())
+			thl := int(header.TCP(pkt[ihl:]).DataOffset())
+			hdr[0] = unix.VIRTIO_NET_HDR_F_NEEDS_CSUM
+			hdr[1] = h.gsoType
+			binary.NativeEndian.PutUint16(hdr[2:], uint16(14+ihl+thl))
+			binary.NativeEndian.PutUint16(hdr[4:], h.gsoSize)
+			binary.NativeEndian.PutUint16(hdr[6:], 14+h.csumStart)
+			binary.NativeEndian.PutUint16(hdr[8:], h.csumOffset)
+			copy(hdr[vnetHdrLen:], mac[:])
+			copy(hdr[vnetHdrLen+6:], g.srcMAC)
+			binary.BigEndian.PutUint16(hdr[vnetHdrLen+12:], unix.ETH_P_IP)
+			g.iovs[2*k+1].Base = &pkt[0]
+			g.iovs[2*k+1].SetLen(int(ip.TotalLength()))
+			idx = append(idx, j)
+		}
+		for i := 0; i < len(idx); {
+			var got int
+			var errno syscall.Errno
+			err := g.conn.Write(func(fd uintptr) bool {
+				for {
+					r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&g.msgs[i])), uintptr(len(idx)-i), 0, 0, 0)
+					switch e {
+					case unix.EINTR:
+						continue
+					case unix.EAGAIN:
+						return false
+					}
+					got, errno = int(r), e
+					return true
+				}
+			})
+			if err != nil {
+				return slow, err
+			}
+			if errno != 0 {
+				// The first message of the call was refused: send it as
+				// segments and go on with the rest.
+				slow = append(slow, idx[i])
+				i++
+				continue
+			}
+			if got <= 0 {
+				return slow, errors.New("gso send: sendmmsg sent nothing")
+			}
+			i += got
+		}
+	}
+	return slow, nil
+}
+
+func (g *gsoSender) Close() error {
+	if g == nil {
+		return nil
+	}
+	return g.f.Close()
+}
+
+// String is for logs.
+func (g *gsoSender) String() string {
+	return fmt.Sprintf("AF_PACKET GSO sender on ifindex %d (%s)", g.ifindex, g.srcMAC)
+}
