@@ -225,6 +225,9 @@ func (r *Router) Start() error {
 	if g, ok := r.wan.(gsoWAN); ok && g.CanSendGSO() && r.tunIO != nil {
 		r.core.gsoOut = true
 	}
+	if f, ok := r.wan.(interface{ SendFrames() }); ok {
+		f.SendFrames()
+	}
 	if kw, ok := r.wan.(interface{ KeepWhole() }); ok && r.tunIO != nil {
 		kw.KeepWhole()
 		r.core.gsoIn = true

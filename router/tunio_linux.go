@@ -21,6 +21,14 @@ import (
 type tunIO struct {
 	f    *os.File
 	conn syscall.RawConn
+
+	// The state of one read, kept here so the poller callback is a
+	// method value made once, not a closure allocated per read.
+	readFn    func(fd uintptr) bool
+	bufs      [][]byte
+	sizes     []int
+	offset, n int
+	readErr   error
 }
 
 // newTunIO returns nil when the device has no virtio-net header (a kernel
@@ -34,34 +42,19 @@ func newTunIO(dev tun.Device) (*tunIO, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tunIO{f: f, conn: conn}, nil
+	t := &tunIO{f: f, conn: conn}
+	t.readFn = t.readQueued
+	return t, nil
 }
 
 // read fills bufs[i][offset-vnetHdrLen:] with one packet's virtio-net
 // header and the packet, and sizes[i] with the packet's length. It waits for
 // the first packet and returns as many as are queued, up to len(bufs).
 func (t *tunIO) read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	n := 0
-	var rerr error
-	err := t.conn.Read(func(fd uintptr) bool {
-		for n < len(bufs) {
-			r, e := unix.Read(int(fd), bufs[n][offset-vnetHdrLen:])
-			switch {
-			case e == unix.EINTR:
-				continue
-			case e == unix.EAGAIN:
-				return n > 0 // nothing queued: wait in the poller unless we have some
-			case e != nil:
-				rerr = e
-				return true
-			case r <= vnetHdrLen:
-				continue // no packet behind the header
-			}
-			sizes[n] = r - vnetHdrLen
-			n++
-		}
-		return true
-	})
+	t.bufs, t.sizes, t.offset, t.n, t.readErr = bufs, sizes, offset, 0, nil
+	err := t.conn.Read(t.readFn)
+	n, rerr := t.n, t.readErr
+	t.bufs, t.sizes = nil, nil
 	if err != nil {
 		return 0, err
 	}
@@ -72,6 +65,28 @@ func (t *tunIO) read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		return 0, fmt.Errorf("reading TUN: %w", rerr)
 	}
 	return n, nil
+}
+
+// readQueued reads packets until the queue is empty or the buffers are
+// full; it asks the poller to wait only while it has none.
+func (t *tunIO) readQueued(fd uintptr) bool {
+	for t.n < len(t.bufs) {
+		r, e := unix.Read(int(fd), t.bufs[t.n][t.offset-vnetHdrLen:])
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e == unix.EAGAIN:
+			return t.n > 0
+		case e != nil:
+			t.readErr = e
+			return true
+		case r <= vnetHdrLen:
+			continue // no packet behind the header
+		}
+		t.sizes[t.n] = r - vnetHdrLen
+		t.n++
+	}
+	return true
 }
 
 // write writes one packet preceded by its virtio-net header.

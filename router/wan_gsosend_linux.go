@@ -46,6 +46,13 @@ type gsoSender struct {
 	addrs     []unix.RawSockaddrLinklayer
 	idx       []int // message slot -> index in the caller's bufs
 	lookupNow func() time.Time
+
+	// One sendmmsg call's state, for a poller callback made once.
+	sendFn   func(fd uintptr) bool
+	sendFrom int
+	sendTo   int
+	sendGot  int
+	sendErr  syscall.Errno
 }
 
 // nexthop is a cached link address for a destination.
@@ -91,6 +98,7 @@ func openGSOSender(link netlink.Link) (*gsoSender, error) {
 		idx:       make([]int, 0, wanBatchSize),
 		lookupNow: time.Now,
 	}
+	g.sendFn = g.sendQueued
 	for i := range g.msgs {
 		g.addrs[i] = unix.RawSockaddrLinklayer{Family: unix.AF_PACKET, Protocol: htons(unix.ETH_P_IP), Ifindex: int32(attrs.Index)}
 		g.msgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&g.addrs[i]))
@@ -137,12 +145,14 @@ func (g *gsoSender) resolve(dst [4]byte) ([6]byte, bool) {
 	return nh.mac, nh.ok
 }
 
-// write sends the super-packets bufs[i][offset:] whose virtio-net header
-// (as read from the TUN: csum_start counted from the IPv4 header) sits in
-// the vnetHdrLen bytes before offset. It returns the indexes of packets it
-// could not send this way (next hop unresolved, or refused by the kernel),
-// for the caller to send as segments.
-func (g *gsoSender) write(bufs [][]byte, offset int, slow []int) ([]int, error) {
+// write sends the packets bufs[i][offset:] as frames. With whole set they
+// are super-packets whose virtio-net header (as read from the TUN:
+// csum_start counted from the IPv4 header) sits in the vnetHdrLen bytes
+// before offset; otherwise they are ordinary packets with complete
+// checksums. It returns the indexes of packets it could not send this way
+// (next hop unresolved, or refused by the kernel), for the caller to send
+// another way.
+func (g *gsoSender) write(bufs [][]byte, offset int, whole bool, slow []int) ([]int, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	defer runtime.KeepAlive(bufs)
@@ -158,16 +168,20 @@ func (g *gsoSender) write(bufs [][]byte, offset int, slow []int) ([]int, error) 
 				continue
 			}
 			k := len(idx)
-			h := decodeVnetHdr(b[offset-vnetHdrLen : offset])
 			hdr := &g.hdrs[k]
-			ihl := int(ip.HeaderLength())
-			thl := int(header.TCP(pkt[ihl:]).DataOffset())
-			hdr[0] = unix.VIRTIO_NET_HDR_F_NEEDS_CSUM
-			hdr[1] = h.gsoType
-			binary.NativeEndian.PutUint16(hdr[2:], uint16(14+ihl+thl))
-			binary.NativeEndian.PutUint16(hdr[4:], h.gsoSize)
-			binary.NativeEndian.PutUint16(hdr[6:], 14+h.csumStart)
-			binary.NativeEndian.PutUint16(hdr[8:], h.csumOffset)
+			if whole {
+				h := decodeVnetHdr(b[offset-vnetHdrLen : offset])
+				ihl := int(ip.HeaderLength())
+				thl := int(header.TCP(pkt[ihl:]).DataOffset())
+				hdr[0] = unix.VIRTIO_NET_HDR_F_NEEDS_CSUM
+				hdr[1] = h.gsoType
+				binary.NativeEndian.PutUint16(hdr[2:], uint16(14+ihl+thl))
+				binary.NativeEndian.PutUint16(hdr[4:], h.gsoSize)
+				binary.NativeEndian.PutUint16(hdr[6:], 14+h.csumStart)
+				binary.NativeEndian.PutUint16(hdr[8:], h.csumOffset)
+			} else {
+				clear(hdr[:vnetHdrLen]) // complete checksums, no segmentation
+			}
 			copy(hdr[vnetHdrLen:], mac[:])
 			copy(hdr[vnetHdrLen+6:], g.srcMAC)
 			binary.BigEndian.PutUint16(hdr[vnetHdrLen+12:], unix.ETH_P_IP)
@@ -176,21 +190,9 @@ func (g *gsoSender) write(bufs [][]byte, offset int, slow []int) ([]int, error) 
 			idx = append(idx, j)
 		}
 		for i := 0; i < len(idx); {
-			var got int
-			var errno syscall.Errno
-			err := g.conn.Write(func(fd uintptr) bool {
-				for {
-					r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&g.msgs[i])), uintptr(len(idx)-i), 0, 0, 0)
-					switch e {
-					case unix.EINTR:
-						continue
-					case unix.EAGAIN:
-						return false
-					}
-					got, errno = int(r), e
-					return true
-				}
-			})
+			g.sendFrom, g.sendTo = i, len(idx)
+			err := g.conn.Write(g.sendFn)
+			got, errno := g.sendGot, g.sendErr
 			if err != nil {
 				return slow, err
 			}
@@ -208,6 +210,21 @@ func (g *gsoSender) write(bufs [][]byte, offset int, slow []int) ([]int, error) 
 		}
 	}
 	return slow, nil
+}
+
+// sendQueued sends messages [sendFrom, sendTo) with one sendmmsg.
+func (g *gsoSender) sendQueued(fd uintptr) bool {
+	for {
+		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&g.msgs[g.sendFrom])), uintptr(g.sendTo-g.sendFrom), 0, 0, 0)
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		g.sendGot, g.sendErr = int(r), e
+		return true
+	}
 }
 
 func (g *gsoSender) Close() error {

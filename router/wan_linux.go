@@ -78,11 +78,14 @@ type socketWAN struct {
 	// Ethernet header.
 	gso *gsoSender
 	// whole: received TCP super-packets are returned whole (KeepWhole).
-	whole   bool
-	gsoKept atomic.Uint64
-	gsoMu   sync.Mutex
-	segPool [][]byte // buffers for super-packets sent as segments
-	segBufs [][]byte
+	whole    bool
+	gsoKept  atomic.Uint64
+	frames   atomic.Bool // Write sends through the packet socket (SendFrames)
+	slowIdx  []int
+	slowBufs [][]byte
+	gsoMu    sync.Mutex
+	segPool  [][]byte // buffers for super-packets sent as segments
+	segBufs  [][]byte
 
 	truncated atomic.Uint64
 	malformed atomic.Uint64
@@ -475,6 +478,50 @@ func (w *socketWAN) deliverPending(bufs [][]byte, sizes []int, offset, n, k int)
 }
 
 func (w *socketWAN) Write(bufs [][]byte, offset int) (int, error) {
+	if w.gso == nil || !w.frames.Load() {
+		return w.writeRaw(bufs, offset)
+	}
+	// Frames to resolved next hops through the packet socket: no route
+	// lookup, netfilter or conntrack per packet in the host. The rest
+	// (unresolved, not out of the WAN interface) through the raw socket.
+	w.gsoMu.Lock()
+	defer w.gsoMu.Unlock()
+	slow, err := w.gso.write(bufs, offset, false, w.slowIdx[:0])
+	w.slowIdx = slow
+	if err != nil {
+		return 0, w.ioError(err)
+	}
+	sent := len(bufs) - len(slow)
+	if len(slow) == 0 {
+		return sent, nil
+	}
+	rest := w.slowBufs[:0]
+	for _, i := range slow {
+		rest = append(rest, bufs[i])
+	}
+	w.slowBufs = rest
+	n, err := w.writeRaw(rest, offset)
+	var we *WriteError
+	if errors.As(err, &we) {
+		for j := range we.Refused {
+			we.Refused[j].Index = slow[we.Refused[j].Index]
+		}
+	}
+	return sent + n, err
+}
+
+// SendFrames makes Write send ordinary packets as frames through the
+// packet socket where the next hop is resolved (they then bypass the host's
+// IP layer: the routing core does what it would have, MTU and TTL
+// included).
+func (w *socketWAN) SendFrames() {
+	if w.gso != nil {
+		w.frames.Store(true)
+	}
+}
+
+// writeRaw sends packets through the raw IPv4 socket; the host routes them.
+func (w *socketWAN) writeRaw(bufs [][]byte, offset int) (int, error) {
 	w.txMu.Lock()
 	defer w.txMu.Unlock()
 	defer runtime.KeepAlive(bufs)
@@ -582,7 +629,7 @@ func (w *socketWAN) WriteGSO(bufs [][]byte, offset int) (int, error) {
 	var slow []int
 	var err error
 	if w.gso != nil {
-		slow, err = w.gso.write(bufs, offset, nil)
+		slow, err = w.gso.write(bufs, offset, true, nil)
 		if err != nil {
 			return 0, w.ioError(err)
 		}
@@ -617,7 +664,7 @@ func (w *socketWAN) WriteGSO(bufs [][]byte, offset int) (int, error) {
 			continue
 		}
 		segs := append([][]byte{bufs[i][:offset+first]}, w.segBufs...)
-		if _, werr := w.Write(segs, offset); werr != nil && !errors.As(werr, new(*WriteError)) {
+		if _, werr := w.writeRaw(segs, offset); werr != nil && !errors.As(werr, new(*WriteError)) {
 			return sent, werr
 		}
 		sent++

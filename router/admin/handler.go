@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"strings"
 
@@ -52,6 +53,13 @@ func NewHandler(src Source, opts Options) http.Handler {
 	mux.HandleFunc("GET /api/v1/mappings", h.mappings)
 	mux.HandleFunc("GET /api/v1/vpn", h.vpn)
 	mux.HandleFunc("GET /{$}", h.page)
+	if opts.Trusted {
+		// Go's profiler, on the root-only socket alone: `curl --unix-socket
+		// /run/vpnmasq/admin.sock http://x/debug/pprof/profile?seconds=10`.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	h.mux = mux
 	return h
 }

@@ -284,3 +284,24 @@ func decodeStrict(t *testing.T, body string, v any) {
 		t.Fatalf("decode: %v\n%s", err, body)
 	}
 }
+
+func TestProfilerOnlyOnTheTrustedSocket(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+		want int
+	}{
+		{"the trusted socket serves the profiler index", Options{Trusted: true}, 200},
+		{"the LAN listener does not", Options{Allow: []netip.Prefix{netip.MustParsePrefix("192.168.77.0/24")}}, 404},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", "/debug/pprof/", nil)
+			req.RemoteAddr = "192.168.77.5:4000"
+			rec := httptest.NewRecorder()
+			NewHandler(&fakeSource{}, tc.opts).ServeHTTP(rec, req)
+			if rec.Code != tc.want {
+				t.Errorf("status %d, want %d", rec.Code, tc.want)
+			}
+		})
+	}
+}
