@@ -2,6 +2,7 @@ package nat
 
 import (
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -110,4 +111,60 @@ func BenchmarkParse(b *testing.B) {
 			b.Fatal("parse")
 		}
 	}
+}
+
+// BenchmarkTableMemory fills the table and reports the heap it takes per
+// tracked entry. One WAN address has 64512 ports per protocol (1024-65535),
+// so 1 M mappings cannot exist behind it; the benchmark fills TCP and UDP
+// with one mapping per port (129020 mappings) and gives them flows to
+// distinct remotes until 1 M flows are tracked, which is the load a busy
+// router's table carries. Reported: bytes per mapping (mappings alone, the
+// first phase) and bytes per flow (the second).
+func BenchmarkTableMemory(b *testing.B) {
+	for range b.N {
+		l := newLab(b, Config{Ports: PortRange{First: 1024, Last: 65535}, MaxMappings: 1 << 20})
+		var p Packet
+		buf := make([]byte, 64)
+		send := func(pkt []byte) {
+			n := copy(buf, pkt)
+			if p.Parse(buf[:n]) != DropNone {
+				b.Fatal("parse")
+			}
+			if r := l.e.Outbound(&p); r.Verdict != VerdictToWAN {
+				b.Fatalf("verdict %s (%v)", verdictName(r.Verdict), r.Reason)
+			}
+		}
+		host := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}) }
+		remote := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}) }
+		const perProto = 65535 - 1024 + 1 - 2 // UDP 500 and 4500 belong to IKE
+		before := heapInUse()
+		for i := range perProto {
+			send(udpPkt(ap(host(i), 40000), ap(remote1, 53), ""))
+			send(tcpPkt(ap(host(i), 40000), ap(remote1, 443), syn))
+		}
+		mappings := 2 * perProto
+		afterMappings := heapInUse()
+		// More flows on the same mappings, to other remotes, up to 1 M.
+		flows := mappings
+		for r := 1; flows < 1<<20; r++ {
+			for i := 0; i < perProto && flows < 1<<20; i++ {
+				send(udpPkt(ap(host(i), 40000), ap(remote(r), 53), ""))
+				flows++
+			}
+		}
+		afterFlows := heapInUse()
+		b.ReportMetric(float64(afterMappings-before)/float64(mappings), "B/mapping")
+		b.ReportMetric(float64(afterFlows-afterMappings)/float64(flows-mappings), "B/flow")
+		b.ReportMetric(float64(afterFlows-before)/float64(flows), "B/entry@1M")
+		runtime.KeepAlive(l)
+	}
+}
+
+// heapInUse is the live heap after a full collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }
