@@ -22,16 +22,41 @@ import (
 // does not weigh on the measurement.
 var benchConfig = strings.Replace(labConfig, `level = "debug"`, `level = "info"`, 1)
 
-// benchMetric is one iperf3 measurement, run from lan1 to the WAN host.
+// benchMetric is one iperf3 measurement, run from lan1 to the WAN host, or
+// (latency) the median round-trip time of 200 pings, in microseconds.
 type benchMetric struct {
-	name string
-	args []string
+	name    string
+	args    []string
+	latency bool
 }
 
 var benchMetrics = []benchMetric{
-	{"TCP, 1 stream", nil},
-	{"TCP, 4 streams", []string{"-P", "4"}},
-	{"UDP, 1400-byte datagrams, unlimited (receiver rate)", []string{"-u", "-b", "0", "-l", "1400"}},
+	{"TCP, 1 stream", nil, false},
+	{"TCP, 4 streams", []string{"-P", "4"}, false},
+	{"UDP, 1400-byte datagrams, unlimited (receiver rate)", []string{"-u", "-b", "0", "-l", "1400"}, false},
+	{"round-trip time p50 (ping, 200 × 5 ms)", nil, true},
+}
+
+// pingP50 pings the WAN host from ns 200 times and returns the median
+// round-trip time in microseconds.
+func pingP50(t *testing.T, ns *lab.NS) (float64, error) {
+	t.Helper()
+	out, code := runIn(t, ns, 30*time.Second, "ping", "-n", "-c", "200", "-i", "0.005", lab.WANAddr.String())
+	if code != 0 {
+		return 0, fmt.Errorf("ping: exit %d: %.300s", code, out)
+	}
+	var rtts []float64
+	for _, f := range strings.Fields(out) {
+		if v, ok := strings.CutPrefix(f, "time="); ok {
+			if ms, err := strconv.ParseFloat(v, 64); err == nil {
+				rtts = append(rtts, ms*1000)
+			}
+		}
+	}
+	if len(rtts) < 150 {
+		return 0, fmt.Errorf("only %d of 200 pings answered", len(rtts))
+	}
+	return summarize(rtts)[1], nil
 }
 
 // TestBench compares throughput through the kernel's masquerade and through
@@ -137,6 +162,15 @@ func measureAll(t *testing.T, l *lab.Lab, runs, seconds int) [][]float64 {
 	results := make([][]float64, len(benchMetrics))
 	for i, m := range benchMetrics {
 		for range runs {
+			if m.latency {
+				us, err := pingP50(t, l.LAN1)
+				if err != nil {
+					t.Fatalf("%s: %v", m.name, err)
+				}
+				t.Logf("%s: %.0f µs", m.name, us)
+				results[i] = append(results[i], us)
+				continue
+			}
 			bps, err := iperf(t, l.LAN1, m.args, seconds)
 			if err != nil {
 				t.Fatalf("%s: %v", m.name, err)
@@ -195,15 +229,20 @@ func benchTable(kernel, userspace [][]float64, runs, seconds int) string {
 	}
 	fmt.Fprintf(&b, "vpnmasq throughput vs. kernel masquerade (iperf3, lan1 -> WAN host; %d runs x %d s; Linux %s; %d CPUs; %s)\n\n",
 		runs, seconds, release, runtime.NumCPU(), time.Now().UTC().Format(time.RFC3339))
-	b.WriteString("| metric | kernel min / median / max (Mbit/s) | vpnmasq min / median / max (Mbit/s) | ratio of medians (vpnmasq / kernel) |\n")
+	b.WriteString("| metric | kernel min / median / max | vpnmasq min / median / max | vpnmasq vs kernel (medians) |\n")
 	b.WriteString("|---|---|---|---|\n")
 	for i, m := range benchMetrics {
 		k, u := summarize(kernel[i]), summarize(userspace[i])
+		if m.latency {
+			fmt.Fprintf(&b, "| %s | %.0f / %.0f / %.0f µs | %.0f / %.0f / %.0f µs | %+.0f µs |\n",
+				m.name, k[0], k[1], k[2], u[0], u[1], u[2], u[1]-k[1])
+			continue
+		}
 		ratio := 0.0
 		if k[1] > 0 {
 			ratio = u[1] / k[1]
 		}
-		fmt.Fprintf(&b, "| %s | %.0f / %.0f / %.0f | %.0f / %.0f / %.0f | %.2f |\n",
+		fmt.Fprintf(&b, "| %s | %.0f / %.0f / %.0f Mbit/s | %.0f / %.0f / %.0f Mbit/s | %.2f× |\n",
 			m.name, k[0]/1e6, k[1]/1e6, k[2]/1e6, u[0]/1e6, u[1]/1e6, u[2]/1e6, ratio)
 	}
 	return b.String()
