@@ -1,38 +1,45 @@
-# vpnmasq container image.
+# vpnmasq container image: a static binary on an empty base, run as root
+# with nothing but NET_ADMIN and NET_RAW. integration/container_test.go
+# builds it and runs the README's container commands against it.
 #
-# Build (the base images are build arguments, so a machine without a
-# registry can substitute local ones):
+# Build:
 #   docker build -t vpnmasq .
-#   docker build --build-arg GO_IMAGE=local/go:1.26 --build-arg BASE_IMAGE=local/debian:12 \
-#                --build-arg VERSION=$(git describe --always) -t vpnmasq .
+# Without registry access, with locally made base images (the build stage
+# needs a Go toolchain with the modules of go.mod in its module cache and a
+# /bin/sh; GOPROXY=off keeps the build from trying the network):
+#   docker build --network none --build-arg GO_IMAGE=local/go --build-arg GOPROXY=off -t vpnmasq .
 #
-# Run. vpnmasq routes the host's LAN, so it runs in the host's network
-# namespace (--network host). Docker keeps /proc/sys read-only there and
-# refuses --sysctl net.*, so enable forwarding on the host first
-# (net.ipv4.ip_forward=1); vpnmasq then only checks it.
-#   docker run --rm --network host \
-#     --cap-add NET_ADMIN --cap-add NET_RAW --device /dev/net/tun \
-#     -v ./vpnmasq.toml:/etc/vpnmasq/vpnmasq.toml:ro \
-#     vpnmasq run --config /etc/vpnmasq/vpnmasq.toml
-# Without the -v line, `run` uses the embedded default configuration
-# (interfaces and addresses taken from the host); the annotated example is
-# at /etc/vpnmasq/vpnmasq.example.toml. Check a file with
-#   docker run --rm -v ./vpnmasq.toml:/c.toml:ro vpnmasq check --config /c.toml
+# Run: README.md, "A LAN network behind a router container", has the
+# docker network / create / connect / start sequence and every flag.
 #
-# Capabilities, and why each is needed:
-#   NET_ADMIN  create the TUN device (/dev/net/tun, TUNSETIFF); add its
-#              address, routes and the policy routing rule over netlink;
-#              create and remove vpnmasq's nftables table; enlarge socket
-#              buffers past the sysctl limits (SO_RCVBUFFORCE).
-#   NET_RAW    open the raw IPv4 socket (IP_HDRINCL) that sends translated
-#              packets, and the AF_PACKET socket that captures replies on
-#              the WAN interface.
-# --device /dev/net/tun  gives the container the TUN clone device.
+# Why root, and why these capabilities:
+#   Docker hands the capabilities of --cap-add to root processes only (it
+#   sets no ambient capabilities for another user), and file capabilities on
+#   the binary would need a setcap in the image and a file system keeping
+#   them. So vpnmasq runs as uid 0, but with every capability dropped except
+#   NET_ADMIN  create the TUN device (TUNSETIFF on /dev/net/tun), bring it
+#              up, add its route and the policy routing rule over netlink,
+#              create and remove vpnmasq's nftables tables (the input
+#              guard), enlarge socket buffers (SO_RCVBUFFORCE);
+#   NET_RAW    the raw IPv4 socket (IP_HDRINCL) that sends translated
+#              packets and the AF_PACKET socket that captures replies on the
+#              WAN interface.
+#   Root without other capabilities cannot override file permissions or
+#   leave the container's namespaces; --read-only and no-new-privileges
+#   take away the rest. /run (a tmpfs) holds the admin socket.
+#   Docker mounts /proc/sys read-only: the --sysctl flags set what vpnmasq
+#   would otherwise write (forwarding, accept_local for the TUN, a reverse
+#   path filter that is not strict); vpnmasq checks them at start.
 
 ARG GO_IMAGE=golang:1.26-bookworm
-ARG BASE_IMAGE=debian:bookworm-slim
+# Empty: the binary is static and needs no file of a distribution (Docker
+# provides /etc/resolv.conf, which the DNS forwarder reads).
+ARG BASE_IMAGE=scratch
 
 FROM ${GO_IMAGE} AS build
+# Unset, Go's defaults apply (the public module proxy). An offline build
+# passes GOPROXY=off and brings the modules in GO_IMAGE's module cache.
+ARG GOPROXY
 WORKDIR /src
 # Dependencies first, so that they stay cached while only the code changes.
 COPY go.mod go.sum ./
@@ -46,9 +53,18 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}"
 FROM ${BASE_IMAGE}
 COPY --from=build /out/vpnmasq /usr/local/bin/vpnmasq
 COPY config/example.toml /etc/vpnmasq/vpnmasq.example.toml
+# An empty base sets no PATH; `docker exec <router> vpnmasq status` needs one.
+ENV PATH=/usr/local/bin:/usr/bin:/bin
+# Root on purpose: see "Why root" above.
+USER 0:0
+# docker stop sends SIGTERM: vpnmasq removes its TUN, routing rule, route
+# and nftables tables and logs "router stopped" well within Docker's 10 s.
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/vpnmasq"]
-# Healthy while the router answers on its admin socket.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-        CMD ["/usr/local/bin/vpnmasq", "status", "--health"]
-# `run` reads /etc/vpnmasq/vpnmasq.toml when it exists, else the embedded default.
+# `run` reads /etc/vpnmasq/vpnmasq.toml when it exists (mount it there),
+# else the embedded default.
 CMD ["run"]
+# Healthy while the router answers on its admin socket. The first check runs
+# one interval after the start, so the interval is short.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+        CMD ["/usr/local/bin/vpnmasq", "status", "--health"]

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -136,7 +137,7 @@ func (h *Host) added(what string, undo func() error) {
 }
 
 func (h *Host) setup(s HostSpec) error {
-	nl, err := netlink.NewHandleAt(h.ns)
+	nl, err := netlinkAt(h.ns)
 	if err != nil {
 		return fmt.Errorf("host: netlink: %w", err)
 	}
@@ -262,7 +263,7 @@ func (h *Host) Close() error {
 }
 
 func (h *Host) withNetlink(fn func(*netlink.Handle) error) error {
-	nl, err := netlink.NewHandleAt(h.ns)
+	nl, err := netlinkAt(h.ns)
 	if err != nil {
 		return err
 	}
@@ -322,7 +323,7 @@ func CleanupStale(s HostSpec) error {
 		return fmt.Errorf("cleanup: opening the current network namespace: %w", err)
 	}
 	defer ns.Close()
-	nl, err := netlink.NewHandleAt(ns)
+	nl, err := netlinkAt(ns)
 	if err != nil {
 		return fmt.Errorf("cleanup: netlink: %w", err)
 	}
@@ -449,4 +450,30 @@ func tunInUse(t *netlink.Tuntap) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// netlinkAt opens a netlink handle operating in ns. When ns is the calling
+// thread's own namespace (always so for `vpnmasq run`), no setns(2) is done:
+// entering a network namespace needs CAP_SYS_ADMIN even when it is the one
+// the thread is already in, and a container runs vpnmasq with NET_ADMIN and
+// NET_RAW only.
+func netlinkAt(ns netns.NsHandle) (*netlink.Handle, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if isCurrentNS(int(ns)) {
+		return netlink.NewHandle()
+	}
+	return netlink.NewHandleAt(ns)
+}
+
+// isCurrentNS reports whether the namespace fd nsFd is the calling thread's
+// network namespace; the caller keeps its goroutine on the thread until it
+// has used the answer.
+func isCurrentNS(nsFd int) bool {
+	cur, err := netns.Get()
+	if err != nil {
+		return false
+	}
+	defer cur.Close()
+	return cur.Equal(netns.NsHandle(nsFd))
 }

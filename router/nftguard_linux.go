@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"slices"
 
 	"github.com/google/nftables"
@@ -67,7 +68,7 @@ type nftSpec struct {
 
 // nftConn dials nftables in the given network namespace (an open netns fd).
 func nftConn(nsFd int) (*nftables.Conn, error) {
-	c, err := nftables.New(nftables.WithNetNSFd(nsFd))
+	c, err := nftables.New(nftables.WithNetNSFd(ownNSAsZero(nsFd)))
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
@@ -468,7 +469,7 @@ func marshalExprs(fam nftables.TableFamily, exprs []expr.Any) ([][]byte, error) 
 // addRawRules appends rules given as marshalled expressions to a chain, in
 // one nfnetlink batch (the same framing google/nftables uses for Flush).
 func addRawRules(nsFd int, fam nftables.TableFamily, table, chain string, rules [][][]byte) error {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: nsFd})
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: ownNSAsZero(nsFd)})
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
 	}
@@ -523,4 +524,18 @@ func addRawRules(nsFd int, fam nftables.TableFamily, table, chain string, rules 
 		acks += len(replies)
 	}
 	return nil
+}
+
+// ownNSAsZero returns 0 ("the calling thread's namespace", no setns(2))
+// when nsFd is the calling thread's network namespace, else nsFd: see
+// netlinkAt for why. The sockets are created right after, on the same
+// thread, or on another thread of the same namespace (a thread in another
+// namespace is locked to the goroutine that moved it).
+func ownNSAsZero(nsFd int) int {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if isCurrentNS(nsFd) {
+		return 0
+	}
+	return nsFd
 }
