@@ -5,11 +5,15 @@
 //
 // One packet's way from LAN to WAN: the kernel forwards a LAN host's packet
 // into the TUN (policy rule "iif <lan> lookup <table>", default route dev
-// TUN) → tunLoop reads a batch → core.fromLAN parses it once into a
-// nat.Packet and decides (masquerade, route unchanged, local, drop) →
-// nat.Engine.Outbound rewrites it in place → outbox queues it → one batched
-// WAN.Write sends the batch through a raw IPv4 socket; the host kernel
-// routes it and resolves the neighbour. The reply: the WAN transport's
+// TUN) → tunLoop reads a batch from the TUN's file, each packet whole with
+// its virtio-net header (tunio_linux.go) → core.fromTUN keeps a TCP
+// super-packet whole or splits it (gso.go) → core.fromLAN parses it once
+// into a nat.Packet and decides (masquerade, route unchanged, local, drop)
+// → nat.Engine.Outbound rewrites it in place → outbox queues it → one
+// batched WAN.Write (or WriteGSO) sends the batch as Ethernet frames to the
+// next hop's link address through an AF_PACKET socket, or through a raw
+// IPv4 socket while the neighbour is not resolved (the host kernel then
+// routes it and resolves the neighbour). The reply: the WAN transport's
 // AF_PACKET socket (kernel BPF filter: the WAN address on NAT-owned ports and
 // protocols, or a LAN prefix) hands it to wanLoop → core.fromWAN →
 // nat.Engine.Inbound → TUN.Write, and the kernel forwards it to the LAN host.
