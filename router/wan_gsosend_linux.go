@@ -112,20 +112,30 @@ func openGSOSender(link netlink.Link) (*gsoSender, error) {
 }
 
 // resolve returns the link address of dst's next hop on the WAN
-// interface, from the kernel's tables, cached for nexthopTTL.
-func (g *gsoSender) resolve(dst [4]byte) ([6]byte, bool) {
+// interface, from the kernel's tables, cached for nexthopTTL. probe asks
+// the caller to send this one packet through the host's IP layer instead:
+// frames sent here confirm nothing to the kernel's neighbour table, so an
+// entry goes stale and stays so; a packet the kernel sends itself makes it
+// verify the entry (DELAY, then PROBE: a unicast ARP request), and a
+// neighbour whose address changed is learned anew.
+func (g *gsoSender) resolve(dst [4]byte) (mac [6]byte, ok, probe bool) {
 	now := g.lookupNow()
-	if nh, ok := g.nexthops[dst]; ok && now.Before(nh.expires) {
-		return nh.mac, nh.ok
+	if nh, hit := g.nexthops[dst]; hit && now.Before(nh.expires) {
+		return nh.mac, nh.ok, false
 	}
-	nh := nexthop{expires: now.Add(nexthopTTL)}
+	mac, ok, probe = g.lookup(dst)
 	if len(g.nexthops) > 4096 {
 		clear(g.nexthops) // bound the cache; it refills from the kernel
 	}
-	defer func() { g.nexthops[dst] = nh }()
+	g.nexthops[dst] = nexthop{mac: mac, ok: ok, expires: now.Add(nexthopTTL)}
+	return mac, ok, probe
+}
+
+// lookup asks the kernel's route and neighbour tables.
+func (g *gsoSender) lookup(dst [4]byte) (mac [6]byte, ok, probe bool) {
 	routes, err := netlink.RouteGet(net.IP(dst[:]))
 	if err != nil || len(routes) == 0 || routes[0].LinkIndex != g.ifindex {
-		return nh.mac, false
+		return mac, false, false
 	}
 	gw := dst
 	if ip := routes[0].Gw.To4(); ip != nil {
@@ -133,16 +143,29 @@ func (g *gsoSender) resolve(dst [4]byte) ([6]byte, bool) {
 	}
 	neighs, err := netlink.NeighList(g.ifindex, netlink.FAMILY_V4)
 	if err != nil {
-		return nh.mac, false
+		return mac, false, false
 	}
-	const usable = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY | netlink.NUD_PROBE | netlink.NUD_PERMANENT
 	for _, n := range neighs {
-		if a, ok := netip.AddrFromSlice(n.IP.To4()); ok && a.As4() == gw && n.State&usable != 0 && len(n.HardwareAddr) == 6 {
-			nh.mac, nh.ok = [6]byte(n.HardwareAddr), true
-			break
+		if a, isV4 := netip.AddrFromSlice(n.IP.To4()); isV4 && a.As4() == gw && len(n.HardwareAddr) == 6 {
+			usable, stale := neighbourUse(n.State)
+			if usable {
+				return [6]byte(n.HardwareAddr), true, stale
+			}
 		}
 	}
-	return nh.mac, nh.ok
+	return mac, false, false
+}
+
+// neighbourUse says whether a kernel neighbour entry's link address can be
+// used, and whether it is stale (not confirmed lately).
+func neighbourUse(state int) (usable, stale bool) {
+	switch {
+	case state&(netlink.NUD_REACHABLE|netlink.NUD_PERMANENT|netlink.NUD_DELAY|netlink.NUD_PROBE) != 0:
+		return true, false
+	case state&netlink.NUD_STALE != 0:
+		return true, true
+	}
+	return false, false
 }
 
 // write sends the packets bufs[i][offset:] as frames. With whole set they
@@ -162,8 +185,8 @@ func (g *gsoSender) write(bufs [][]byte, offset int, whole bool, slow []int) ([]
 			b := bufs[j]
 			pkt := b[offset:]
 			ip := header.IPv4(pkt)
-			mac, ok := g.resolve(ip.DestinationAddress().As4())
-			if !ok {
+			mac, ok, probe := g.resolve(ip.DestinationAddress().As4())
+			if !ok || probe {
 				slow = append(slow, j)
 				continue
 			}
