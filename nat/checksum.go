@@ -1,6 +1,8 @@
 package nat
 
 import (
+	"encoding/binary"
+
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -36,21 +38,8 @@ func rewriteSrc(p *Packet, addr [4]byte, port uint16) {
 		rewritePseudoHeader(p, old, new)
 		p.Src = addr
 	}
-	if port != p.SrcPort && p.L4 != nil {
-		switch {
-		case p.PartialChecksum && p.Proto == ProtoTCP:
-			header.TCP(p.L4).SetSourcePort(port)
-		case p.PartialChecksum && p.Proto == ProtoUDP:
-			header.UDP(p.L4).SetSourcePort(port)
-		case p.Proto == ProtoTCP:
-			header.TCP(p.L4).SetSourcePortWithChecksumUpdate(port)
-		case p.Proto == ProtoUDP:
-			header.UDP(p.L4).SetSourcePortWithChecksumUpdate(port)
-		case p.Proto == ProtoICMP:
-			header.ICMPv4(p.L4).SetIdentWithChecksumUpdate(port)
-			p.DstPort = port
-		}
-		p.SrcPort = port
+	if port != p.SrcPort {
+		rewritePort(p, true, port)
 	}
 }
 
@@ -62,20 +51,42 @@ func rewriteDst(p *Packet, addr [4]byte, port uint16) {
 		rewritePseudoHeader(p, old, new)
 		p.Dst = addr
 	}
-	if port != p.DstPort && p.L4 != nil {
-		switch {
-		case p.PartialChecksum && p.Proto == ProtoTCP:
-			header.TCP(p.L4).SetDestinationPort(port)
-		case p.PartialChecksum && p.Proto == ProtoUDP:
-			header.UDP(p.L4).SetDestinationPort(port)
-		case p.Proto == ProtoTCP:
-			header.TCP(p.L4).SetDestinationPortWithChecksumUpdate(port)
-		case p.Proto == ProtoUDP:
-			header.UDP(p.L4).SetDestinationPortWithChecksumUpdate(port)
-		case p.Proto == ProtoICMP:
-			header.ICMPv4(p.L4).SetIdentWithChecksumUpdate(port)
-			p.SrcPort = port
+	if port != p.DstPort {
+		rewritePort(p, false, port)
+	}
+}
+
+// rewritePort sets the source (src) or destination port of a TCP or UDP
+// header, or an ICMP query's identifier (both "ports" of an echo), and keeps
+// the checksum right: updated incrementally (RFC 1624), or left alone when
+// it is a partial one, since the offload sums the ports itself.
+func rewritePort(p *Packet, src bool, port uint16) {
+	if p.L4 == nil {
+		return
+	}
+	switch p.Proto {
+	case ProtoTCP, ProtoUDP:
+		off, xsum := 2, header.TCPChecksumOffset
+		if src {
+			off = 0
 		}
+		if p.Proto == ProtoUDP {
+			xsum = 6 // the UDP checksum field (RFC 768)
+		}
+		old := binary.BigEndian.Uint16(p.L4[off:])
+		binary.BigEndian.PutUint16(p.L4[off:], port)
+		// A UDP checksum of 0 means "none" and stays so.
+		if sum := binary.BigEndian.Uint16(p.L4[xsum:]); !p.PartialChecksum && (sum != 0 || p.Proto == ProtoTCP) {
+			binary.BigEndian.PutUint16(p.L4[xsum:], updateChecksum16(sum, old, port))
+		}
+	case ProtoICMP:
+		header.ICMPv4(p.L4).SetIdentWithChecksumUpdate(port)
+		p.SrcPort, p.DstPort = port, port
+		return
+	}
+	if src {
+		p.SrcPort = port
+	} else {
 		p.DstPort = port
 	}
 }

@@ -113,7 +113,6 @@ func (h *greHandler) Outbound(p *Packet, now int64) Result {
 		// the client's call to that server whose peer ID it is.
 		if call := h.e.pptp.callToPeer(p.Src, p.Dst, g.callID()); call != nil {
 			call.greOut++
-			call.lastGRE = now
 		}
 	} else if r := h.bindOutbound(p, now); r != DropNone {
 		return drop(r)
@@ -147,7 +146,6 @@ func (h *greHandler) Inbound(p *Packet, now int64) Result {
 	if v == 1 {
 		if call := h.e.pptp.calls[pptpCallKey{p.Src, g.callID()}]; call != nil {
 			call.greIn++
-			call.lastGRE = now
 			g.setCallID(call.orig)
 			h.setDst(p, call.client)
 			return toLAN

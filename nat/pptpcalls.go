@@ -52,7 +52,6 @@ type pptpConn struct {
 	key      pptpConnKey
 	dirs     [2]pptpStream // [0] client→server, [1] server→client
 	calls    []*pptpCall
-	created  int64
 	lastSeen int64
 	finOut   bool
 	finIn    bool
@@ -89,7 +88,6 @@ type pptpCall struct {
 	peer      uint16 // the server's Call ID (0 until its reply)
 	peerKnown bool
 	created   int64
-	lastGRE   int64
 	releaseAt int64 // 0 while the call lives
 	greOut    uint64
 	greIn     uint64
@@ -107,8 +105,6 @@ type pptpTracker struct {
 
 // PPTPStats counts what the PPTP tracker noticed without dropping anything.
 type PPTPStats struct {
-	Messages       uint64 // control messages parsed
-	Rewrites       uint64 // Call ID fields rewritten (retransmissions included)
 	UnknownCallIDs uint64 // server messages naming a Call ID this router did not hand out
 	Truncated      uint64 // segments cut before a Call ID split across segments
 	Untracked      uint64 // control connections picked up mid-stream, passed unparsed
@@ -131,7 +127,7 @@ func (pt *pptpTracker) init(e *Engine) {
 func (pt *pptpTracker) conn(k pptpConnKey, now int64) *pptpConn {
 	c := pt.conns[k]
 	if c == nil {
-		c = &pptpConn{key: k, created: now}
+		c = &pptpConn{key: k}
 		pt.conns[k] = c
 	}
 	c.lastSeen = now
@@ -303,9 +299,7 @@ type PPTPCall struct {
 	Age        time.Duration
 	GREOut     uint64
 	GREIn      uint64
-	LastGREAgo time.Duration // -1 when no GRE yet
-	Connection string        // "open" or "closed"
-	ReleasesIn time.Duration // for "ending" calls
+	Connection string // "open" or "closed"
 }
 
 // PPTPCalls lists the PPTP calls, ordered by client and Call ID.
@@ -326,7 +320,6 @@ func (e *Engine) PPTPCalls() []PPTPCall {
 				Age:        time.Duration(now - call.created),
 				GREOut:     call.greOut,
 				GREIn:      call.greIn,
-				LastGREAgo: -1,
 				Connection: "open",
 			}
 			if call.peerKnown {
@@ -334,10 +327,6 @@ func (e *Engine) PPTPCalls() []PPTPCall {
 			}
 			if call.releaseAt != 0 {
 				info.State = "ending"
-				info.ReleasesIn = time.Duration(call.releaseAt - now)
-			}
-			if call.lastGRE != 0 {
-				info.LastGREAgo = time.Duration(now - call.lastGRE)
 			}
 			if c.closed {
 				info.Connection = "closed"

@@ -148,7 +148,6 @@ func (pt *pptpTracker) restart(c *pptpConn, now int64) {
 	pt.closeConn(c, "control connection restarted", now)
 	c.closed, c.finOut, c.finIn = false, false, false
 	c.dirs = [2]pptpStream{}
-	c.created = now
 }
 
 // replay applies the recorded rewrites to payload[:n], which starts at seq.
@@ -196,7 +195,6 @@ func (pt *pptpTracker) record(d *pptpStream, p *Packet, segSeq uint32, n int, se
 	binary.BigEndian.PutUint16(ed.val[:], val)
 	d.edits[d.nEdits%pptpEditRing] = ed
 	d.nEdits++
-	pt.stats.Rewrites++
 	for j := range 2 {
 		off := int32(seq + uint32(j) - segSeq)
 		if off >= 0 && int(off) < n {
@@ -310,7 +308,6 @@ func (pt *pptpTracker) cut(d *pptpStream, p *Packet, seq uint32, keep, f int) Dr
 func (pt *pptpTracker) message(c *pptpConn, d *pptpStream, p *Packet, dir int, seq uint32, n int, now int64) {
 	m := PPTPMessage(d.head[:d.have])
 	t := m.ControlType()
-	pt.stats.Messages++
 	callID, hasCallID := m.CallID()
 	peerID, hasPeerID := m.PeerCallID()
 	result, hasResult := m.resultCode()

@@ -81,37 +81,67 @@ func (c *core) fromLAN(buf []byte, n int, p *nat.Packet, o *outbox) {
 		c.drop(r)
 		return
 	}
-	switch {
-	case isMartianSource(p.Src) || isMartianDestination(p.Dst):
+	switch c.lanRoute(p) {
+	case lanMartian:
 		c.drop(nat.DropMartian)
-	case !c.lan.contains(p.Src):
-		// Not one of ours: masquerading it would hide a misconfiguration
-		// (or a spoofer) behind the WAN address.
-		c.drop(nat.DropMartian)
-	case p.Dst == c.service:
+	case lanService:
 		if c.local == nil {
 			c.drop(nat.DropNoService)
 			return
 		}
 		c.stats.ServicePackets.Add(1)
 		c.local(p.Buf)
-	case c.lan.contains(p.Dst):
+	case lanLocal:
 		// Between LAN interfaces: route unchanged.
 		c.stats.LocalPackets.Add(1)
 		o.toLAN(buf, len(p.Buf))
-	case c.noNAT.contains(p.Dst):
-		c.routeOut(buf, p, o, false)
-	default:
-		c.routeOut(buf, p, o, true)
+	case lanRouted:
+		c.routeOut(buf, p, o, false, false)
+	case lanMasquerade:
+		c.routeOut(buf, p, o, true, false)
 	}
+}
+
+// lanRouteKind is what the core does with a packet from the LAN.
+type lanRouteKind uint8
+
+const (
+	lanMartian    lanRouteKind = iota // drop: cannot be routed, or not from a LAN prefix
+	lanService                        // to the service address (the netstack)
+	lanLocal                          // to another LAN prefix: routed unchanged
+	lanRouted                         // to a no-NAT network: routed out unchanged
+	lanMasquerade                     // everything else: masqueraded out
+)
+
+// lanRoute decides a LAN packet's way, for fromLAN and for super-packets
+// sent whole (sendWhole).
+func (c *core) lanRoute(p *nat.Packet) lanRouteKind {
+	switch {
+	case isMartianSource(p.Src) || isMartianDestination(p.Dst):
+		return lanMartian
+	case !c.lan.contains(p.Src):
+		// Not one of ours: masquerading it would hide a misconfiguration
+		// (or a spoofer) behind the WAN address.
+		return lanMartian
+	case p.Dst == c.service:
+		return lanService
+	case c.lan.contains(p.Dst):
+		return lanLocal
+	case c.noNAT.contains(p.Dst):
+		return lanRouted
+	}
+	return lanMasquerade
 }
 
 // routeOut sends a LAN packet to the WAN, masqueraded or not, handling the
 // WAN MTU: too big with DF set is answered with Fragmentation Needed
 // quoting the packet as the LAN host sent it; too big without DF is
 // fragmented after translation.
-func (c *core) routeOut(buf []byte, p *nat.Packet, o *outbox, masquerade bool) {
-	tooBig := len(p.Buf) > c.wanMTU && p.Dst != c.wanAddr
+// routeOut sends a LAN packet to the WAN, masqueraded or not. A whole
+// super-packet (sendWhole checked that its segments fit the WAN MTU) is
+// queued as one frame.
+func (c *core) routeOut(buf []byte, p *nat.Packet, o *outbox, masquerade, whole bool) {
+	tooBig := !whole && len(p.Buf) > c.wanMTU && p.Dst != c.wanAddr
 	if tooBig && p.IP.Flags()&header.IPv4FlagDontFragment != 0 {
 		c.drop(nat.DropTooBig)
 		c.answerLAN(p, o, header.ICMPv4DstUnreachable, header.ICMPv4FragmentationNeeded, uint16(c.wanMTU))
@@ -133,6 +163,11 @@ func (c *core) routeOut(buf []byte, p *nat.Packet, o *outbox, masquerade bool) {
 		}
 	}
 	c.stats.Traffic[LANToWAN][p.Proto].add(len(p.Buf))
+	if whole {
+		c.stats.GSOWhole.Add(1)
+		o.toWANWhole(buf, len(p.Buf))
+		return
+	}
 	if !tooBig {
 		o.toWAN(buf, len(p.Buf))
 		return

@@ -95,27 +95,14 @@ func (c *core) sendWhole(buf []byte, n int, h vnetHdr, p *nat.Packet, o *outbox)
 	if p.SrcPort == nat.PortPPTP || p.DstPort == nat.PortPPTP {
 		return false
 	}
-	switch {
-	case isMartianSource(p.Src) || isMartianDestination(p.Dst), !c.lan.contains(p.Src),
-		p.Dst == c.service, c.lan.contains(p.Dst), p.Dst == c.wanAddr:
-		return false
+	route := c.lanRoute(p)
+	if (route != lanMasquerade && route != lanRouted) || p.Dst == c.wanAddr {
+		return false // local, service or hairpin: per segment
 	}
 	if ihl+int(header.TCP(p.L4).DataOffset())+int(h.gsoSize) > c.wanMTU {
 		return false
 	}
 	p.PartialChecksum = true
-	if !c.noNAT.contains(p.Dst) {
-		r := c.nat.Outbound(p)
-		if r.Verdict != nat.VerdictToWAN {
-			// Dropped, and counted by the engine.
-			if r.Unreachable {
-				c.answerLAN(p, o, header.ICMPv4DstUnreachable, header.ICMPv4AdminProhibited, 0)
-			}
-			return true
-		}
-	}
-	c.stats.Traffic[LANToWAN][p.Proto].add(len(p.Buf))
-	c.stats.GSOWhole.Add(1)
-	o.toWANWhole(buf, len(p.Buf))
+	c.routeOut(buf, p, o, route == lanMasquerade, true)
 	return true
 }

@@ -200,3 +200,35 @@ func TestNeighbourUse(t *testing.T) {
 		})
 	}
 }
+
+func TestForwardingAllocatesNothingPerPacket(t *testing.T) {
+	c := testCore(t, 1500)
+	c.gsoOut = true
+	o, segs := newTestOutbox(), &segmentPool{offset: packetOffset}
+	var p nat.Packet
+	for _, tc := range []struct {
+		name string
+		pkt  func() ([]byte, int)
+	}{
+		{"a TCP super-packet sent whole", func() ([]byte, int) { return tcpSuperPacket(lanHost, remote, 40000, 5201, 20000, 1448) }},
+		{"an ordinary UDP packet", func() ([]byte, int) { return udpPacket(lanHost, remote, 5000, 53, 100, 64, false) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tmpl, n := tc.pkt()
+			buf := make([]byte, len(tmpl))
+			run := func() {
+				copy(buf, tmpl)
+				o.reset()
+				segs.reset()
+				c.fromTUN(buf, n, &p, o, segs)
+				if len(o.wan) != 1 {
+					t.Fatalf("%d packets to the WAN", len(o.wan))
+				}
+			}
+			run() // the mapping is created on the first packet
+			if a := testing.AllocsPerRun(100, run); a != 0 {
+				t.Errorf("%v allocations per packet", a)
+			}
+		})
+	}
+}

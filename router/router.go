@@ -25,6 +25,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"net"
 	"net/netip"
 	"os"
@@ -449,11 +450,7 @@ func (r *Router) wanLoop() error {
 // transport's Write, super-packets to WriteGSO, in queue order; then the
 // LAN side.
 func (r *Router) flush(o *outbox) {
-	for start := 0; start < len(o.wan); {
-		end := start + 1
-		for end < len(o.wan) && o.whole[end] == o.whole[start] {
-			end++
-		}
+	for start, end := range runs(o.whole) {
 		if o.whole[start] {
 			if _, err := r.wan.(gsoWAN).WriteGSO(o.wan[start:end], packetOffset); err != nil && !r.closed(err) {
 				r.core.drop(nat.DropWriteFailed)
@@ -462,27 +459,37 @@ func (r *Router) flush(o *outbox) {
 		} else {
 			r.writeWAN(o.wan[start:end])
 		}
-		start = end
 	}
-	for start := 0; start < len(o.lan); {
-		end := start + 1
-		for end < len(o.lan) && o.lanWhole[end] == o.lanWhole[start] {
-			end++
-		}
-		if !o.lanWhole[start] {
-			if _, err := r.tun.Write(o.lan[start:end], packetOffset); err != nil && !r.closed(err) {
-				r.core.drop(nat.DropWriteFailed)
-				r.log.Debug().Err(err).Msg("tun write")
-			}
-		} else {
+	for start, end := range runs(o.lanWhole) {
+		if o.lanWhole[start] {
 			for _, b := range o.lan[start:end] {
 				if err := r.tunIO.write(b[packetOffset-vnetHdrLen:]); err != nil && !r.closed(err) {
 					r.core.drop(nat.DropWriteFailed)
 					r.log.Debug().Err(err).Msg("tun gso write")
 				}
 			}
+		} else if _, err := r.tun.Write(o.lan[start:end], packetOffset); err != nil && !r.closed(err) {
+			r.core.drop(nat.DropWriteFailed)
+			r.log.Debug().Err(err).Msg("tun write")
 		}
-		start = end
+	}
+}
+
+// runs yields the [start, end) bounds of each maximal run of equal flags,
+// in order: a queue's ordinary packets and super-packets go to different
+// writers, and order within a flow is kept.
+func runs(flags []bool) iter.Seq2[int, int] {
+	return func(yield func(int, int) bool) {
+		for start := 0; start < len(flags); {
+			end := start + 1
+			for end < len(flags) && flags[end] == flags[start] {
+				end++
+			}
+			if !yield(start, end) {
+				return
+			}
+			start = end
+		}
 	}
 }
 

@@ -38,14 +38,13 @@ type gsoSender struct {
 	ifindex int
 	srcMAC  net.HardwareAddr
 
-	mu        sync.Mutex
-	nexthops  map[[4]byte]nexthop
-	msgs      []unix.Mmsghdr
-	iovs      []unix.Iovec // per message: virtio header + Ethernet header, packet
-	hdrs      [][vnetHdrLen + 14]byte
-	addrs     []unix.RawSockaddrLinklayer
-	idx       []int // message slot -> index in the caller's bufs
-	lookupNow func() time.Time
+	mu       sync.Mutex
+	nexthops map[[4]byte]nexthop
+	msgs     []unix.Mmsghdr
+	iovs     []unix.Iovec // per message: virtio header + Ethernet header, packet
+	hdrs     [][vnetHdrLen + 14]byte
+	addrs    []unix.RawSockaddrLinklayer
+	idx      []int // message slot -> index in the caller's bufs
 
 	// One sendmmsg call's state, for a poller callback made once.
 	sendFn   func(fd uintptr) bool
@@ -90,13 +89,12 @@ func openGSOSender(link netlink.Link) (*gsoSender, error) {
 	}
 	g := &gsoSender{
 		f: f, conn: conn, ifindex: attrs.Index, srcMAC: attrs.HardwareAddr,
-		nexthops:  make(map[[4]byte]nexthop),
-		msgs:      make([]unix.Mmsghdr, wanBatchSize),
-		iovs:      make([]unix.Iovec, 2*wanBatchSize),
-		hdrs:      make([][vnetHdrLen + 14]byte, wanBatchSize),
-		addrs:     make([]unix.RawSockaddrLinklayer, wanBatchSize),
-		idx:       make([]int, 0, wanBatchSize),
-		lookupNow: time.Now,
+		nexthops: make(map[[4]byte]nexthop),
+		msgs:     make([]unix.Mmsghdr, wanBatchSize),
+		iovs:     make([]unix.Iovec, 2*wanBatchSize),
+		hdrs:     make([][vnetHdrLen + 14]byte, wanBatchSize),
+		addrs:    make([]unix.RawSockaddrLinklayer, wanBatchSize),
+		idx:      make([]int, 0, wanBatchSize),
 	}
 	g.sendFn = g.sendQueued
 	for i := range g.msgs {
@@ -118,8 +116,7 @@ func openGSOSender(link netlink.Link) (*gsoSender, error) {
 // entry goes stale and stays so; a packet the kernel sends itself makes it
 // verify the entry (DELAY, then PROBE: a unicast ARP request), and a
 // neighbour whose address changed is learned anew.
-func (g *gsoSender) resolve(dst [4]byte) (mac [6]byte, ok, probe bool) {
-	now := g.lookupNow()
+func (g *gsoSender) resolve(dst [4]byte, now time.Time) (mac [6]byte, ok, probe bool) {
 	if nh, hit := g.nexthops[dst]; hit && now.Before(nh.expires) {
 		return nh.mac, nh.ok, false
 	}
@@ -179,13 +176,14 @@ func (g *gsoSender) write(bufs [][]byte, offset int, whole bool, slow []int) ([]
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	defer runtime.KeepAlive(bufs)
+	now := time.Now() // one clock read per batch for the next-hop cache
 	for start := 0; start < len(bufs); start += wanBatchSize {
 		idx := g.idx[:0]
 		for j := start; j < min(start+wanBatchSize, len(bufs)); j++ {
 			b := bufs[j]
 			pkt := b[offset:]
 			ip := header.IPv4(pkt)
-			mac, ok, probe := g.resolve(ip.DestinationAddress().As4())
+			mac, ok, probe := g.resolve(ip.DestinationAddress().As4(), now)
 			if !ok || probe {
 				slow = append(slow, j)
 				continue

@@ -84,8 +84,7 @@ type socketWAN struct {
 	slowIdx  []int
 	slowBufs [][]byte
 	gsoMu    sync.Mutex
-	segPool  [][]byte // buffers for super-packets sent as segments
-	segBufs  [][]byte
+	segs     segmentPool // segments of super-packets sent the slow way
 
 	truncated atomic.Uint64
 	malformed atomic.Uint64
@@ -626,11 +625,10 @@ func (w *socketWAN) CanSendGSO() bool { return w.gso != nil }
 func (w *socketWAN) WriteGSO(bufs [][]byte, offset int) (int, error) {
 	w.gsoMu.Lock()
 	defer w.gsoMu.Unlock()
-	var slow []int
-	var err error
+	slow := w.slowIdx[:0]
 	if w.gso != nil {
-		slow, err = w.gso.write(bufs, offset, true, nil)
-		if err != nil {
+		var err error
+		if slow, err = w.gso.write(bufs, offset, true, slow); err != nil {
 			return 0, w.ioError(err)
 		}
 	} else {
@@ -638,34 +636,23 @@ func (w *socketWAN) WriteGSO(bufs [][]byte, offset int) (int, error) {
 			slow = append(slow, i)
 		}
 	}
-	w.gsoSent.Add(uint64(len(bufs) - len(slow)))
+	w.slowIdx = slow
 	sent := len(bufs) - len(slow)
+	w.gsoSent.Add(uint64(sent))
+	w.segs.offset = offset
 	for _, i := range slow {
 		w.gsoSplit.Add(1)
-		w.segBufs = w.segBufs[:0]
-		used := 0
-		next := func(size int) []byte {
-			if used == len(w.segPool) {
-				w.segPool = append(w.segPool, nil)
-			}
-			if cap(w.segPool[used]) < offset+size {
-				w.segPool[used] = make([]byte, offset+max(size, 2048))
-			}
-			b := w.segPool[used][:offset+size]
-			used++
-			w.segBufs = append(w.segBufs, b)
-			return b[offset:]
-		}
-		pkt := bufs[i][offset:]
+		w.segs.reset()
 		h := decodeVnetHdr(bufs[i][offset-vnetHdrLen : offset])
-		first, _, serr := splitGSO(pkt, h, next)
-		if serr != nil {
+		first, _, err := splitGSO(bufs[i][offset:], h, w.segs.next)
+		if err != nil {
 			w.malformed.Add(1)
 			continue
 		}
-		segs := append([][]byte{bufs[i][:offset+first]}, w.segBufs...)
-		if _, werr := w.writeRaw(segs, offset); werr != nil && !errors.As(werr, new(*WriteError)) {
-			return sent, werr
+		segs := append(append(w.slowBufs[:0], bufs[i][:offset+first]), w.segs.out...)
+		w.slowBufs = segs
+		if _, err := w.writeRaw(segs, offset); err != nil && !errors.As(err, new(*WriteError)) {
+			return sent, err
 		}
 		sent++
 	}
