@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/vpnmasq/vpnmasq/nat"
 )
 
 // DefaultSource is Config.Source for the built-in configuration.
@@ -32,6 +34,24 @@ func Default() *Config {
 			ICMPTimeout:           60 * time.Second,
 			UDPFiltering:          UDPFilteringAddressDependent,
 			MaxMappings:           65536,
+		},
+		Limits: Limits{
+			MaxFlows:            nat.DefaultMaxFlows,
+			MaxFlowsPerHost:     nat.DefaultMaxFlowsPerHost,
+			MaxMappingsPerHost:  nat.DefaultMaxMappingsPerHost,
+			MaxESPPerHost:       nat.DefaultMaxESPPerHost,
+			MaxIKEPerHost:       nat.DefaultMaxIKEPerHost,
+			MaxRemoteIKE:        nat.DefaultMaxRemoteIKE,
+			RemoteIKETimeout:    nat.DefaultRemoteIKETimeout,
+			MaxCallsPerHost:     nat.DefaultMaxCallsPerHost,
+			MaxFragmentsPerHost: nat.DefaultMaxFragmentsPerHost,
+			HostFlowRate:        nat.DefaultHostFlowRate,
+			HostFlowBurst:       nat.DefaultHostFlowBurst,
+			ForwardFlowRate:     nat.DefaultForwardFlowRate,
+			ForwardFlowBurst:    nat.DefaultForwardFlowBurst,
+			UnrepliedTimeout:    nat.DefaultUnrepliedTimeout,
+			ICMPErrorRate:       1,
+			ICMPErrorBurst:      6,
 		},
 		IPsec: IPsec{
 			IKETimeout: 35 * time.Minute,
@@ -265,6 +285,12 @@ func (d *decoder) value(path string, p toml.Primitive, dst reflect.Value) {
 			} else {
 				*target = append(*target, prefix)
 			}
+		}
+	case *bool:
+		if b, ok := d.primitive(p).(bool); ok {
+			*target = b
+		} else {
+			d.errorf(path, "must be true or false, not %s", tomlTypeName(d.primitive(p)))
 		}
 	case *uint16:
 		if n, ok := d.primitive(p).(int64); ok && n >= 0 && n <= 65535 {

@@ -23,6 +23,7 @@ type Config struct {
 	NAT      NAT       `toml:"nat"`
 	Routing  Routing   `toml:"routing"`
 	Forwards []Forward `toml:"forward"`
+	Limits   Limits    `toml:"limits"`
 	IPsec    IPsec     `toml:"ipsec"`
 	PPTP     PPTP      `toml:"pptp"`
 	Services Services  `toml:"services"`
@@ -53,6 +54,30 @@ type NAT struct {
 	// UDPFiltering is "address-dependent" (default) or "endpoint-independent" (RFC 4787 REQ-8).
 	UDPFiltering string `toml:"udp_filtering"`
 	MaxMappings  int    `toml:"max_mappings"` // default 65536; at the limit new flows are refused (ICMP 3/13)
+	// UDPInboundRefresh lets inbound packets extend a UDP mapping's timer
+	// (RFC 4787 REQ-6 allows it); default false: outbound traffic only.
+	UDPInboundRefresh bool `toml:"udp_inbound_refresh"`
+}
+
+// Limits bound the NAT state and give every LAN host a fair share of it
+// (see nat.Limits and the README's Security model).
+type Limits struct {
+	MaxFlows            int           `toml:"max_flows"`              // all flows, default 131072 (like nf_conntrack_max)
+	MaxFlowsPerHost     int           `toml:"max_flows_per_host"`     // default 8192
+	MaxMappingsPerHost  int           `toml:"max_mappings_per_host"`  // external ports one LAN host holds, default 4096
+	MaxESPPerHost       int           `toml:"max_esp_per_host"`       // ESP SPI pairs, default 64
+	MaxIKEPerHost       int           `toml:"max_ike_per_host"`       // IKE sessions, default 64
+	MaxRemoteIKE        int           `toml:"max_remote_ike"`         // unanswered IKE sessions a remote may start per LAN host, default 4
+	RemoteIKETimeout    time.Duration `toml:"remote_ike_timeout"`     // their lifetime until answered, default 30s
+	MaxCallsPerHost     int           `toml:"max_calls_per_host"`     // PPTP calls, default 64
+	MaxFragmentsPerHost int           `toml:"max_fragments_per_host"` // fragment table entries, default 256
+	HostFlowRate        int           `toml:"host_flow_rate"`         // new flows per second per LAN host, default 1000
+	HostFlowBurst       int           `toml:"host_flow_burst"`        // default 2000
+	ForwardFlowRate     int           `toml:"forward_flow_rate"`      // new forwarded flows per second per WAN source, default 50
+	ForwardFlowBurst    int           `toml:"forward_flow_burst"`     // default 100
+	UnrepliedTimeout    time.Duration `toml:"unreplied_timeout"`      // a flow opened from the WAN until the inside answers, default 30s
+	ICMPErrorRate       int           `toml:"icmp_error_rate"`        // ICMP errors the router sends per second per destination, default 1
+	ICMPErrorBurst      int           `toml:"icmp_error_burst"`       // default 6 (Linux's icmp_ratelimit and burst)
 }
 
 // Routing lists destinations that are routed, not masqueraded.

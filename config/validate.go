@@ -43,6 +43,7 @@ var reservedTables = map[int]string{253: "default", 254: "main", 255: "local"}
 func validate(c *Config, pos *positions) Errors {
 	v := &validator{c: c, pos: pos}
 	v.nat()
+	v.limits()
 	v.ipsec()
 	v.pptp()
 	v.lan()
@@ -95,6 +96,41 @@ func (v *validator) nat() {
 	if n.MaxMappings <= 0 {
 		v.errorf("nat.max_mappings", "must be at least 1")
 	}
+}
+
+func (v *validator) limits() {
+	l := v.c.Limits
+	counts := []struct {
+		key   string
+		value int
+	}{
+		{"limits.max_flows", l.MaxFlows},
+		{"limits.max_flows_per_host", l.MaxFlowsPerHost},
+		{"limits.max_mappings_per_host", l.MaxMappingsPerHost},
+		{"limits.max_esp_per_host", l.MaxESPPerHost},
+		{"limits.max_ike_per_host", l.MaxIKEPerHost},
+		{"limits.max_remote_ike", l.MaxRemoteIKE},
+		{"limits.max_calls_per_host", l.MaxCallsPerHost},
+		{"limits.max_fragments_per_host", l.MaxFragmentsPerHost},
+		{"limits.host_flow_rate", l.HostFlowRate},
+		{"limits.host_flow_burst", l.HostFlowBurst},
+		{"limits.forward_flow_rate", l.ForwardFlowRate},
+		{"limits.forward_flow_burst", l.ForwardFlowBurst},
+		{"limits.icmp_error_rate", l.ICMPErrorRate},
+		{"limits.icmp_error_burst", l.ICMPErrorBurst},
+	}
+	for _, c := range counts {
+		if c.value < 1 {
+			v.errorf(c.key, "must be at least 1")
+		}
+	}
+	if l.MaxFlowsPerHost > l.MaxFlows && l.MaxFlows >= 1 {
+		v.errorf("limits.max_flows_per_host", "%d is above limits.max_flows (%d): one host could take every flow", l.MaxFlowsPerHost, l.MaxFlows)
+	}
+	v.positive(map[string]time.Duration{
+		"limits.remote_ike_timeout": l.RemoteIKETimeout,
+		"limits.unreplied_timeout":  l.UnrepliedTimeout,
+	})
 }
 
 func (v *validator) ipsec() {

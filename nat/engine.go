@@ -58,11 +58,17 @@ type Config struct {
 	ICMPTimeout           time.Duration
 	UDPFiltering          Filtering
 	MaxMappings           int
-	Forwards              []Forward
-	IPsec                 IPsecConfig
-	PPTP                  PPTPConfig
-	Clock                 Clock
-	Log                   zerolog.Logger
+	// UDPInboundRefresh lets inbound packets extend a UDP flow's timer.
+	// Off by default (RFC 4787 REQ-6 requires outbound refresh only as a
+	// must): an outsider who can forge a remote's address could otherwise
+	// keep a silent host's mapping, and its port, alive forever.
+	UDPInboundRefresh bool
+	Limits            Limits
+	Forwards          []Forward
+	IPsec             IPsecConfig
+	PPTP              PPTPConfig
+	Clock             Clock
+	Log               zerolog.Logger
 }
 
 // Verdict says where a packet goes after the engine handled it.
@@ -124,7 +130,9 @@ type Engine struct {
 	esp      *espHandler
 	pptp     pptpTracker
 	gre      *greHandler
+	hosts    hostTable // per-LAN-host quotas and new-flow buckets
 	Drops    DropCounters
+	Limits   LimitCounters
 }
 
 // New builds an engine with the TCP, UDP and ICMP handlers and the static
@@ -151,6 +159,7 @@ func New(cfg Config) *Engine {
 	if cfg.Clock == nil {
 		cfg.Clock = SystemClock{}
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	cfg.IPsec = cfg.IPsec.withDefaults()
 	cfg.PPTP = cfg.PPTP.withDefaults()
 	e := &Engine{
@@ -160,6 +169,7 @@ func New(cfg Config) *Engine {
 		base:  cfg.Clock.Now(),
 		log:   cfg.Log,
 	}
+	e.hosts.init()
 	e.table.init(e)
 	e.frags.init()
 	e.handlers[ProtoTCP] = &tcpHandler{e: e}

@@ -18,7 +18,7 @@ const (
 	DropUnsolicited                   // inbound traffic that matches no mapping or forward
 	DropUnsupported                   // an IP protocol the NAT cannot masquerade
 	DropNoPorts                       // port range exhausted for this protocol
-	DropTableFull                     // max_mappings reached
+	DropTableFull                     // a global bound reached (max_flows, max_mappings, max_esp, max_calls, ...)
 	DropFragment                      // fragment whose first fragment was not seen
 	DropTTLExceeded                   // TTL would reach zero (ICMP Time Exceeded sent)
 	DropTooBig                        // larger than the WAN MTU with DF set (Fragmentation Needed sent)
@@ -42,6 +42,9 @@ const (
 	DropGREMalformed                  // GRE header truncated or inconsistent, or enhanced GRE without a key
 	DropGREUnknownCall                // enhanced GRE whose Call ID names no masqueraded call
 	DropGRERemoteBusy                 // non-PPTP GRE to a remote already bound to another LAN host
+	DropTCPOutOfWindow                // TCP segment outside the connection's sequence window, or invalid in its state
+	DropHostQuota                     // a LAN host holds its share of a table (limits.max_*_per_host)
+	DropRateLimited                   // new flows faster than limits.host_flow_rate or forward_flow_rate
 	numDropReasons
 )
 
@@ -80,6 +83,9 @@ var dropReasonNames = [numDropReasons]string{
 	DropGREMalformed:       "gre_malformed",
 	DropGREUnknownCall:     "gre_unknown_call",
 	DropGRERemoteBusy:      "gre_remote_busy",
+	DropTCPOutOfWindow:     "tcp_out_of_window",
+	DropHostQuota:          "host_quota",
+	DropRateLimited:        "rate_limited",
 }
 
 func (r DropReason) String() string {

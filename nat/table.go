@@ -313,6 +313,11 @@ type Stats struct {
 	Flows         int
 	PortsInUse    map[string]int
 	PortRangeSize int
+	// FlowsByState counts flows per protocol and state.
+	FlowsByState []FlowCount
+	// Hosts are the LAN hosts holding the most state, most flows first
+	// (at most 32).
+	Hosts []HostUsage
 }
 
 // Stats returns the current table sizes.

@@ -96,6 +96,14 @@ func printSummary(out io.Writer, c *config.Config) {
 		shortDuration(n.TCPTransitoryTimeout), shortDuration(n.ICMPTimeout)))
 	row("nat.udp_filtering", n.UDPFiltering)
 	row("nat.max_mappings", fmt.Sprint(n.MaxMappings))
+	row("nat.udp_inbound_refresh", fmt.Sprint(n.UDPInboundRefresh))
+	l := c.Limits
+	row("limits", fmt.Sprintf("flows %d (%d per host), mappings %d per host, esp %d, ike %d (remote-started %d for %s), calls %d, fragments %d per host",
+		l.MaxFlows, l.MaxFlowsPerHost, l.MaxMappingsPerHost, l.MaxESPPerHost, l.MaxIKEPerHost,
+		l.MaxRemoteIKE, shortDuration(l.RemoteIKETimeout), l.MaxCallsPerHost, l.MaxFragmentsPerHost))
+	row("limits rates", fmt.Sprintf("new flows %d/s (burst %d) per LAN host, %d/s (burst %d) per WAN source to forwards, unreplied %s, icmp errors %d/s (burst %d) per destination",
+		l.HostFlowRate, l.HostFlowBurst, l.ForwardFlowRate, l.ForwardFlowBurst, shortDuration(l.UnrepliedTimeout),
+		l.ICMPErrorRate, l.ICMPErrorBurst))
 	ip := c.IPsec
 	row("ipsec", fmt.Sprintf("ike %s, esp %s, esp wait %s x%d, squelch %s, max %d",
 		shortDuration(ip.IKETimeout), shortDuration(ip.ESPTimeout), shortDuration(ip.ESPWait),
