@@ -79,6 +79,10 @@ type Flow struct {
 	expires  int64
 	tcp      tcpState
 	lastSeen int64
+	// assured: the flow has proven itself (both directions seen; for TCP,
+	// the handshake completed and not closing). Flows that are not
+	// assured are evicted first when a table is full.
+	assured bool
 }
 
 // table holds the endpoint mappings shared by TCP, UDP and ICMP queries.
@@ -228,6 +232,13 @@ func (t *table) touch(f *Flow, now int64, timeout time.Duration) {
 	f.m.expires = max(f.m.expires, f.expires)
 	f.m.lastUsed = now
 	f.m.remote = f.remote
+}
+
+// setAssured marks a flow as worth keeping (both directions seen, TCP
+// established) or, when a TCP connection starts closing, as expendable
+// again. Expendable flows are evicted first when a table is full.
+func (t *table) setAssured(f *Flow, assured bool) {
+	f.assured = assured
 }
 
 // expire drops expired flows and the dynamic mappings left without flows.
