@@ -74,7 +74,7 @@ func BenchmarkTranslate(b *testing.B) {
 // jumps and a sweep empties the table (outside the timer) so the port range
 // never runs out.
 func BenchmarkMappingCreation(b *testing.B) {
-	l := newLab(b, Config{Ports: PortRange{First: 1024, Last: 65535}})
+	l := newLab(b, Config{Ports: PortRange{First: 1024, Last: 65535}, Limits: bigLimits})
 	const batch = 10000
 	pkts := make([][]byte, batch)
 	for i := range pkts {
@@ -122,7 +122,7 @@ func BenchmarkParse(b *testing.B) {
 // first phase) and bytes per flow (the second).
 func BenchmarkTableMemory(b *testing.B) {
 	for range b.N {
-		l := newLab(b, Config{Ports: PortRange{First: 1024, Last: 65535}, MaxMappings: 1 << 20})
+		l := newLab(b, Config{Ports: PortRange{First: 1024, Last: 65535}, MaxMappings: 1 << 20, Limits: bigLimits})
 		var p Packet
 		buf := make([]byte, 64)
 		send := func(pkt []byte) {
@@ -167,4 +167,59 @@ func heapInUse() uint64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
+}
+
+// bigLimits lets one test host or remote create a million flows at once.
+var bigLimits = Limits{MaxFlows: 1 << 21, MaxFlowsPerHost: 1 << 21, MaxMappingsPerHost: 1 << 20,
+	HostFlowRate: 1 << 30, HostFlowBurst: 1 << 30, ForwardFlowRate: 1 << 30, ForwardFlowBurst: 1 << 30}
+
+// BenchmarkExpire sweeps a million flows that expire in the same second and
+// reports the longest single hold of the engine lock: the packet loops wait
+// at most that long, however large the table.
+func BenchmarkExpire(b *testing.B) {
+	const flows = 1 << 20
+	for range b.N {
+		b.StopTimer()
+		l := newLab(b, Config{Ports: PortRange{First: 1024, Last: 65535}, MaxMappings: 1 << 20, Limits: bigLimits})
+		fillFlows(b, l, flows)
+		l.clock.Advance(6 * time.Minute)
+		b.StartTimer()
+		var longest time.Duration
+		start := time.Now()
+		for {
+			t0 := time.Now()
+			l.e.mu.Lock()
+			more := l.e.table.expireSome(l.e.now())
+			l.e.mu.Unlock()
+			longest = max(longest, time.Since(t0))
+			if !more {
+				break
+			}
+		}
+		b.ReportMetric(float64(longest.Microseconds()), "µs-max-lock-hold")
+		b.ReportMetric(float64(time.Since(start).Milliseconds()), "ms-total")
+		if n := len(l.e.table.flows); n != 0 {
+			b.Fatalf("%d flows left after the sweep", n)
+		}
+	}
+}
+
+// fillFlows creates n UDP flows: one mapping per port and host, more flows
+// to other remotes on them.
+func fillFlows(tb testing.TB, l *lab, n int) {
+	var p Packet
+	buf := make([]byte, 64)
+	host := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}) }
+	remote := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}) }
+	const perProto = 65535 - 1024 + 1 - 2
+	for k := 0; k < n; k++ {
+		pkt := udpPkt(ap(host(k%perProto), 40000), ap(remote(k/perProto), 53), "")
+		m := copy(buf, pkt)
+		if p.Parse(buf[:m]) != DropNone {
+			tb.Fatal("parse")
+		}
+		if r := l.e.Outbound(&p); r.Verdict != VerdictToWAN {
+			tb.Fatalf("flow %d: verdict %s (%v)", k, verdictName(r.Verdict), r.Reason)
+		}
+	}
 }

@@ -171,7 +171,7 @@ func New(cfg Config) *Engine {
 	}
 	e.hosts.init()
 	e.table.init(e)
-	e.frags.init()
+	e.frags.init(e)
 	e.handlers[ProtoTCP] = &tcpHandler{e: e}
 	e.handlers[ProtoUDP] = &udpHandler{e: e}
 	e.handlers[ProtoICMP] = &icmpHandler{e: e}
@@ -293,12 +293,23 @@ func (e *Engine) inbound(p *Packet, now int64) Result {
 
 // Expire removes every flow and mapping whose timer ran out. The router calls
 // it about once a second; lookups also treat expired flows as absent, so the
-// interval only bounds memory, not correctness.
+// interval only bounds memory, not correctness. A flow's mapping goes with
+// its last flow.
 func (e *Engine) Expire() {
-	e.mu.Lock()
+	// Flows are swept in batches, each under its own hold of the lock, so
+	// that a million flows expiring at once never stall the packet loops.
+	for {
+		e.mu.Lock()
+		more := e.table.expireSome(e.now())
+		if more {
+			e.mu.Unlock()
+			continue
+		}
+		break
+	}
 	defer e.mu.Unlock()
 	now := e.now()
-	e.table.expire(now)
+	e.sweepHosts(now)
 	e.frags.expire(now)
 	e.ike.expire(now)
 	e.esp.expire(now)

@@ -31,29 +31,48 @@ func fragKeyOf(p *Packet) fragKey {
 type fragEntry struct {
 	// newAddr replaces the source (outbound) or destination (inbound).
 	newAddr [4]byte
+	// host is the LAN host whose share the entry counts against.
+	host    [4]byte
 	expires int64
 }
 
+// fragTable remembers first fragments' translations, 4096 entries in all
+// and limits.max_fragments_per_host per LAN host, so that one host (or
+// an outsider fragmenting towards one host) cannot take the table.
 type fragTable struct {
+	e   *Engine
 	out map[fragKey]fragEntry
 	in  map[fragKey]fragEntry
 }
 
-func (ft *fragTable) init() {
+func (ft *fragTable) init(e *Engine) {
+	ft.e = e
 	ft.out = make(map[fragKey]fragEntry)
 	ft.in = make(map[fragKey]fragEntry)
 }
 
 // remember records the translation of a first fragment (k is its key from
-// before the rewrite).
+// before the rewrite). When a bound refuses it, the first fragment still
+// goes on but the others are dropped as unmatched.
 func (ft *fragTable) remember(outbound bool, k fragKey, newAddr [4]byte, now int64) {
-	m := ft.in
+	m, host := ft.in, newAddr
 	if outbound {
-		m = ft.out
+		m, host = ft.out, k.src
 	}
-	if len(m) < fragMaxEntries {
-		m[k] = fragEntry{newAddr: newAddr, expires: now + fragLifetime}
+	if old, ok := m[k]; ok {
+		// The same datagram again (a retransmitted first fragment).
+		old.expires = now + fragLifetime
+		m[k] = old
+		return
 	}
+	if len(ft.out)+len(ft.in) >= fragMaxEntries {
+		ft.e.Limits.refuse(LimitFragments)
+		return
+	}
+	if !ft.e.hostAdmit(host, quotaFragments) {
+		return
+	}
+	m[k] = fragEntry{newAddr: newAddr, host: host, expires: now + fragLifetime}
 }
 
 // outboundTail translates a non-first outbound fragment.
@@ -79,14 +98,12 @@ func (ft *fragTable) inboundTail(p *Packet, now int64) Result {
 }
 
 func (ft *fragTable) expire(now int64) {
-	for k, e := range ft.out {
-		if e.expires <= now {
-			delete(ft.out, k)
-		}
-	}
-	for k, e := range ft.in {
-		if e.expires <= now {
-			delete(ft.in, k)
+	for _, m := range []map[fragKey]fragEntry{ft.out, ft.in} {
+		for k, fe := range m {
+			if fe.expires <= now {
+				delete(m, k)
+				ft.e.hostRelease(fe.host, quotaFragments)
+			}
 		}
 	}
 }

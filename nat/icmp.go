@@ -4,7 +4,7 @@ import "gvisor.dev/gvisor/pkg/tcpip/header"
 
 // icmpHandler masquerades ICMP echo (the query messages): the identifier is
 // mapped like a port, independent of the remote (RFC 5508 REQ-1), with a 60 s
-// timer. Errors are handled separately in icmperror.go.
+// timer refreshed by the requests. Errors are handled separately in icmperror.go.
 type icmpHandler struct{ e *Engine }
 
 func (h *icmpHandler) Outbound(p *Packet, now int64) Result {
@@ -37,7 +37,10 @@ func (h *icmpHandler) Inbound(p *Packet, now int64) Result {
 	if f == nil {
 		return drop(DropUnsolicited)
 	}
-	t.touch(f, now, h.e.cfg.ICMPTimeout)
+	// Replies do not extend the timer (as for UDP): the pinging host's
+	// requests do, and forged replies must not keep its identifier.
+	f.in, f.lastSeen = true, now
+	t.setAssured(f, true)
 	rewriteDst(p, m.Int.addr, m.Int.port)
 	return toLAN
 }

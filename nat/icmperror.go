@@ -157,6 +157,12 @@ func (e *Engine) icmpErrorInbound(p *Packet) Result {
 	}
 	var to endpoint
 	if m := e.table.lookupExt(in.proto, in.srcPort); m != nil {
+		// Only about a live flow (RFC 5508 REQ-3/REQ-4): the quoted
+		// packet's destination must be a remote the mapping talks to, so
+		// an error forged from anywhere cannot reach the LAN host.
+		if e.table.flow(m, quotedRemote(&in, true), e.now()) == nil {
+			return drop(DropICMPError)
+		}
 		to = m.Int
 	} else if host, ok := e.ipsecErrorOwner(&in); ok {
 		to = host
@@ -183,7 +189,7 @@ func (e *Engine) icmpErrorOutbound(p *Packet) Result {
 		return drop(DropICMPError)
 	}
 	m := e.table.lookupInt(in.proto, endpoint{in.dst, in.dstPort})
-	if m == nil {
+	if m == nil || e.table.flow(m, quotedRemote(&in, false), e.now()) == nil {
 		return drop(DropICMPError)
 	}
 	in.setDst(e.wan, m.Ext)
@@ -191,6 +197,20 @@ func (e *Engine) icmpErrorOutbound(p *Packet) Result {
 	p.Src = e.wan
 	setICMPChecksum(header.ICMPv4(p.L4))
 	return toWAN
+}
+
+// quotedRemote is the remote endpoint of the flow a quoted packet belongs
+// to: its destination when the NAT sent it out, its source when it came in.
+// ICMP query flows are keyed by the remote address alone.
+func quotedRemote(in *embedded, sentOut bool) endpoint {
+	ep := endpoint{in.src, in.srcPort}
+	if sentOut {
+		ep = endpoint{in.dst, in.dstPort}
+	}
+	if in.proto == ProtoICMP {
+		ep.port = 0
+	}
+	return ep
 }
 
 // ipsecErrorOwner finds the LAN endpoint behind an ICMP error about VPN

@@ -2,6 +2,7 @@ package nat
 
 import (
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -265,9 +266,6 @@ func (e *Engine) hostAdmit(host [4]byte, q quota) bool {
 	u := e.hosts.get(host)
 	if u.held[q] >= e.cfg.Limits.quotaMax(q) {
 		e.Limits.refuse(quotaLimit[q])
-		if u.empty() {
-			delete(e.hosts.m, host)
-		}
 		return false
 	}
 	u.held[q]++
@@ -281,25 +279,25 @@ func (e *Engine) hostRelease(host [4]byte, q quota) {
 		return
 	}
 	u.held[q]--
-	if u.empty() {
+	if u.empty() && !u.bucket.used {
 		delete(e.hosts.m, host)
 	}
 }
 
 // tokenBucket is a rate limit: tokens accrue at a rate up to a burst, and
-// each new flow takes one. The zero value is a full bucket (last == 0 is
-// treated as "long ago").
+// each new flow takes one. The zero value is a full bucket.
 type tokenBucket struct {
 	tokens int64 // in millitokens
-	last   int64 // engine time of the last refill, 0 for never
+	last   int64 // engine time of the last refill
+	used   bool  // false: never taken from, full
 }
 
 // take reports whether a token was available at now, taking it.
 func (b *tokenBucket) take(now int64, rate, burst int) bool {
 	const milli = 1000
 	capacity := int64(burst) * milli
-	if b.last == 0 {
-		b.tokens, b.last = capacity, now
+	if !b.used {
+		b.tokens, b.last, b.used = capacity, now, true
 	} else if ms := (now - b.last) / 1e6; ms > 0 {
 		// rate tokens a second are rate millitokens a millisecond.
 		b.tokens = min(capacity, b.tokens+ms*int64(rate))
@@ -315,7 +313,7 @@ func (b *tokenBucket) take(now int64, rate, burst int) bool {
 // full reports whether the bucket would be full at now: an entry in that
 // state can be forgotten without changing any decision.
 func (b *tokenBucket) full(now int64, rate, burst int) bool {
-	if b.last == 0 {
+	if !b.used {
 		return true
 	}
 	const milli = 1000
@@ -338,4 +336,41 @@ type FlowCount struct {
 	Proto string // tcp, udp, icmp
 	State string // see flowStateNames
 	Flows int
+}
+
+// maxStatsHosts is how many hosts Stats lists.
+const maxStatsHosts = 32
+
+// hostUsage lists the hosts holding the most flows (then mappings), at
+// most n.
+func (e *Engine) hostUsage(n int) []HostUsage {
+	out := make([]HostUsage, 0, min(n, len(e.hosts.m)))
+	for addr, u := range e.hosts.m {
+		if u.empty() {
+			continue
+		}
+		h := HostUsage{Host: netip.AddrFrom4(addr), Flows: u.held[quotaFlows], Mappings: u.held[quotaMappings],
+			ESP: u.held[quotaESP], IKE: u.held[quotaIKE], Calls: u.held[quotaCalls], Fragments: u.held[quotaFragments]}
+		out = append(out, h)
+	}
+	slices.SortFunc(out, func(a, b HostUsage) int {
+		if a.Flows != b.Flows {
+			return b.Flows - a.Flows
+		}
+		if a.Mappings != b.Mappings {
+			return b.Mappings - a.Mappings
+		}
+		return a.Host.Compare(b.Host)
+	})
+	return out[:min(n, len(out))]
+}
+
+// sweepHosts forgets hosts that hold nothing and whose bucket is full.
+func (e *Engine) sweepHosts(now int64) {
+	l := e.cfg.Limits
+	for addr, u := range e.hosts.m {
+		if u.empty() && u.bucket.full(now, l.HostFlowRate, l.HostFlowBurst) {
+			delete(e.hosts.m, addr)
+		}
+	}
 }

@@ -94,7 +94,10 @@ func (h *tcpHandler) Inbound(p *Packet, now int64) Result {
 		if !m.Static || p.TCPFlags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn {
 			return drop(DropUnsolicited)
 		}
-		f = t.addFlow(m, remote, now)
+		var r Result
+		if f, r = t.inboundFlow(m, remote, now); f == nil {
+			return r
+		}
 	}
 	if remote.port == PortPPTP && !m.Static {
 		if c := h.e.pptp.conns[pptpConnKey{m.Int, remote}]; c != nil {

@@ -2,7 +2,14 @@ package nat
 
 // udpHandler masquerades UDP per RFC 4787: endpoint-independent mapping,
 // filtering by configuration (address-dependent by default), a 5-minute
-// timer refreshed by traffic in both directions.
+// timer refreshed by outbound traffic (REQ-6) — and by inbound traffic only
+// when udp_inbound_refresh is set, so that an outsider who forges a remote's
+// address cannot keep a silent host's mapping alive.
+//
+// A flow the outside opens (a port forward, or a new remote endpoint that
+// filtering admits) counts against the source's new-flow rate and lives on
+// the unreplied timer until the inside sends on it; then it is assured and
+// gets the full timer.
 type udpHandler struct{ e *Engine }
 
 func (h *udpHandler) Outbound(p *Packet, now int64) Result {
@@ -17,6 +24,9 @@ func (h *udpHandler) Outbound(p *Packet, now int64) Result {
 		return r
 	}
 	t.touch(f, now, h.e.cfg.UDPTimeout)
+	if f.in {
+		t.setAssured(f, true)
+	}
 	rewriteSrc(p, h.e.wan, f.m.Ext)
 	return toWAN
 }
@@ -34,17 +44,32 @@ func (h *udpHandler) Inbound(p *Packet, now int64) Result {
 	}
 	remote := endpoint{p.Src, p.SrcPort}
 	f := t.flow(m, remote, now)
-	if f == nil {
-		// Flows that timed out but were not swept yet count as gone.
+	switch {
+	case f == nil:
+		// Flows that timed out but were not swept yet count as gone, and
+		// so does a mapping whose own (outbound) timer ran out.
 		allowed := m.Static ||
 			(h.e.cfg.UDPFiltering == EndpointIndependentFiltering && m.expires > now) ||
 			t.seenRemoteAddr(m, p.Src, now)
 		if !allowed {
 			return drop(DropUnsolicited)
 		}
-		f = t.addFlow(m, remote, now)
+		var r Result
+		if f, r = t.inboundFlow(m, remote, now); f == nil {
+			return r
+		}
+		t.setExpiry(f, now, now+dur(h.e.cfg.Limits.UnrepliedTimeout))
+		f.m.lastUsed = now
+	case h.e.cfg.UDPInboundRefresh:
+		f.in = true
+		t.touch(f, now, h.e.cfg.UDPTimeout)
+	default:
+		f.in = true
+		f.lastSeen = now
 	}
-	t.touch(f, now, h.e.cfg.UDPTimeout)
+	if f.out {
+		t.setAssured(f, true)
+	}
 	rewriteDst(p, m.Int.addr, m.Int.port)
 	return toLAN
 }
