@@ -179,6 +179,16 @@ func TestNewFlowRates(t *testing.T) {
 		}
 		l.mustIn(udpPkt(ap(remote2, 1024), ap(wanAddr, 5353), "q"), VerdictToLAN)
 	})
+	t.Run("hairpinned flows are not held to one WAN source's rate", func(t *testing.T) {
+		// They all come from the WAN address itself.
+		l := newLab(t, Config{
+			Forwards: []Forward{{Proto: ProtoUDP, Ports: PortRange{First: 5353, Last: 5353}, To: lanA}},
+			Limits:   Limits{ForwardFlowRate: 10, ForwardFlowBurst: 20},
+		})
+		for i := range 100 {
+			l.mustOut(udpPkt(ap(lanHost(i), 5000), ap(wanAddr, 5353), "q"), VerdictToLAN)
+		}
+	})
 }
 
 func TestFlowsOpenedFromTheWANLiveOnTheUnrepliedTimer(t *testing.T) {

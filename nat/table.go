@@ -260,7 +260,9 @@ func (t *table) outboundFlow(proto uint8, in, remote endpoint, now int64) (f *Fl
 // bounds. The flow lives on the unreplied timer until the inside answers;
 // the caller sets it.
 func (t *table) inboundFlow(m *Mapping, remote endpoint, now int64) (*Flow, Result) {
-	if !t.sourceAdmit(remote.addr, now) {
+	// Hairpinned flows come from the WAN address itself: their LAN host's
+	// own rate applied on the way out.
+	if remote.addr != t.e.wan && !t.sourceAdmit(remote.addr, now) {
 		t.e.Limits.refuse(LimitForwardRate)
 		return nil, drop(DropRateLimited)
 	}
