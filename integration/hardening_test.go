@@ -157,6 +157,23 @@ func metricSeries(text, name string) map[string]float64 {
 	return out
 }
 
+// logLimitRefusals logs the samples of vpnmasq_limit_refusals_total, the
+// hardened engine's count of flows refused by a [limits] bound, if the
+// router has them.
+func logLimitRefusals(t *testing.T, metrics string) {
+	t.Helper()
+	series := metricSeries(metrics, "vpnmasq_limit_refusals_total")
+	if len(series) == 0 {
+		t.Log("/metrics has no vpnmasq_limit_refusals_total")
+		return
+	}
+	for labels, v := range series {
+		if v != 0 {
+			t.Logf("vpnmasq_limit_refusals_total%s %v", labels, v)
+		}
+	}
+}
+
 // processRSS returns the resident set size of a process in bytes.
 func processRSS(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -563,6 +580,8 @@ func TestHardeningSYNFloodToForward(t *testing.T) {
 		synCount, target, forgedNet, floodTime.Round(time.Millisecond), inbound, overflow, len(ms), apiFlows, peakAPIFlows,
 		float64(rssBefore)/(1<<20), float64(peakRSS)/(1<<20), float64(rssAfter)/(1<<20))
 
+	logLimitRefusals(t, metrics)
+
 	t.Run("a LAN host opens new outbound connections during the flood", func(t *testing.T) {
 		for _, err := range lanErrs {
 			t.Error(err)
@@ -701,6 +720,8 @@ func TestHardeningUDPPortHog(t *testing.T) {
 	limited, _ := metricValue(metrics, `vpnmasq_drops_total{reason="rate_limited"}`)
 	t.Logf("lan1 sent UDP from %d source ports in %v; the sink got %d; lan1 holds %d UDP mappings; UDP ports in use %v of %v; drops: no_free_port %v, host_quota %v, rate_limited %v",
 		hogPorts, hogTime.Round(time.Millisecond), sunk.Load(), lan1UDP, inUse, size, noPort, quota, limited)
+
+	logLimitRefusals(t, metrics)
 
 	t.Run("another LAN host still gets a UDP mapping and a round trip", func(t *testing.T) {
 		if err := roundTrip(l.LAN2, netip.AddrPortFrom(lab.LAN2Addr, lan2PortAfter)); err != nil {
