@@ -4,9 +4,11 @@ package integration
 // a SYN flood to a port forward, one LAN host grabbing every UDP port, and
 // an outsider keeping a silent host's UDP mapping alive. Every forged packet
 // is built in forge_test.go and sent from a raw socket inside a lab
-// namespace to another lab namespace; forged source addresses lie in
-// 198.19.0.0/16 (benchmarking space, next to the lab's WAN 198.18.0.0/24),
-// which the WAN namespace blackholes, so nothing answers them anywhere.
+// namespace to another lab namespace, in bounded numbers at a bounded rate.
+// The blind RSTs and FINs carry the real remote's address, the UDP hog
+// lan1's own; the flood's SYN sources lie in 198.19.0.0/16 (benchmarking
+// space next to the lab's WAN 198.18.0.0/24), which the WAN namespace
+// blackholes, so the answers to them die inside the lab.
 
 import (
 	"context"
