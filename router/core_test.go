@@ -24,6 +24,14 @@ var (
 
 func testCore(t *testing.T, wanMTU int) *core {
 	t.Helper()
+	c := &core{}
+	initTestCore(c, wanMTU)
+	return c
+}
+
+// initTestCore sets c up as a router with one LAN, a no-NAT site and a
+// four-port NAT, in place (a core holds counters that must not be copied).
+func initTestCore(c *core, wanMTU int) {
 	e := nat.New(nat.Config{
 		WANAddr: netip.AddrFrom4(wanAddr),
 		Ports:   nat.PortRange{First: 20000, Last: 20003},
@@ -32,7 +40,7 @@ func testCore(t *testing.T, wanMTU int) *core {
 		Clock: &nat.FakeClock{},
 		Log:   zerolog.Nop(),
 	})
-	return &core{
+	*c = core{
 		nat:      e,
 		lan:      newPrefixSet([]netip.Prefix{netip.MustParsePrefix("192.168.77.0/24")}),
 		noNAT:    newPrefixSet([]netip.Prefix{netip.MustParsePrefix("10.20.0.0/16")}),
