@@ -160,3 +160,23 @@ func TestNoNATFlowTableIsBounded(t *testing.T) {
 		}
 	})
 }
+
+func TestNoNATTrackingAllocatesNothing(t *testing.T) {
+	t.Run("new flows up to the bound and replies allocate nothing", func(t *testing.T) {
+		r := newRoutedFlows(RoutedTimeouts{UDP: time.Minute})
+		var p nat.Packet
+		i := 0
+		allocs := testing.AllocsPerRun(5000, func() {
+			i++
+			p = nat.Packet{Proto: nat.ProtoUDP, Src: lanHost, Dst: site, SrcPort: uint16(i), DstPort: 53}
+			r.note(&p, 0)
+			q := nat.Packet{Proto: nat.ProtoUDP, Src: site, Dst: lanHost, SrcPort: 53, DstPort: uint16(i)}
+			if !r.admits(&q, 1) {
+				t.Fatal("the reply was not admitted")
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("%v allocations per new flow", allocs)
+		}
+	})
+}
