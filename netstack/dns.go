@@ -49,6 +49,11 @@ type DNSStats struct {
 	// is one more); UpstreamErrors counts those that gave no usable answer.
 	UpstreamQueries uint64
 	UpstreamErrors  uint64
+	// UpstreamIgnored counts UDP datagrams the forwarder read while waiting
+	// for an upstream's answer and ignored because they were not that
+	// answer (another ID, not a response, another question, unparsable):
+	// forgeries or late answers to earlier queries.
+	UpstreamIgnored uint64
 	// UpstreamFailures counts client queries no upstream answered; each got
 	// SERVFAIL.
 	UpstreamFailures uint64
@@ -77,6 +82,7 @@ type dnsServer struct {
 
 	udpQueries, tcpQueries, cacheHits, cacheMisses    atomic.Uint64
 	upstreamQueries, upstreamErrors, upstreamFailures atomic.Uint64
+	upstreamIgnored                                   atomic.Uint64
 	answered, malformed, dropped                      atomic.Uint64
 }
 
@@ -121,6 +127,7 @@ func (s *Stack) DNSStats() DNSStats {
 		CacheMisses:      d.cacheMisses.Load(),
 		UpstreamQueries:  d.upstreamQueries.Load(),
 		UpstreamErrors:   d.upstreamErrors.Load(),
+		UpstreamIgnored:  d.upstreamIgnored.Load(),
 		UpstreamFailures: d.upstreamFailures.Load(),
 		Answered:         d.answered.Load(),
 		Malformed:        d.malformed.Load(),
@@ -452,10 +459,19 @@ func (d *dnsServer) exchange(m *dns.Msg, up netip.AddrPort, network string) (*dn
 	d.upstreamQueries.Add(1)
 	ctx, cancel := context.WithTimeout(d.s.ctx, d.timeout)
 	defer cancel()
-	c := &dns.Client{Net: network, Timeout: d.timeout, UDPSize: upstreamUDPSize}
-	r, err := exchangeContext(ctx, c, m, up.String())
+	var r *dns.Msg
+	var err error
+	if network == "udp" {
+		r, err = d.exchangeUDP(ctx, m, up)
+	} else {
+		c := &dns.Client{Net: network, Timeout: d.timeout, UDPSize: upstreamUDPSize}
+		r, err = exchangeContext(ctx, c, m, up.String())
+		if err == nil {
+			err = checkMatch(m, r)
+		}
+	}
 	if err == nil {
-		err = checkAnswer(m, r)
+		err = checkRcode(r)
 	}
 	if err != nil {
 		d.upstreamErrors.Add(1)
@@ -463,6 +479,68 @@ func (d *dnsServer) exchange(m *dns.Msg, up netip.AddrPort, network string) (*dn
 		return nil, err
 	}
 	return r, nil
+}
+
+// udpAnswerBufs hold upstream UDP answers while they are parsed.
+var udpAnswerBufs = sync.Pool{New: func() any { b := make([]byte, dns.MaxMsgSize); return &b }}
+
+// exchangeUDP sends m to up over UDP and waits, until ctx ends, for the
+// answer to it. The socket is connected, so the kernel drops datagrams
+// from any other address or port; a datagram from up that is not the answer
+// (another ID, another question, not a response, unparsable) is ignored and
+// counted, and the wait goes on: an off-path attacker who guesses the ID but
+// not the question, or sends first, does not make the forwarder give up on
+// the genuine answer (and answer SERVFAIL or try the next upstream).
+func (d *dnsServer) exchangeUDP(ctx context.Context, m *dns.Msg, up netip.AddrPort) (*dns.Msg, error) {
+	out, err := m.Pack()
+	if err != nil {
+		return nil, err
+	}
+	var dialer net.Dialer
+	co, err := dialer.DialContext(ctx, "udp", up.String())
+	if err != nil {
+		return nil, err
+	}
+	defer co.Close()
+	stop := context.AfterFunc(ctx, func() { co.Close() })
+	defer stop()
+	if deadline, ok := ctx.Deadline(); ok {
+		co.SetDeadline(deadline)
+	}
+	if _, err := co.Write(out); err != nil {
+		return nil, err
+	}
+	bp := udpAnswerBufs.Get().(*[]byte)
+	defer udpAnswerBufs.Put(bp)
+	buf := *bp
+	for {
+		n, err := co.Read(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, err
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(buf[:n]); err != nil {
+			d.ignored(up, err)
+			continue
+		}
+		if r.Id != m.Id {
+			d.ignored(up, fmt.Errorf("answer ID %#x, query ID %#x", r.Id, m.Id))
+			continue
+		}
+		if err := checkMatch(m, r); err != nil {
+			d.ignored(up, err)
+			continue
+		}
+		return r, nil
+	}
+}
+
+func (d *dnsServer) ignored(up netip.AddrPort, why error) {
+	d.upstreamIgnored.Add(1)
+	d.s.log.Debug().Err(why).Stringer("upstream", up).Msg("DNS datagram from upstream ignored, still waiting for the answer")
 }
 
 // exchangeContext is dns.Client.ExchangeContext, except that cancelling ctx
@@ -482,7 +560,9 @@ func exchangeContext(ctx context.Context, c *dns.Client, m *dns.Msg, addr string
 	return r, err
 }
 
-func checkAnswer(m, r *dns.Msg) error {
+// checkMatch reports whether r answers m: a response to a query, with m's
+// one question (names compared without regard to letter case).
+func checkMatch(m, r *dns.Msg) error {
 	if !r.Response || r.Opcode != dns.OpcodeQuery {
 		return errors.New("not an answer")
 	}
@@ -493,6 +573,11 @@ func checkAnswer(m, r *dns.Msg) error {
 	if !strings.EqualFold(q.Name, a.Name) || q.Qtype != a.Qtype || q.Qclass != a.Qclass {
 		return fmt.Errorf("answer is for another question (%s)", a.String())
 	}
+	return nil
+}
+
+// checkRcode accepts the final rcodes of a matching answer.
+func checkRcode(r *dns.Msg) error {
 	switch r.Rcode {
 	case dns.RcodeSuccess, dns.RcodeNameError:
 		return nil

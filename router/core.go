@@ -41,6 +41,15 @@ type core struct {
 	lanAddrs []netip.Prefix // the router's own LAN-side addresses, for ICMP errors
 	log      zerolog.Logger
 
+	// icmp rate-limits the ICMP errors the core builds; now is its clock
+	// (monotonic nanoseconds), read only when an error is about to be sent
+	// or a no-NAT flow is tracked.
+	icmp *icmpLimiter
+	now  func() int64
+	// routed tracks the flows LAN hosts open on no-NAT routes; only their
+	// return traffic comes back in (routed.go).
+	routed *routedFlows
+
 	drops nat.DropCounters // drops decided here; the engine counts its own
 	stats Stats
 }
@@ -69,7 +78,13 @@ type Stats struct {
 	ServicePackets atomic.Uint64 // LAN → the service address (netstack)
 	GSOWhole       atomic.Uint64 // TCP super-packets translated and sent whole
 	ICMPErrorsSent atomic.Uint64 // Time Exceeded, Fragmentation Needed, Unreachable
-	FragmentsSent  atomic.Uint64
+	// ICMPErrorsSuppressed counts errors not sent because their
+	// destination's or the global rate limit was reached (icmplimit.go).
+	ICMPErrorsSuppressed atomic.Uint64
+	FragmentsSent        atomic.Uint64
+	// RoutedUntracked counts packets to a no-NAT network whose flow could
+	// not be tracked (table full): their replies are dropped.
+	RoutedUntracked atomic.Uint64
 }
 
 func (c *core) drop(r nat.DropReason) { c.drops.Add(r) }
@@ -162,6 +177,9 @@ func (c *core) routeOut(buf []byte, p *nat.Packet, o *outbox, masquerade, whole 
 			return
 		}
 	}
+	if !masquerade && !c.routed.note(p, c.now()) {
+		c.stats.RoutedUntracked.Add(1)
+	}
 	c.stats.Traffic[LANToWAN][p.Proto].add(len(p.Buf))
 	if whole {
 		c.stats.GSOWhole.Add(1)
@@ -193,7 +211,7 @@ func (c *core) routeOut(buf []byte, p *nat.Packet, o *outbox, masquerade, whole 
 // answerLAN sends an ICMP error about p back to the LAN host that sent it,
 // from the router's address on that host's network.
 func (c *core) answerLAN(p *nat.Packet, o *outbox, typ header.ICMPv4Type, code header.ICMPv4Code, mtu uint16) {
-	if !mayAnswerWithError(p) {
+	if !mayAnswerWithError(p) || !c.icmpAllowed(p.Src) {
 		return
 	}
 	buf := o.newBuffer()
@@ -240,9 +258,11 @@ func (c *core) fromWANAs(buf []byte, n int, p *nat.Packet, o *outbox, whole bool
 		c.drop(nat.DropSpoofedLAN)
 		return
 	case c.lan.contains(p.Dst):
-		// Routed traffic for the LAN is accepted only from no-NAT networks;
-		// everyone else must come through a mapping.
-		if !c.noNAT.contains(p.Src) {
+		// Routed traffic for the LAN is accepted only from no-NAT networks,
+		// and only as return traffic of a flow the LAN host opened there
+		// (routed.go): the source address alone is forgeable. Everyone
+		// else must come through a mapping.
+		if !c.noNAT.contains(p.Src) || !c.routed.admits(p, c.now()) {
 			c.drop(nat.DropUnsolicited)
 			return
 		}
@@ -293,7 +313,7 @@ func (c *core) deliverLAN(buf []byte, p *nat.Packet, o *outbox, whole bool) {
 // the way to the LAN.
 func (c *core) expiredFromWAN(orig []byte, o *outbox) {
 	var q nat.Packet
-	if q.Parse(orig) != nat.DropNone || !mayAnswerWithError(&q) {
+	if q.Parse(orig) != nat.DropNone || !mayAnswerWithError(&q) || !c.icmpAllowed(q.Src) {
 		return
 	}
 	buf := o.newBuffer()
@@ -303,4 +323,18 @@ func (c *core) expiredFromWAN(orig []byte, o *outbox) {
 	n := buildICMPError(buf[c.offset:], c.wanAddr, orig, header.ICMPv4TimeExceeded, header.ICMPv4TTLExceeded, 0)
 	c.stats.ICMPErrorsSent.Add(1)
 	o.toWAN(buf, n)
+}
+
+// icmpAllowed asks the rate limiter whether an ICMP error may go to dst,
+// counting the ones it suppresses. A core without a limiter (some tests)
+// sends every error.
+func (c *core) icmpAllowed(dst [4]byte) bool {
+	if c.icmp == nil {
+		return true
+	}
+	if c.icmp.allow(dst, c.now()) {
+		return true
+	}
+	c.stats.ICMPErrorsSuppressed.Add(1)
+	return false
 }

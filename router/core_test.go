@@ -3,6 +3,7 @@ package router
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -23,6 +24,14 @@ var (
 
 func testCore(t *testing.T, wanMTU int) *core {
 	t.Helper()
+	c := &core{}
+	initTestCore(c, wanMTU)
+	return c
+}
+
+// initTestCore sets c up as a router with one LAN, a no-NAT site and a
+// four-port NAT, in place (a core holds counters that must not be copied).
+func initTestCore(c *core, wanMTU int) {
 	e := nat.New(nat.Config{
 		WANAddr: netip.AddrFrom4(wanAddr),
 		Ports:   nat.PortRange{First: 20000, Last: 20003},
@@ -31,7 +40,7 @@ func testCore(t *testing.T, wanMTU int) *core {
 		Clock: &nat.FakeClock{},
 		Log:   zerolog.Nop(),
 	})
-	return &core{
+	*c = core{
 		nat:      e,
 		lan:      newPrefixSet([]netip.Prefix{netip.MustParsePrefix("192.168.77.0/24")}),
 		noNAT:    newPrefixSet([]netip.Prefix{netip.MustParsePrefix("10.20.0.0/16")}),
@@ -41,6 +50,9 @@ func testCore(t *testing.T, wanMTU int) *core {
 		offset:   packetOffset,
 		lanAddrs: []netip.Prefix{netip.MustParsePrefix("192.168.77.1/24")},
 		log:      zerolog.Nop(),
+		now:      func() int64 { return 0 },
+		routed: newRoutedFlows(RoutedTimeouts{TCP: 2 * time.Hour, UDP: 5 * time.Minute, ICMP: time.Minute,
+			ESP: 35 * time.Minute, GRE: 2 * time.Hour}),
 	}
 }
 
@@ -276,10 +288,13 @@ func TestCoreFromWAN(t *testing.T) {
 			}
 		})
 	}
-	t.Run("a no-NAT network reaches the LAN unchanged", func(t *testing.T) {
+	t.Run("a no-NAT network's reply reaches the LAN unchanged", func(t *testing.T) {
 		c, o := testCore(t, 1500), newTestOutbox()
-		buf, n := udpPacket(site, lanHost, 53, 40000, 8, 60, false)
 		var p nat.Packet
+		buf, n := udpPacket(lanHost, site, 40000, 53, 8, 60, false)
+		c.fromLAN(buf, n, &p, o)
+		o.reset()
+		buf, n = udpPacket(site, lanHost, 53, 40000, 8, 60, false)
 		c.fromWAN(buf, n, &p, o)
 		if len(o.lan) != 1 {
 			t.Fatalf("queued lan=%d, want 1", len(o.lan))

@@ -212,6 +212,8 @@ func TestForwardingAllocatesNothingPerPacket(t *testing.T) {
 	}{
 		{"a TCP super-packet sent whole", func() ([]byte, int) { return tcpSuperPacket(lanHost, remote, 40000, 5201, 20000, 1448) }},
 		{"an ordinary UDP packet", func() ([]byte, int) { return udpPacket(lanHost, remote, 5000, 53, 100, 64, false) }},
+		{"a UDP packet on a no-NAT route, its flow tracked", func() ([]byte, int) { return udpPacket(lanHost, site, 5000, 53, 100, 64, false) }},
+		{"a TCP super-packet on a no-NAT route sent whole", func() ([]byte, int) { return tcpSuperPacket(lanHost, site, 40000, 5201, 20000, 1448) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tmpl, n := tc.pkt()

@@ -176,6 +176,10 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 		offset:   packetOffset,
 		lanAddrs: lanAddrs,
 		log:      log,
+		icmp:     newICMPLimiter(cfg.Limits.ICMPErrorRate, cfg.Limits.ICMPErrorBurst),
+		now:      monotonicClock(),
+		routed: newRoutedFlows(RoutedTimeouts{TCP: cfg.NAT.TCPEstablishedTimeout, UDP: cfg.NAT.UDPTimeout,
+			ICMP: cfg.NAT.ICMPTimeout, ESP: cfg.IPsec.ESPTimeout, GRE: cfg.PPTP.GRETimeout}),
 	}
 	capture := Capture{
 		Interface: cfg.WAN.Interface,
@@ -290,6 +294,8 @@ loop:
 			break loop
 		case now := <-ticker.C:
 			r.nat.Expire()
+			r.core.routed.expire(r.core.now())
+			r.core.icmp.expire(r.core.now())
 			r.pollWANStats()
 			if now.Sub(lastReport) >= 10*time.Second {
 				lastReport = now
@@ -525,6 +531,14 @@ func (r *Router) writeWAN(bufs [][]byte) {
 		r.core.drop(nat.DropWriteFailed)
 	}
 	r.log.Debug().Err(err).Msg("wan write")
+}
+
+// monotonicClock returns the core's clock: nanoseconds since the call, on
+// the monotonic clock, so wall-clock steps do not age flows or refill
+// rate limits.
+func monotonicClock() func() int64 {
+	base := time.Now()
+	return func() int64 { return int64(time.Since(base)) }
 }
 
 func newBuffers(batch int) ([][]byte, []int) {

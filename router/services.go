@@ -62,13 +62,12 @@ func (r *Router) startServices() error {
 		st.Close()
 		return fmt.Errorf("admin server on %s:%d: %w", cfg.Address, cfg.AdminPort, err)
 	}
-	sv.http = &http.Server{
-		Handler:           admin.NewHandler(r, admin.Options{Allow: cfg.AdminAllow, Token: cfg.AdminToken, Log: log}),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       60 * time.Second,
-	}
+	// Addresses outside admin_allow are closed at accept, before any HTTP
+	// parsing; the handler checks them again, and the token.
+	sv.http = admin.NewServer(admin.NewHandler(r, admin.Options{Allow: cfg.AdminAllow, Token: cfg.AdminToken, Log: log}), admin.LANLimits)
+	lanLn := admin.Listener(admin.AllowListener(ln, cfg.AdminAllow, log), admin.LANLimits.MaxConns)
 	go func() {
-		if err := sv.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		if err := sv.http.Serve(lanLn); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			log.Error().Err(err).Msg("admin server")
 		}
 	}()
@@ -131,7 +130,8 @@ func (r *Router) Snapshot() admin.Snapshot {
 		s.Uptime = admin.SecondsOf(time.Since(r.services.started))
 		d := r.services.stack.DNSStats()
 		s.DNS = admin.DNSStats{UDPQueries: d.UDPQueries, TCPQueries: d.TCPQueries,
-			CacheHits: d.CacheHits, UpstreamFailures: d.UpstreamFailures, Answered: d.Answered}
+			CacheHits: d.CacheHits, UpstreamFailures: d.UpstreamFailures, Answered: d.Answered,
+			UpstreamIgnored: d.UpstreamIgnored}
 	}
 	for dir, name := range []string{"lan_to_wan", "wan_to_lan"} {
 		var other admin.Traffic
@@ -152,14 +152,26 @@ func (r *Router) Snapshot() admin.Snapshot {
 	for _, reason := range nat.AllDropReasons() {
 		s.Drops[reason.String()] = r.core.drops.Get(reason) + r.nat.Drops.Get(reason)
 	}
-	for _, m := range r.nat.Mappings() {
-		s.Mappings = append(s.Mappings, admin.Mapping{Proto: m.Proto, LAN: m.LAN, WAN: m.WAN, Remote: m.Remote,
-			Flows: m.Flows, Static: m.Static, Age: admin.SecondsOf(m.Age), Idle: admin.SecondsOf(m.Idle)})
-	}
+	// The mappings themselves are listed by MappingPage, where shown.
 	st := r.nat.Stats()
+	s.MappingCounts = st.Mappings
+	for _, n := range st.Mappings {
+		s.MappingsTotal += n
+	}
 	for _, proto := range []string{"tcp", "udp"} {
 		s.Ports = append(s.Ports, admin.PortUse{Proto: proto, InUse: st.PortsInUse[proto], Size: st.PortRangeSize})
 	}
+	for _, f := range st.FlowsByState {
+		s.Flows = append(s.Flows, admin.FlowCount{Proto: f.Proto, State: f.State, Flows: f.Flows})
+	}
+	for _, h := range st.Hosts {
+		s.Hosts = append(s.Hosts, admin.HostUsage{Host: h.Host, Flows: h.Flows, Mappings: h.Mappings,
+			ESP: h.ESP, IKE: h.IKE, Calls: h.Calls, Fragments: h.Fragments})
+	}
+	for _, l := range nat.AllLimits() {
+		s.Limits = append(s.Limits, admin.LimitCount{Limit: l.String(), Refused: r.nat.Limits.Refused(l), Evicted: r.nat.Limits.Evicted(l)})
+	}
+	s.ICMPErrors = admin.ICMPErrors{Sent: r.core.stats.ICMPErrorsSent.Load(), Suppressed: r.core.stats.ICMPErrorsSuppressed.Load()}
 	for _, k := range r.nat.IKESessions() {
 		s.VPN.IKE = append(s.VPN.IKE, admin.IKESession{LANHost: k.Host, Remote: k.Remote,
 			WANPort: k.WANPort, InitiatorSPI: hex64(k.InitiatorSPI), ResponderSPI: hex64(k.ResponderSPI),
@@ -185,6 +197,25 @@ func (r *Router) Snapshot() admin.Snapshot {
 	}
 	return s
 }
+
+// MappingPage lists one page of the NAT's mappings for the admin API
+// (admin.MappingLister): the engine copies its table, and only the page is
+// converted.
+func (r *Router) MappingPage(offset, limit int) ([]admin.Mapping, int) {
+	all := r.nat.Mappings()
+	if offset >= len(all) {
+		return nil, len(all)
+	}
+	page := all[offset:min(len(all), offset+limit)]
+	out := make([]admin.Mapping, len(page))
+	for i, m := range page {
+		out[i] = admin.Mapping{Proto: m.Proto, LAN: m.LAN, WAN: m.WAN, Remote: m.Remote,
+			Flows: m.Flows, Static: m.Static, Age: admin.SecondsOf(m.Age), Idle: admin.SecondsOf(m.Idle)}
+	}
+	return out, len(all)
+}
+
+var _ admin.MappingLister = (*Router)(nil)
 
 func protoLabel(p uint8) string {
 	switch p {

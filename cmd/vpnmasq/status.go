@@ -38,7 +38,8 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	socket := flags.String("socket", admin.DefaultSocket, "the router's admin unix socket `PATH`")
 	flags.Usage = func() {
 		fmt.Fprintf(stderr, "usage: vpnmasq status [--json | --health] [--socket PATH]\n\n"+
-			"Shows the running router's state: VPN sessions, NAT mappings, traffic, drops\n"+
+			"Shows the running router's state: VPN sessions, the LAN hosts holding the\n"+
+			"most NAT state, NAT mappings (the first 100), traffic, drops\n"+
 			"and DNS counters. The socket is root-only.\n\n")
 		flags.PrintDefaults()
 	}

@@ -61,6 +61,18 @@ func fakeSnapshot() Snapshot {
 				Flows: 1, Static: true, Age: 120, Idle: 3},
 		},
 		Ports: []PortUse{{"tcp", 2, 12768}, {"udp", 1, 12768}, {"icmp", 0, 65536}},
+		Flows: []FlowCount{{"tcp", "established", 2}, {"udp", "replied", 1}, {"tcp", "syn_sent", 1}},
+		Hosts: []HostUsage{
+			{Host: addr("192.168.77.10"), Flows: 3, Mappings: 2},
+			{Host: addr("192.168.77.20"), Flows: 1, Mappings: 1, ESP: 1, IKE: 1},
+			{Host: addr("192.168.77.30"), Flows: 1, Calls: 2, Fragments: 4},
+		},
+		Limits: []LimitCount{
+			{Limit: "max_flows_per_host", Refused: 7},
+			{Limit: "max_flows", Evicted: 3},
+			{Limit: "host_flow_rate"},
+		},
+		ICMPErrors: ICMPErrors{Sent: 12, Suppressed: 34},
 		VPN: VPN{
 			IKE: []IKESession{{LANHost: ap("192.168.77.20:500"), Remote: ap("198.18.2.1:500"), WANPort: 500,
 				InitiatorSPI: "0123456789abcdef", ResponderSPI: "fedcba9876543210", Age: 10, Idle: 2}},

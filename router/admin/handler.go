@@ -5,9 +5,11 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/rs/zerolog"
@@ -31,8 +33,12 @@ type Options struct {
 //
 //	GET /healthz          "ok"
 //	GET /metrics          Prometheus text format (see NewCollector)
-//	GET /api/v1/status    the whole Snapshot as JSON
-//	GET /api/v1/mappings  {"mappings":[...]}
+//	GET /api/v1/status    the Snapshot as JSON, with the first 100 mappings
+//	GET /api/v1/mappings  ?offset=&limit= one page of the mappings:
+//	                      {"total":N,"offset":O,"limit":L,"next_offset":O+L,"mappings":[...]}
+//	                      (limit 100 by default, at most 1000; next_offset only
+//	                      when more follow)
+//	GET /api/v1/hosts     {"hosts":[...]}: the LAN hosts holding the most state
 //	GET /api/v1/vpn       {"ike":[...],"esp":[...],"pptp":[...],"ah":[...]}
 //	GET /                 the status page (HTML, refreshes itself)
 //
@@ -51,6 +57,7 @@ func NewHandler(src Source, opts Options) http.Handler {
 	mux.Handle("GET /metrics", newMetricsHandler(src, h.log))
 	mux.HandleFunc("GET /api/v1/status", h.status)
 	mux.HandleFunc("GET /api/v1/mappings", h.mappings)
+	mux.HandleFunc("GET /api/v1/hosts", h.hosts)
 	mux.HandleFunc("GET /api/v1/vpn", h.vpn)
 	mux.HandleFunc("GET /{$}", h.page)
 	if opts.Trusted {
@@ -136,17 +143,95 @@ func (h *handler) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("ok\n"))
 }
 
+// The mapping lists are paged: a router under load may hold a million
+// mappings, and no response should copy or encode them all.
+const (
+	// defaultMappingLimit is the page size of /api/v1/mappings without
+	// ?limit=, and statusMappings how many /api/v1/status includes.
+	defaultMappingLimit = 100
+	statusMappings      = 100
+	// maxMappingLimit is the largest page /api/v1/mappings gives; a larger
+	// ?limit= is cut to it (the response's limit says so).
+	maxMappingLimit = 1000
+)
+
 func (h *handler) status(w http.ResponseWriter, r *http.Request) {
-	h.writeJSON(w, h.src.Snapshot().normalized())
+	s := h.src.Snapshot()
+	s.Mappings, s.MappingsTotal = h.mappingPage(s, 0, statusMappings)
+	h.writeJSON(w, s.normalized())
 }
 
-// MappingsResponse is the body of /api/v1/mappings.
+// mappingPage is one page of the mappings, from the Source's lister or,
+// for a Source without one, from the snapshot.
+func (h *handler) mappingPage(s Snapshot, offset, limit int) ([]Mapping, int) {
+	if l, ok := h.src.(MappingLister); ok {
+		page, total := l.MappingPage(offset, limit)
+		return orEmpty(page), total
+	}
+	return pageOf(s.Mappings, offset, limit), len(s.Mappings)
+}
+
+func pageOf[T any](all []T, offset, limit int) []T {
+	if offset >= len(all) {
+		return []T{}
+	}
+	return all[offset:min(len(all), offset+limit)]
+}
+
+// MappingsResponse is the body of /api/v1/mappings: one page of the
+// mappings. NextOffset is there only when more mappings follow.
 type MappingsResponse struct {
-	Mappings []Mapping `json:"mappings"`
+	Total      int       `json:"total"`
+	Offset     int       `json:"offset"`
+	Limit      int       `json:"limit"`
+	NextOffset *int      `json:"next_offset,omitempty"`
+	Mappings   []Mapping `json:"mappings"`
 }
 
 func (h *handler) mappings(w http.ResponseWriter, r *http.Request) {
-	h.writeJSON(w, MappingsResponse{Mappings: orEmpty(h.src.Snapshot().Mappings)})
+	offset, err := queryInt(r, "offset", 0)
+	if err != nil {
+		http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	limit, err := queryInt(r, "limit", defaultMappingLimit)
+	if err != nil || limit == 0 {
+		http.Error(w, "400 bad request: limit must be a whole number from 1 to "+strconv.Itoa(maxMappingLimit), http.StatusBadRequest)
+		return
+	}
+	limit = min(limit, maxMappingLimit)
+	var s Snapshot
+	if _, ok := h.src.(MappingLister); !ok {
+		s = h.src.Snapshot()
+	}
+	page, total := h.mappingPage(s, offset, limit)
+	resp := MappingsResponse{Total: total, Offset: offset, Limit: limit, Mappings: page}
+	if next := offset + len(page); next < total && len(page) > 0 {
+		resp.NextOffset = &next
+	}
+	h.writeJSON(w, resp)
+}
+
+// queryInt reads a non-negative whole number from the query string.
+func queryInt(r *http.Request, name string, def int) (int, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%s must be a whole number, 0 or more", name)
+	}
+	return n, nil
+}
+
+// HostsResponse is the body of /api/v1/hosts.
+type HostsResponse struct {
+	Hosts []HostUsage `json:"hosts"`
+}
+
+func (h *handler) hosts(w http.ResponseWriter, r *http.Request) {
+	h.writeJSON(w, HostsResponse{Hosts: orEmpty(h.src.Snapshot().Hosts)})
 }
 
 // vpn answers with a VPN itself: its JSON is the documented body.

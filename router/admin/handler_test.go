@@ -48,7 +48,7 @@ func TestRoutes(t *testing.T) {
 			}
 		}},
 		{"mappings are the mapping list", "GET", "/api/v1/mappings", 200, "application/json", func(t *testing.T, body string) {
-			var got struct{ Mappings []Mapping }
+			var got MappingsResponse
 			decodeStrict(t, body, &got)
 			if !reflect.DeepEqual(got.Mappings, fakeSnapshot().Mappings) {
 				t.Errorf("got %+v\nwant %+v", got.Mappings, fakeSnapshot().Mappings)
@@ -66,6 +66,13 @@ func TestRoutes(t *testing.T) {
 			decodeStrict(t, body, &got)
 			if !reflect.DeepEqual(got, fakeSnapshot().VPN.normalized()) {
 				t.Errorf("got %+v\nwant %+v", got, fakeSnapshot().VPN)
+			}
+		}},
+		{"hosts are the top LAN hosts", "GET", "/api/v1/hosts", 200, "application/json", func(t *testing.T, body string) {
+			var got HostsResponse
+			decodeStrict(t, body, &got)
+			if !reflect.DeepEqual(got.Hosts, fakeSnapshot().Hosts) {
+				t.Errorf("got %+v\nwant %+v", got.Hosts, fakeSnapshot().Hosts)
 			}
 		}},
 		{"the root is the status page", "GET", "/", 200, "text/html", func(t *testing.T, body string) {

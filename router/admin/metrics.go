@@ -35,15 +35,22 @@ var (
 		"DNS queries answered from the cache.", nil, nil)
 	descDNSFailures = prometheus.NewDesc("vpnmasq_dns_upstream_failures_total",
 		"Upstream DNS queries that failed or timed out.", nil, nil)
+	descDNSIgnored = prometheus.NewDesc("vpnmasq_dns_upstream_ignored_total",
+		"Datagrams from DNS upstreams ignored because they were not the awaited answer (another ID or question).", nil, nil)
+	descFlows = prometheus.NewDesc("vpnmasq_flows",
+		"NAT flows, by protocol and state.", []string{"proto", "state"}, nil)
+	descLimitRefusals = prometheus.NewDesc("vpnmasq_limit_refusals_total",
+		"New NAT state refused, by the limit that refused it.", []string{"limit"}, nil)
+	descLimitEvictions = prometheus.NewDesc("vpnmasq_limit_evictions_total",
+		"NAT state evicted to make room, by the limit that was reached.", []string{"limit"}, nil)
+	descICMPErrors = prometheus.NewDesc("vpnmasq_icmp_errors_total",
+		"ICMP errors the router built (Time Exceeded, Fragmentation Needed, Administratively Prohibited), by result: sent, or suppressed by the rate limits.",
+		[]string{"result"}, nil)
 	descUptime = prometheus.NewDesc("vpnmasq_uptime_seconds",
 		"Seconds since the router started.", nil, nil)
 	descBuild = prometheus.NewDesc("vpnmasq_build_info",
 		"Always 1; the version is the label.", []string{"version"}, nil)
 )
-
-// mappingProtos always have a vpnmasq_mappings series, so that a graph shows
-// zero rather than a gap when a protocol has no mappings.
-var mappingProtos = []string{"tcp", "udp", "icmp"}
 
 // Collector turns one Snapshot per scrape into metrics. It keeps no state of
 // its own: the router's counters are the truth, and two scrapes never see
@@ -58,6 +65,11 @@ var mappingProtos = []string{"tcp", "udp", "icmp"}
 //	vpnmasq_drops_total{reason}               counter  packets dropped, by reason; every reason is
 //	                                                   present, zeros included
 //	vpnmasq_mappings{proto}                   gauge    NAT mappings (tcp, udp and icmp always present)
+//	vpnmasq_flows{proto,state}                gauge    NAT flows by protocol and state
+//	vpnmasq_limit_refusals_total{limit}       counter  new state a limit refused; every limit present
+//	vpnmasq_limit_evictions_total{limit}      counter  state evicted because a limit was reached
+//	vpnmasq_icmp_errors_total{result}         counter  ICMP errors the router built; result is sent or
+//	                                                   suppressed (rate limits, limits.icmp_error_rate)
 //	vpnmasq_ports_in_use{proto}               gauge    WAN ports (ICMP query ids) taken from the port range
 //	vpnmasq_ports_size{proto}                 gauge    size of the port range
 //	vpnmasq_vpn_sessions{kind}                gauge    VPN passthrough state; kind is ike, esp_established,
@@ -67,6 +79,7 @@ var mappingProtos = []string{"tcp", "udp", "icmp"}
 //	vpnmasq_dns_queries_total{transport}      counter  queries to the DNS forwarder; transport is udp or tcp
 //	vpnmasq_dns_cache_hits_total              counter  queries answered from the cache
 //	vpnmasq_dns_upstream_failures_total       counter  upstream queries that failed or timed out
+//	vpnmasq_dns_upstream_ignored_total        counter  upstream datagrams ignored as not the answer
 //	vpnmasq_uptime_seconds                    gauge    seconds since the router started
 //	vpnmasq_build_info{version}               gauge    always 1; the version is the label
 type Collector struct {
@@ -81,6 +94,7 @@ func NewCollector(src Source) *Collector { return &Collector{src: src} }
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPackets, descBytes, descDrops, descMappings,
 		descPortsInUse, descPortsSize, descVPN, descDNSQueries, descDNSHits, descDNSFailures,
+		descDNSIgnored, descFlows, descLimitRefusals, descLimitEvictions, descICMPErrors,
 		descUptime, descBuild} {
 		ch <- d
 	}
@@ -116,16 +130,29 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descDrops, n, reason)
 	}
 
-	mappings := map[string]int{}
-	for _, p := range mappingProtos {
-		mappings[p] = 0
-	}
-	for _, m := range s.Mappings {
-		mappings[m.Proto]++
-	}
-	for proto, n := range mappings {
+	for proto, n := range mappingCounts(s) {
 		gauge(descMappings, float64(n), proto)
 	}
+	// The same protocol and state twice are added up, as traffic rows are.
+	type protoState struct{ proto, state string }
+	flows := map[protoState]int{}
+	for _, f := range s.Flows {
+		flows[protoState{f.Proto, f.State}] += f.Flows
+	}
+	for k, n := range flows {
+		gauge(descFlows, float64(n), k.proto, k.state)
+	}
+	refused, evicted := allLimits(), allLimits()
+	for _, l := range s.Limits {
+		refused[l.Limit] += l.Refused
+		evicted[l.Limit] += l.Evicted
+	}
+	for l := range refused {
+		counter(descLimitRefusals, refused[l], l)
+		counter(descLimitEvictions, evicted[l], l)
+	}
+	counter(descICMPErrors, s.ICMPErrors.Sent, "sent")
+	counter(descICMPErrors, s.ICMPErrors.Suppressed, "suppressed")
 
 	inUse, size := map[string]int{}, map[string]int{}
 	for _, p := range s.Ports {
@@ -145,6 +172,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDNSQueries, s.DNS.TCPQueries, "tcp")
 	counter(descDNSHits, s.DNS.CacheHits)
 	counter(descDNSFailures, s.DNS.UpstreamFailures)
+	counter(descDNSIgnored, s.DNS.UpstreamIgnored)
 	gauge(descUptime, float64(s.Uptime))
 	gauge(descBuild, 1, s.Version)
 }
@@ -192,6 +220,16 @@ func allDrops(drops map[string]uint64) map[string]uint64 {
 	}
 	for reason, n := range drops {
 		out[reason] = n
+	}
+	return out
+}
+
+// allLimits returns a zero count for every limit the NAT knows, so that
+// a rate over the limit counters exists before the first refusal.
+func allLimits() map[string]uint64 {
+	out := make(map[string]uint64, len(nat.AllLimits()))
+	for _, l := range nat.AllLimits() {
+		out[l.String()] = 0
 	}
 	return out
 }

@@ -65,7 +65,9 @@ footer { margin-top: 2em; color: #888; font-size: .85em; }
 
 func (h *handler) page(w http.ResponseWriter, r *http.Request) {
 	var buf bytes.Buffer
-	if err := pageTemplate.Execute(&buf, newView(h.src.Snapshot(), maxPageMappings)); err != nil {
+	s := h.src.Snapshot()
+	s.Mappings, s.MappingsTotal = h.mappingPage(s, 0, maxPageMappings)
+	if err := pageTemplate.Execute(&buf, newView(s, maxPageMappings)); err != nil {
 		h.log.Error().Err(err).Msg("admin: cannot render the status page")
 		http.Error(w, "500 internal error: cannot render the page", http.StatusInternalServerError)
 		return

@@ -11,7 +11,7 @@ import (
 )
 
 // tableIDs are the ids the page promises.
-var tableIDs = []string{"vpn-ike", "vpn-esp", "vpn-pptp", "vpn-ah", "mappings", "traffic", "drops", "dns"}
+var tableIDs = []string{"vpn-ike", "vpn-esp", "vpn-pptp", "vpn-ah", "hosts", "mappings", "flows", "traffic", "drops", "limits", "icmp-errors", "dns"}
 
 // page fetches / and parses it.
 func page(t *testing.T, snap Snapshot) (string, *html.Node) {
@@ -152,6 +152,14 @@ func TestStatusPage(t *testing.T) {
 		}},
 		{"drops", [][]string{{"malformed", "3"}, {"esp_squelched", "2"}}},
 		{"dns", [][]string{{"10", "2", "4", "1", "11"}}},
+		{"hosts", [][]string{ // in the NAT's order: most flows first
+			{"192.168.77.10", "3", "2", "0", "0", "0", "0"},
+			{"192.168.77.20", "1", "1", "1", "1", "0", "0"},
+			{"192.168.77.30", "1", "0", "0", "0", "2", "4"},
+		}},
+		{"flows", [][]string{{"tcp", "established", "2"}, {"tcp", "syn_sent", "1"}, {"udp", "replied", "1"}}},
+		{"limits", [][]string{{"max_flows_per_host", "7", "0"}, {"max_flows", "0", "3"}}},
+		{"icmp-errors", [][]string{{"12", "34"}}},
 	}
 	for _, tc := range cases {
 		t.Run(fmt.Sprintf("table %s shows the snapshot", tc.id), func(t *testing.T) {
@@ -164,7 +172,7 @@ func TestStatusPage(t *testing.T) {
 	t.Run("every table is there on an idle router, with a row saying none", func(t *testing.T) {
 		_, doc := page(t, Snapshot{})
 		for _, id := range tableIDs {
-			if id == "dns" {
+			if id == "dns" || id == "icmp-errors" {
 				continue // counters: always one row
 			}
 			if got := tableRows(t, doc, id); !slices.EqualFunc(got, [][]string{{"none"}}, slices.Equal) {

@@ -5,7 +5,10 @@
 // root-only unix socket for `vpnmasq status`.
 //
 // The package knows nothing about how the router keeps its state: everything
-// it shows comes from one Snapshot per request, taken from a Source.
+// it shows comes from one Snapshot per request, taken from a Source, and the
+// NAT mappings, which may be many, from a page of them (MappingLister) only
+// where they are shown: /api/v1/mappings, /api/v1/status (the first page)
+// and the status page. /metrics and /healthz never copy a mapping.
 package admin
 
 import (
@@ -19,6 +22,16 @@ import (
 // per request or scrape, from any goroutine, and the result is only read.
 type Source interface {
 	Snapshot() Snapshot
+}
+
+// MappingLister is a Source whose Snapshot leaves Mappings empty (it fills
+// MappingCounts) and lists the mappings a page at a time instead, so that
+// the requests that do not show them never copy them. A Source without it
+// puts every mapping in its Snapshot.
+type MappingLister interface {
+	// MappingPage returns at most limit mappings from the offset-th on,
+	// in the NAT's order (protocol, then WAN port), and how many there are.
+	MappingPage(offset, limit int) (page []Mapping, total int)
 }
 
 // Seconds is a duration in seconds. It is a plain JSON number, so API users
@@ -63,10 +76,56 @@ type Snapshot struct {
 	ServiceAddr netip.Addr        `json:"service_addr"`
 	Traffic     []Traffic         `json:"traffic"` // per direction and protocol
 	Drops       map[string]uint64 `json:"drops"`   // by reason name
-	Mappings    []Mapping         `json:"mappings"`
-	Ports       []PortUse         `json:"ports"` // per protocol
-	VPN         VPN               `json:"vpn"`
-	DNS         DNSStats          `json:"dns"`
+	// Mappings on /api/v1/status are the first statusMappings of the NAT's
+	// MappingsTotal; /api/v1/mappings pages through all of them.
+	Mappings      []Mapping      `json:"mappings"`
+	MappingsTotal int            `json:"mappings_total"`
+	MappingCounts map[string]int `json:"mapping_counts"` // by protocol
+	Ports         []PortUse      `json:"ports"`          // per protocol
+	// Flows counts the NAT's flows by protocol and state.
+	Flows []FlowCount `json:"flows"`
+	// Hosts are the LAN hosts holding the most NAT state, most flows first.
+	Hosts []HostUsage `json:"hosts"`
+	// Limits count, per configured limit, the new state it refused and the
+	// old state it evicted.
+	Limits     []LimitCount `json:"limits"`
+	ICMPErrors ICMPErrors   `json:"icmp_errors"`
+	VPN        VPN          `json:"vpn"`
+	DNS        DNSStats     `json:"dns"`
+}
+
+// FlowCount is how many NAT flows of one protocol are in one state.
+type FlowCount struct {
+	Proto string `json:"proto"`
+	State string `json:"state"`
+	Flows int    `json:"flows"`
+}
+
+// HostUsage is one LAN host's share of the NAT's state.
+type HostUsage struct {
+	Host      netip.Addr `json:"host"`
+	Flows     int        `json:"flows"`
+	Mappings  int        `json:"mappings"`
+	ESP       int        `json:"esp"`
+	IKE       int        `json:"ike"`
+	Calls     int        `json:"calls"`
+	Fragments int        `json:"fragments"`
+}
+
+// LimitCount is one limit's refusals and evictions since the start; Limit
+// is its name (max_flows_per_host, host_flow_rate, ...).
+type LimitCount struct {
+	Limit   string `json:"limit"`
+	Refused uint64 `json:"refused"`
+	Evicted uint64 `json:"evicted"`
+}
+
+// ICMPErrors counts the ICMP errors the router built itself (Time
+// Exceeded, Fragmentation Needed, Administratively Prohibited): sent, and
+// suppressed by the rate limits.
+type ICMPErrors struct {
+	Sent       uint64 `json:"sent"`
+	Suppressed uint64 `json:"suppressed"`
 }
 
 // Traffic counts forwarded packets in one direction for one protocol.
@@ -176,6 +235,9 @@ type DNSStats struct {
 	CacheHits        uint64 `json:"cache_hits"`
 	UpstreamFailures uint64 `json:"upstream_failures"`
 	Answered         uint64 `json:"answered"`
+	// UpstreamIgnored counts datagrams from upstreams that were not the
+	// awaited answer (another ID or question): forgeries or late answers.
+	UpstreamIgnored uint64 `json:"upstream_ignored"`
 }
 
 // normalized returns a copy whose lists are never nil, so the JSON has []
@@ -186,7 +248,12 @@ func (s Snapshot) normalized() Snapshot {
 	s.Traffic = orEmpty(s.Traffic)
 	s.Drops = allDrops(s.Drops)
 	s.Mappings = orEmpty(s.Mappings)
+	s.MappingsTotal = max(s.MappingsTotal, len(s.Mappings))
+	s.MappingCounts = mappingCounts(s)
 	s.Ports = orEmpty(s.Ports)
+	s.Flows = orEmpty(s.Flows)
+	s.Hosts = orEmpty(s.Hosts)
+	s.Limits = orEmpty(s.Limits)
 	s.VPN = s.VPN.normalized()
 	return s
 }
@@ -209,4 +276,27 @@ func orEmpty[T any](s []T) []T {
 		return []T{}
 	}
 	return s
+}
+
+// mappingProtos always have a mapping count (and a vpnmasq_mappings
+// series), so that a graph shows zero rather than a gap.
+var mappingProtos = []string{"tcp", "udp", "icmp"}
+
+// mappingCounts returns a copy of s.MappingCounts with every protocol of
+// mappingProtos, counted from s.Mappings when the Source gave no counts.
+func mappingCounts(s Snapshot) map[string]int {
+	out := make(map[string]int, len(mappingProtos))
+	for _, p := range mappingProtos {
+		out[p] = 0
+	}
+	if s.MappingCounts == nil {
+		for _, m := range s.Mappings {
+			out[m.Proto]++
+		}
+		return out
+	}
+	for p, n := range s.MappingCounts {
+		out[p] = n
+	}
+	return out
 }

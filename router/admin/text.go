@@ -9,7 +9,8 @@ import (
 )
 
 // WriteText prints s as aligned text tables, with the sections of the status
-// page, for `vpnmasq status`. Unlike the page it lists every mapping.
+// page, for `vpnmasq status`. It lists the mappings s holds (the first 100
+// on /api/v1/status) and says how many more s.MappingsTotal counts.
 func WriteText(w io.Writer, s Snapshot) error {
 	v := newView(s, -1)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -31,6 +32,10 @@ func TestWriteText(t *testing.T) {
 		{"a traffic section", `(?m)^  tcp +100 +146\.5 KiB +90 +878\.9 KiB$`},
 		{"drops, the most frequent first", `(?m)^Drops\n  Reason +Packets\n  malformed +3\n  esp_squelched +2\n\n`},
 		{"a DNS section", `(?m)^DNS forwarder\n.*\n  10 +2 +4 +1 +11$`},
+		{"a hosts section, the busiest host first", `(?m)^LAN hosts \(most state first\)\n  Host +Flows +Mappings +ESP +IKE +PPTP calls +Fragments\n  192\.168\.77\.10 +3 +2 +0 +0 +0 +0\n  192\.168\.77\.20 +1 +1 +1 +1 +0 +0\n`},
+		{"flows by protocol and state", `(?m)^NAT flows\n.*\n  tcp +established +2\n  tcp +syn_sent +1\n  udp +replied +1\n\n`},
+		{"the limits that refused or evicted, the busiest first", `(?m)^Limits reached\n.*\n  max_flows_per_host +7 +0\n  max_flows +0 +3\n\n`},
+		{"ICMP errors sent and suppressed", `(?m)^ICMP errors sent by the router\n.*\n  12 +34$`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -45,18 +50,21 @@ func TestWriteText(t *testing.T) {
 		if err := WriteText(&b, Snapshot{}); err != nil {
 			t.Fatal(err)
 		}
-		if n := strings.Count(b.String(), "\n  none\n"); n != 8 {
-			t.Errorf("%d sections say none, want 8:\n%s", n, &b)
+		if n := strings.Count(b.String(), "\n  none\n"); n != 11 {
+			t.Errorf("%d sections say none, want 11:\n%s", n, &b)
 		}
 	})
-	t.Run("every mapping is listed, not only a page's worth", func(t *testing.T) {
-		s := Snapshot{Mappings: make([]Mapping, maxPageMappings+1)}
+	t.Run("every mapping the status holds is listed, with how many more the router has", func(t *testing.T) {
+		s := Snapshot{Mappings: make([]Mapping, maxPageMappings+1), MappingsTotal: 5000}
 		var b strings.Builder
 		if err := WriteText(&b, s); err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(b.String(), "more;") {
-			t.Errorf("the list was cut")
+		if n := strings.Count(b.String(), "\n  -  "); n != maxPageMappings+1 {
+			t.Errorf("%d mapping rows, want %d", n, maxPageMappings+1)
+		}
+		if want := fmt.Sprintf("… and %d more; the full list is at /api/v1/mappings?offset=%d", 5000-maxPageMappings-1, maxPageMappings+1); !strings.Contains(b.String(), want) {
+			t.Errorf("no %q in:\n%s", want, &b)
 		}
 	})
 	t.Run("control characters cannot reach the terminal", func(t *testing.T) {

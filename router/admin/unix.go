@@ -25,7 +25,7 @@ const DefaultSocket = "/run/vpnmasq/admin.sock"
 // Options.Trusted). It creates the socket's directory (0755) when missing and
 // replaces a stale socket left by a router that died, but refuses to take
 // over a socket that still answers or a path that is not a socket. closer
-// stops serving and removes the socket.
+// stops serving and removes the socket. The server has SocketLimits.
 func ServeUnix(path string, h http.Handler) (closer func() error, err error) {
 	dir := filepath.Dir(path)
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
@@ -76,12 +76,8 @@ func ServeUnix(path string, h http.Handler) (closer func() error, err error) {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       time.Minute,
-	}
-	go srv.Serve(l)
+	srv := NewServer(h, SocketLimits)
+	go srv.Serve(Listener(l, SocketLimits.MaxConns))
 
 	var once sync.Once
 	var closeErr error

@@ -40,10 +40,12 @@ type column struct {
 }
 
 // maxPageMappings bounds the page, which a browser reloads every few
-// seconds; the JSON API and the CLI list every mapping.
-const maxPageMappings = 500
+// seconds; /api/v1/mappings pages through all of them.
+const maxPageMappings = 200
 
-// newView lays out s. maxMappings < 0 means no limit.
+// newView lays out s. It shows the mappings s holds, at most maxMappings
+// of them (< 0: no limit), and says how many of s.MappingsTotal it left
+// out.
 func newView(s Snapshot, maxMappings int) view {
 	v := view{
 		Version:     orDash(s.Version),
@@ -64,10 +66,14 @@ func newView(s Snapshot, maxMappings int) view {
 		espTable(s.VPN.ESP),
 		pptpTable(s.VPN.PPTP),
 		ahTable(s.VPN.AH),
-		mappingTable(s.Mappings, maxMappings),
+		hostTable(s.Hosts),
+		mappingTable(s.Mappings, s.MappingsTotal, maxMappings),
+		flowTable(s.Flows),
 		portTable(s.Ports),
 		trafficTable(s.Traffic),
 		dropTable(s.Drops),
+		limitTable(s.Limits),
+		icmpTable(s.ICMPErrors),
 		dnsTable(s.DNS),
 	}
 	return v
@@ -136,17 +142,19 @@ func ahTable(refusals []AHRefusal) table {
 
 // mappingTable sorts by protocol and WAN port, the order of the NAT's own
 // listing, so rows keep their place from one refresh to the next.
-func mappingTable(mappings []Mapping, max int) table {
-	t := table{ID: "mappings", Title: fmt.Sprintf("NAT mappings (%d)", len(mappings)),
+func mappingTable(mappings []Mapping, total, limit int) table {
+	total = max(total, len(mappings))
+	t := table{ID: "mappings", Title: fmt.Sprintf("NAT mappings (%d)", total),
 		Columns: cols("Proto", "LAN", "WAN", "Remote (latest)", "#Flows", "Static", "#Age", "#Idle")}
 	ms := slices.Clone(mappings)
 	slices.SortStableFunc(ms, func(a, b Mapping) int {
 		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.WAN.Port(), b.WAN.Port()), a.WAN.Addr().Compare(b.WAN.Addr()))
 	})
-	if max >= 0 && len(ms) > max {
-		t.More = len(ms) - max
-		t.Hint = "the full list is at /api/v1/mappings"
-		ms = ms[:max]
+	if limit >= 0 && len(ms) > limit {
+		ms = ms[:limit]
+	}
+	if t.More = total - len(ms); t.More > 0 {
+		t.Hint = "the full list is at /api/v1/mappings?offset=" + strconv.Itoa(len(ms))
 	}
 	for _, m := range ms {
 		static := ""
@@ -157,6 +165,55 @@ func mappingTable(mappings []Mapping, max int) table {
 			addrPortString(m.Remote), strconv.Itoa(m.Flows), static, m.Age.String(), m.Idle.String()})
 	}
 	return t
+}
+
+// hostTable shows the LAN hosts holding the most NAT state, in the order
+// the NAT ranks them (most flows first).
+func hostTable(hosts []HostUsage) table {
+	t := table{ID: "hosts", Title: "LAN hosts (most state first)",
+		Columns: cols("Host", "#Flows", "#Mappings", "#ESP", "#IKE", "#PPTP calls", "#Fragments")}
+	for _, h := range hosts {
+		t.Rows = append(t.Rows, []string{addrString(h.Host), strconv.Itoa(h.Flows), strconv.Itoa(h.Mappings),
+			strconv.Itoa(h.ESP), strconv.Itoa(h.IKE), strconv.Itoa(h.Calls), strconv.Itoa(h.Fragments)})
+	}
+	return t
+}
+
+// flowTable lists the flows by protocol and state, in protocol order.
+func flowTable(flows []FlowCount) table {
+	t := table{ID: "flows", Title: "NAT flows", Columns: cols("Proto", "State", "#Flows")}
+	fs := slices.Clone(flows)
+	slices.SortStableFunc(fs, func(a, b FlowCount) int {
+		return cmp.Or(cmp.Compare(protoRank(a.Proto), protoRank(b.Proto)), cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.State, b.State))
+	})
+	for _, f := range fs {
+		if f.Flows > 0 {
+			t.Rows = append(t.Rows, []string{orDash(f.Proto), orDash(f.State), strconv.Itoa(f.Flows)})
+		}
+	}
+	return t
+}
+
+// limitTable lists the limits that refused or evicted anything, the most
+// active first.
+func limitTable(limits []LimitCount) table {
+	t := table{ID: "limits", Title: "Limits reached", Columns: cols("Limit", "#Refused", "#Evicted")}
+	ls := slices.Clone(limits)
+	slices.SortStableFunc(ls, func(a, b LimitCount) int {
+		return cmp.Or(cmp.Compare(b.Refused+b.Evicted, a.Refused+a.Evicted), cmp.Compare(a.Limit, b.Limit))
+	})
+	for _, l := range ls {
+		if l.Refused+l.Evicted > 0 {
+			t.Rows = append(t.Rows, []string{orDash(l.Limit), strconv.FormatUint(l.Refused, 10), strconv.FormatUint(l.Evicted, 10)})
+		}
+	}
+	return t
+}
+
+func icmpTable(e ICMPErrors) table {
+	return table{ID: "icmp-errors", Title: "ICMP errors sent by the router",
+		Columns: cols("#Sent", "#Suppressed (rate limit)"),
+		Rows:    [][]string{{strconv.FormatUint(e.Sent, 10), strconv.FormatUint(e.Suppressed, 10)}}}
 }
 
 func portTable(ports []PortUse) table {
@@ -175,6 +232,13 @@ func portTable(ports []PortUse) table {
 // protoOrder is the order of the traffic rows; other protocols follow in
 // alphabetical order.
 var protoOrder = []string{"tcp", "udp", "icmp", "gre", "esp", "ah", "other"}
+
+func protoRank(p string) int {
+	if i := slices.Index(protoOrder, p); i >= 0 {
+		return i
+	}
+	return len(protoOrder)
+}
 
 // trafficTable puts both directions of a protocol on one row.
 func trafficTable(traffic []Traffic) table {
@@ -199,13 +263,7 @@ func trafficTable(traffic []Traffic) table {
 			c.inB += tr.Bytes
 		}
 	}
-	rank := func(p string) int {
-		if i := slices.Index(protoOrder, p); i >= 0 {
-			return i
-		}
-		return len(protoOrder)
-	}
-	slices.SortFunc(protos, func(a, b string) int { return cmp.Or(cmp.Compare(rank(a), rank(b)), cmp.Compare(a, b)) })
+	slices.SortFunc(protos, func(a, b string) int { return cmp.Or(cmp.Compare(protoRank(a), protoRank(b)), cmp.Compare(a, b)) })
 	for _, p := range protos {
 		c := byProto[p]
 		t.Rows = append(t.Rows, []string{p, strconv.FormatUint(c.outP, 10), humanBytes(c.outB),
