@@ -131,10 +131,13 @@ func TestLocalServices(t *testing.T) {
 			t.Error("no drop counter for unsolicited")
 		}
 	})
-	t.Run("a LAN host outside admin_allow is refused", func(t *testing.T) {
+	t.Run("a LAN host outside admin_allow is closed at accept, before any HTTP", func(t *testing.T) {
 		code, body, err := httpGet(l.LAN2, "http://"+serviceAddr+"/api/v1/status")
-		if err != nil || code != http.StatusForbidden {
-			t.Errorf("lan2: %d %v %s", code, err, body)
+		if err == nil {
+			t.Errorf("lan2 got an HTTP answer: %d %s", code, body)
+		}
+		if code, _, err := httpGet(l.LAN1, "http://"+serviceAddr+"/healthz"); err != nil || code != http.StatusOK {
+			t.Errorf("control: lan1, inside admin_allow: %d %v", code, err)
 		}
 	})
 	t.Run("the WAN side reaches no service", func(t *testing.T) {
