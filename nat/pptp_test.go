@@ -137,13 +137,15 @@ func tcpSeqAckPkt(src, dst netip.AddrPort, flags header.TCPFlags, seq, ack uint3
 }
 
 // open runs the handshake of a control connection from client to server.
+// The segments of the lab's connections acknowledge what the other side
+// sent, as a TCP layer that checks windows wants.
 func (s *pptpLab) open(client, server netip.AddrPort) *pptpConnLab {
 	s.t.Helper()
 	c := &pptpConnLab{l: s, client: client, server: server, cseq: 1000, sseq: 900000}
 	p := s.mustOut(tcpSeqPkt(client, server, header.TCPFlagSyn, c.cseq-1, nil), VerdictToWAN)
 	c.ext = p.SrcPort
 	s.mustIn(tcpSeqAckPkt(server, ap(wanAddr, c.ext), header.TCPFlagSyn|header.TCPFlagAck, c.sseq-1, c.cseq, nil), VerdictToLAN)
-	s.mustOut(tcpSeqPkt(client, server, header.TCPFlagAck, c.cseq, nil), VerdictToWAN)
+	s.mustOut(tcpSeqAckPkt(client, server, header.TCPFlagAck, c.cseq, c.sseq, nil), VerdictToWAN)
 	return c
 }
 
@@ -158,7 +160,7 @@ type pptpConnLab struct {
 // number and returns what left on the WAN.
 func (c *pptpConnLab) fromClient(payload []byte) *Packet {
 	c.l.t.Helper()
-	p := c.l.mustOut(tcpSeqPkt(c.client, c.server, header.TCPFlagAck|header.TCPFlagPsh, c.cseq, payload), VerdictToWAN)
+	p := c.l.mustOut(tcpSeqAckPkt(c.client, c.server, header.TCPFlagAck|header.TCPFlagPsh, c.cseq, c.sseq, payload), VerdictToWAN)
 	c.cseq += uint32(len(payload))
 	return p
 }
@@ -166,7 +168,7 @@ func (c *pptpConnLab) fromClient(payload []byte) *Packet {
 // fromServer is fromClient for the server.
 func (c *pptpConnLab) fromServer(payload []byte) *Packet {
 	c.l.t.Helper()
-	p := c.l.mustIn(tcpSeqPkt(c.server, ap(wanAddr, c.ext), header.TCPFlagAck|header.TCPFlagPsh, c.sseq, payload), VerdictToLAN)
+	p := c.l.mustIn(tcpSeqAckPkt(c.server, ap(wanAddr, c.ext), header.TCPFlagAck|header.TCPFlagPsh, c.sseq, c.cseq, payload), VerdictToLAN)
 	c.sseq += uint32(len(payload))
 	return p
 }

@@ -200,8 +200,10 @@ func (pt *pptpTracker) conn(k pptpConnKey, now int64) *pptpConn {
 	return c
 }
 
-// untracked counts a control connection the TCP layer picked up mid-stream
-// and will pass unparsed (it has no record): its calls get no GRE mapping.
+// untracked counts a control connection passed unparsed because it was
+// picked up mid-stream: by the TCP layer, which then opens no record, or by
+// control for a direction that never showed its SYN. Its calls get no GRE
+// mapping.
 func (pt *pptpTracker) untracked(k pptpConnKey) {
 	pt.stats.Untracked++
 	pt.e.log.Info().Stringer("client", k.client.AddrPort()).
@@ -211,7 +213,7 @@ func (pt *pptpTracker) untracked(k pptpConnKey) {
 
 // pptpRandomTries is how many random Call IDs newCall draws before it scans
 // for a free one: with max_calls at most 4096 of the 65535 IDs of a server
-// taken, 8 draws all hit a taken ID about once in 10^10 calls.
+// taken, all 8 draws hit a taken ID about once in 4·10^9 calls.
 const pptpRandomTries = 8
 
 // newCall hands out a masqueraded Call ID for the LAN client's call: random,
@@ -231,11 +233,17 @@ func (pt *pptpTracker) newCall(c *pptpConn, orig uint16, now int64) *pptpCall {
 		pt.refused(c, orig, "pptp.max_calls")
 		return nil
 	}
+	id, ok := pt.pickID(server)
+	if !ok {
+		// Not reached: perServer says when the IDs are all taken.
+		pt.e.Limits.refuse(LimitCalls)
+		pt.refused(c, orig, "the server's Call IDs")
+		return nil
+	}
 	if !pt.e.hostAdmit(client, quotaCalls) {
 		pt.refused(c, orig, "limits.max_calls_per_host")
 		return nil
 	}
-	id := pt.pickID(server)
 	call := &pptpCall{conn: c, client: client, server: server,
 		orig: orig, masq: id, created: now}
 	pt.calls[pptpCallKey{server, id}] = call
@@ -252,20 +260,20 @@ func (pt *pptpTracker) newCall(c *pptpConn, orig uint16, now int64) *pptpCall {
 // pickID draws a free Call ID at a server that has one: random draws first,
 // then a scan from a random start, so the time is bounded however full the
 // server's ID space is.
-func (pt *pptpTracker) pickID(server [4]byte) uint16 {
+func (pt *pptpTracker) pickID(server [4]byte) (uint16, bool) {
 	free := func(id uint16) bool { return id != 0 && pt.calls[pptpCallKey{server, id}] == nil }
 	for range pptpRandomTries {
 		if id := uint16(pt.rng.Uint64()); free(id) {
-			return id
+			return id, true
 		}
 	}
 	start := uint16(pt.rng.Uint64())
 	for i := range 65536 {
 		if id := start + uint16(i); free(id) {
-			return id
+			return id, true
 		}
 	}
-	panic("pptp: no free Call ID at a server with fewer than 65535 calls")
+	return 0, false
 }
 
 func (pt *pptpTracker) refused(c *pptpConn, orig uint16, limit string) {

@@ -32,6 +32,11 @@ import (
 //     segment and every later data segment of that direction are dropped
 //     (pptp_malformed); segments without data still pass, so the
 //     connection can close or reset.
+//   - Flags change no connection state: the TCP layer passes only segments
+//     it accepted and itself decides when the connection closes (closeConn)
+//     or is gone (gone). RST and FIN are ignored; a SYN synchronises a
+//     direction that is not synchronised yet (the server's must acknowledge
+//     the client's SYN) and is ignored on one that is.
 //   - A connection first seen without its SYN (e.g. after a restart) is not
 //     parsed at all and passes unmodified; its calls get no GRE mapping.
 //   - A fragmented control segment is dropped (pptp_fragmented): its
