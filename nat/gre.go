@@ -191,10 +191,16 @@ func (h *greHandler) expire(now int64) {
 // callToPeer finds the call of a LAN client to a server by the server's
 // Call ID: one map lookup.
 func (pt *pptpTracker) callToPeer(client, server [4]byte, peer uint16) *pptpCall {
-	if call := pt.byPeer[pptpPeerKey{server, peer}]; call != nil && call.client == client {
+	if call := pt.callAtPeer(server, peer); call != nil && call.client == client {
 		return call
 	}
 	return nil
+}
+
+// callAtPeer finds the call a server knows by its own Call ID, whoever the
+// client: one map lookup.
+func (pt *pptpTracker) callAtPeer(server [4]byte, peer uint16) *pptpCall {
+	return pt.byPeer[pptpPeerKey{server, peer}]
 }
 
 // callToMasq finds the call a server's GRE names by its masqueraded Call ID:

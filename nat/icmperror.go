@@ -229,7 +229,9 @@ func (e *Engine) greErrorOwner(in *embedded) (endpoint, bool) {
 	// not for the sequence number parseGRE wants room for.
 	g := greHeader(in.l4)
 	if g.version() == 1 && g.flags()&greFlagKey != 0 && g.protocol() == GREProtoPPP {
-		if call := e.pptp.byPeer[pptpPeerKey{in.dst, g.callID()}]; call != nil {
+		// The server's Call ID names one call at that server (the
+		// live one when the server reused an ID): an index lookup.
+		if call := e.pptp.callAtPeer(in.dst, g.callID()); call != nil {
 			return endpoint{call.client, 0}, true
 		}
 	} else if g.version() == 0 {
