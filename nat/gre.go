@@ -198,9 +198,13 @@ func (pt *pptpTracker) callToPeer(client, server [4]byte, peer uint16) *pptpCall
 }
 
 // callAtPeer finds the call a server knows by its own Call ID, whoever the
-// client: one map lookup.
+// client: one map lookup. When the server gave the ID to several calls, a
+// live one.
 func (pt *pptpTracker) callAtPeer(server [4]byte, peer uint16) *pptpCall {
-	return pt.byPeer[pptpPeerKey{server, peer}]
+	if calls := pt.byPeer[pptpPeerKey{server, peer}]; len(calls) > 0 {
+		return calls[0]
+	}
+	return nil
 }
 
 // callToMasq finds the call a server's GRE names by its masqueraded Call ID:

@@ -125,9 +125,11 @@ type pptpTracker struct {
 	// Call ID): its GRE from the server carries that ID.
 	calls map[pptpCallKey]*pptpCall
 	// byPeer holds calls whose server's Call ID is known, until release,
-	// by (server, server's Call ID). When two calls claim one key (a
-	// server that reused an ID) the live one holds it.
-	byPeer map[pptpPeerKey]*pptpCall
+	// by (server, server's Call ID). A key has one call unless the server
+	// gave its Call ID to several (reused after a call ended, or scoped
+	// per control connection); the first is then a live one if any is
+	// live, and GRE and ICMP errors go to it.
+	byPeer map[pptpPeerKey][]*pptpCall
 	// byOrig holds the live calls by control connection and the client's
 	// Call ID.
 	byOrig map[pptpOrigKey]*pptpCall
@@ -151,7 +153,7 @@ func (pt *pptpTracker) init(e *Engine) {
 	pt.e = e
 	pt.conns = make(map[pptpConnKey]*pptpConn)
 	pt.calls = make(map[pptpCallKey]*pptpCall)
-	pt.byPeer = make(map[pptpPeerKey]*pptpCall)
+	pt.byPeer = make(map[pptpPeerKey][]*pptpCall)
 	pt.byOrig = make(map[pptpOrigKey]*pptpCall)
 	pt.perServer = make(map[[4]byte]int)
 	var seed [32]byte
@@ -300,8 +302,10 @@ func (pt *pptpTracker) callByMasq(c *pptpConn, masq uint16) *pptpCall {
 // callByPeer finds the live call of this connection with the server's Call
 // ID.
 func (pt *pptpTracker) callByPeer(c *pptpConn, peer uint16) *pptpCall {
-	if call := pt.byPeer[pptpPeerKey{c.key.server.addr, peer}]; call != nil && call.conn == c && call.releaseAt == 0 {
-		return call
+	for _, call := range pt.byPeer[pptpPeerKey{c.key.server.addr, peer}] {
+		if call.conn == c && call.releaseAt == 0 {
+			return call
+		}
 	}
 	return nil
 }
@@ -326,6 +330,23 @@ func (pt *pptpTracker) endAt(call *pptpCall, at int64) {
 	k := pptpOrigKey{call.conn.key, call.orig}
 	if pt.byOrig[k] == call {
 		delete(pt.byOrig, k)
+	}
+	if call.peerKnown {
+		pt.liveFirst(pptpPeerKey{call.server, call.peer})
+	}
+}
+
+// liveFirst puts a live call first among those with one server Call ID.
+func (pt *pptpTracker) liveFirst(k pptpPeerKey) {
+	calls := pt.byPeer[k]
+	if len(calls) < 2 || calls[0].releaseAt == 0 {
+		return
+	}
+	for i, call := range calls {
+		if call.releaseAt == 0 {
+			calls[0], calls[i] = calls[i], calls[0]
+			return
+		}
 	}
 }
 
@@ -371,9 +392,8 @@ func (pt *pptpTracker) setPeer(call *pptpCall, peer uint16) {
 	}
 	call.peer, call.peerKnown = peer, true
 	k := pptpPeerKey{call.server, peer}
-	if old := pt.byPeer[k]; old == nil || old.releaseAt != 0 {
-		pt.byPeer[k] = call
-	}
+	pt.byPeer[k] = append(pt.byPeer[k], call)
+	pt.liveFirst(k)
 }
 
 func (pt *pptpTracker) release(call *pptpCall) {
@@ -385,8 +405,22 @@ func (pt *pptpTracker) release(call *pptpCall) {
 		}
 	}
 	if call.peerKnown {
-		if pk := (pptpPeerKey{call.server, call.peer}); pt.byPeer[pk] == call {
+		pk := pptpPeerKey{call.server, call.peer}
+		calls := pt.byPeer[pk]
+		for i, other := range calls {
+			if other == call {
+				last := len(calls) - 1
+				copy(calls[i:], calls[i+1:])
+				calls[last] = nil
+				calls = calls[:last]
+				break
+			}
+		}
+		if len(calls) == 0 {
 			delete(pt.byPeer, pk)
+		} else {
+			pt.byPeer[pk] = calls
+			pt.liveFirst(pk)
 		}
 	}
 	if ok := (pptpOrigKey{call.conn.key, call.orig}); pt.byOrig[ok] == call {
