@@ -144,7 +144,7 @@ func (h *greHandler) Inbound(p *Packet, now int64) Result {
 		return drop(DropGREMalformed)
 	}
 	if v == 1 {
-		if call := h.e.pptp.calls[pptpCallKey{p.Src, g.callID()}]; call != nil {
+		if call := h.e.pptp.callToMasq(p.Src, g.callID()); call != nil {
 			call.greIn++
 			g.setCallID(call.orig)
 			h.setDst(p, call.client)
@@ -189,7 +189,26 @@ func (h *greHandler) expire(now int64) {
 }
 
 // callToPeer finds the call of a LAN client to a server by the server's
-// Call ID.
+// Call ID: one map lookup.
 func (pt *pptpTracker) callToPeer(client, server [4]byte, peer uint16) *pptpCall {
-	return pt.byPeer[pptpPeerKey{client, server, peer}]
+	if call := pt.callAtPeer(server, peer); call != nil && call.client == client {
+		return call
+	}
+	return nil
+}
+
+// callAtPeer finds the call a server knows by its own Call ID, whoever the
+// client: one map lookup. When the server gave the ID to several calls, a
+// live one.
+func (pt *pptpTracker) callAtPeer(server [4]byte, peer uint16) *pptpCall {
+	if calls := pt.byPeer[pptpPeerKey{server, peer}]; len(calls) > 0 {
+		return calls[0]
+	}
+	return nil
+}
+
+// callToMasq finds the call a server's GRE names by its masqueraded Call ID:
+// one map lookup.
+func (pt *pptpTracker) callToMasq(server [4]byte, masq uint16) *pptpCall {
+	return pt.calls[pptpCallKey{server, masq}]
 }

@@ -249,10 +249,10 @@ func (e *Engine) greErrorOwner(in *embedded) (endpoint, bool) {
 	// not for the sequence number parseGRE wants room for.
 	g := greHeader(in.l4)
 	if g.version() == 1 && g.flags()&greFlagKey != 0 && g.protocol() == GREProtoPPP {
-		for k, call := range e.pptp.byPeer {
-			if k.server == in.dst && k.peer == g.callID() {
-				return endpoint{call.client, 0}, true
-			}
+		// The server's Call ID names one call at that server (the
+		// live one when the server reused an ID): an index lookup.
+		if call := e.pptp.callAtPeer(in.dst, g.callID()); call != nil {
+			return endpoint{call.client, 0}, true
 		}
 	} else if g.version() == 0 {
 		if b := e.gre.bindings[in.dst]; b != nil && b.expires > e.now() {

@@ -2,6 +2,7 @@ package nat
 
 import (
 	"testing"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -73,8 +74,10 @@ func FuzzPPTPControl(f *testing.F) {
 				t.Fatalf("%d bytes changed in a %d-byte segment", diff, len(seg))
 			}
 			pos[dir] += len(got)
+			checkPPTPIndexes(t, s.e)
 		}
 		s.e.Expire()
+		checkPPTPIndexes(t, s.e)
 	})
 }
 
@@ -106,5 +109,159 @@ func FuzzGRE(f *testing.F) {
 				t.Fatalf("GRE byte %d changed", j)
 			}
 		}
+	})
+}
+
+// checkPPTPIndexes checks that the tracker's indexes and the per-host call
+// quota agree with the calls its records hold.
+func checkPPTPIndexes(t testing.TB, e *Engine) {
+	t.Helper()
+	pt := &e.pptp
+	held := map[[4]byte]int{}
+	perServer := map[[4]byte]int{}
+	claims := map[pptpPeerKey]int{} // calls that know their server's Call ID, by key
+	for _, c := range pt.conns {
+		for _, call := range c.calls {
+			if call.peerKnown {
+				claims[pptpPeerKey{call.server, call.peer}]++
+			}
+		}
+	}
+	n := 0
+	for k, c := range pt.conns {
+		if c.key != k {
+			t.Fatalf("record %v filed under %v", c.key, k)
+		}
+		for _, call := range c.calls {
+			n++
+			held[call.client]++
+			perServer[call.server]++
+			if call.conn != c || call.masq == 0 {
+				t.Fatalf("call %+v in the wrong record or with Call ID 0", call)
+			}
+			if pt.calls[pptpCallKey{call.server, call.masq}] != call {
+				t.Fatalf("call %d→%d missing from the index by masqueraded Call ID", call.orig, call.masq)
+			}
+			live := pt.byOrig[pptpOrigKey{c.key, call.orig}] == call
+			if live != (call.releaseAt == 0) {
+				t.Fatalf("call %d: in the index of live calls %v, releaseAt %d", call.orig, live, call.releaseAt)
+			}
+			if call.peerKnown {
+				k := pptpPeerKey{call.server, call.peer}
+				found := false
+				for _, other := range pt.byPeer[k] {
+					found = found || other == call
+				}
+				if !found {
+					t.Fatalf("call %d with server Call ID %#x not in the index", call.orig, call.peer)
+				}
+				if h := pt.callAtPeer(call.server, call.peer); call.releaseAt == 0 && h.releaseAt != 0 {
+					t.Fatalf("live call %d with server Call ID %#x behind an ending one", call.orig, call.peer)
+				}
+				if f := pt.callByPeer(c, call.peer); call.releaseAt == 0 && (f == nil || f.peer != call.peer) {
+					t.Fatalf("live call %d with server Call ID %#x not found by it", call.orig, call.peer)
+				}
+			}
+		}
+	}
+	if len(pt.calls) != n {
+		t.Fatalf("%d calls indexed, %d in records", len(pt.calls), n)
+	}
+	indexed := 0
+	for k, calls := range pt.byPeer {
+		if len(calls) == 0 {
+			t.Fatalf("empty list under %+v", k)
+		}
+		for _, call := range calls {
+			indexed++
+			if !call.peerKnown || call.peer != k.peer || call.server != k.server || pt.calls[pptpCallKey{call.server, call.masq}] != call {
+				t.Fatalf("index by server Call ID: %+v under %+v", call, k)
+			}
+		}
+	}
+	if known := func() (n int) {
+		for _, m := range claims {
+			n += m
+		}
+		return
+	}(); indexed != known {
+		t.Fatalf("%d calls indexed by server Call ID, %d know it", indexed, known)
+	}
+	for k, call := range pt.byOrig {
+		if call.releaseAt != 0 || call.orig != k.orig || call.conn.key != k.conn {
+			t.Fatalf("index of live calls: %+v under %+v", call, k)
+		}
+	}
+	for s, m := range perServer {
+		if pt.perServer[s] != m {
+			t.Fatalf("server %v: %d calls counted, %d held", s, pt.perServer[s], m)
+		}
+	}
+	if len(pt.perServer) != len(perServer) {
+		t.Fatalf("%d servers counted, %d with calls", len(pt.perServer), len(perServer))
+	}
+	for h, u := range e.hosts.m {
+		if u.held[quotaCalls] != held[h] {
+			t.Fatalf("host %v holds %d units of its call quota for %d calls", h, u.held[quotaCalls], held[h])
+		}
+	}
+	for h, m := range held {
+		if u := e.hosts.m[h]; u == nil || u.held[quotaCalls] != m {
+			t.Fatalf("host %v has %d calls outside its quota", h, m)
+		}
+	}
+}
+
+// FuzzPPTPLifecycle runs calls through their lives on four control
+// connections in an order the fuzzer picks — requests, replies, clears,
+// disconnects, closes, flows gone, time passing, GRE — with small limits,
+// and checks after every step that the indexes, the per-server counts and
+// the per-host quota agree with the calls held.
+func FuzzPPTPLifecycle(f *testing.F) {
+	f.Add([]byte{0, 1, 8, 9, 2, 6, 6, 6})
+	f.Add([]byte{0, 8, 16, 24, 32, 1, 4, 6, 14, 0, 5, 22})
+	f.Add([]byte{0, 0x11, 0x22, 0x33, 3, 0x43, 6, 6, 6, 6})
+	// The server gives its Call ID to a second client's call, the first
+	// call ends and is released: the second is still found by it.
+	f.Add([]byte(" \x7f\xff!010\""))
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		if len(ops) > 200 {
+			return
+		}
+		s := newPPTPLab(t, Config{PPTP: PPTPConfig{MaxCalls: 6}, Limits: Limits{MaxCallsPerHost: 4}})
+		conns := []*pptpConnLab{
+			s.open(ap(lanA, 40000), ap(remote1, PortPPTP)),
+			s.open(ap(lanA, 40001), ap(remote2, PortPPTP)),
+			s.open(ap(lanB, 40000), ap(remote1, PortPPTP)),
+			s.open(ap(lanB, 40001), ap(remote1, PortPPTP)),
+		}
+		masqs := map[uint16]uint16{} // masqueraded Call IDs seen on the wire, by byte
+		for _, op := range ops {
+			c := conns[op>>3&3]
+			arg := uint16(op >> 5)
+			switch op & 7 {
+			case 0:
+				m := be16(payloadOf(c.fromClient(pptpMsg(PPTPOutgoingCallRequest, arg+1, 0))), 12)
+				masqs[arg] = m
+			case 1:
+				c.fromServer(pptpMsg(PPTPOutgoingCallReply, 0x100+arg, masqs[arg]))
+			case 2:
+				c.fromClient(pptpMsg(PPTPCallClearRequest, arg+1, 0))
+			case 3:
+				c.fromServer(pptpMsg(PPTPCallDisconnectNotify, 0x100+arg, 0))
+			case 4:
+				s.e.pptp.gone(s.e.pptp.lookup(pptpConnKey{endpoint{c.client.Addr().As4(), c.client.Port()}, endpoint{c.server.Addr().As4(), c.server.Port()}}), s.e.now())
+			case 5:
+				s.e.pptp.closeConn(s.e.pptp.lookup(pptpConnKey{endpoint{c.client.Addr().As4(), c.client.Port()}, endpoint{c.server.Addr().As4(), c.server.Port()}}), "fuzz", s.e.now())
+			case 6:
+				s.advance([]time.Duration{time.Second, 20 * time.Second, 40 * time.Second, 3 * time.Minute}[arg&3])
+			case 7:
+				s.in(grePkt(c.server.Addr(), wanAddr, masqs[arg], nil))
+				s.out(grePkt(c.client.Addr(), c.server.Addr(), 0x100+arg, nil))
+			}
+			checkPPTPIndexes(t, s.e)
+		}
+		s.advance(10 * time.Minute)
+		checkPPTPIndexes(t, s.e)
 	})
 }

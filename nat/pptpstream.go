@@ -32,6 +32,11 @@ import (
 //     segment and every later data segment of that direction are dropped
 //     (pptp_malformed); segments without data still pass, so the
 //     connection can close or reset.
+//   - Flags change no connection state: the TCP layer passes only segments
+//     it accepted and itself decides when the connection closes (closeConn)
+//     or is gone (gone). RST and FIN are ignored; a SYN synchronises a
+//     direction that is not synchronised yet (the server's must acknowledge
+//     the client's SYN) and is ignored on one that is.
 //   - A connection first seen without its SYN (e.g. after a restart) is not
 //     parsed at all and passes unmodified; its calls get no GRE mapping.
 //   - A fragmented control segment is dropped (pptp_fragmented): its
@@ -56,6 +61,7 @@ type pptpEdit struct {
 // pptpStream is one direction of a control connection.
 type pptpStream struct {
 	synced   bool   // the SYN was seen: message boundaries are known
+	iss      uint32 // the SYN's sequence number
 	next     uint32 // sequence number of the first byte not yet parsed
 	broken   bool   // a malformed message stopped the parsing
 	brokenAt uint32
@@ -75,34 +81,25 @@ func seqBefore(a, b uint32) bool { return int32(a-b) < 0 }
 // control handles one TCP segment of a tracked control connection. dir is
 // fromClient or fromServer. It runs after the address and port rewrite or
 // before it; the checksum updates commute.
+//
+// The TCP layer passes only segments it accepted (in window) and decides
+// itself when the connection closes (closeConn) or is gone (gone), so the
+// flags here change no connection state: RST and FIN are ignored, and a SYN
+// synchronises a direction only when that direction is not synchronised
+// yet. A SYN on a synchronised direction is ignored, never a reset: one
+// forged SYN would otherwise move the parsed point away from the real
+// stream, and every retransmission of the server's Outgoing-Call-Reply would
+// be dropped as out of order.
 func (pt *pptpTracker) control(c *pptpConn, p *Packet, dir int, now int64) DropReason {
 	tcp := header.TCP(p.L4)
 	d := &c.dirs[dir]
 	seq := tcp.SequenceNumber()
-	flags := p.TCPFlags
-	if flags&header.TCPFlagSyn != 0 {
-		if !d.synced || seq+1 != d.next {
-			if d.synced && dir == fromClient {
-				// The 4-tuple starts a new connection: the old one's
-				// calls end as on a close.
-				pt.restart(c, now)
-			}
-			*d = pptpStream{synced: true, next: seq + 1, msgStart: seq + 1}
+	c.lastSeen = now
+	if p.TCPFlags&header.TCPFlagSyn != 0 {
+		if !d.synced && c.synAcceptable(p, dir) {
+			*d = pptpStream{synced: true, iss: seq, next: seq + 1, msgStart: seq + 1}
 		}
-		seq++
-	}
-	switch {
-	case flags&header.TCPFlagRst != 0:
-		pt.closeConn(c, "control connection reset", now)
-	case flags&header.TCPFlagFin != 0:
-		if dir == fromClient {
-			c.finOut = true
-		} else {
-			c.finIn = true
-		}
-		if c.finOut && c.finIn {
-			pt.closeConn(c, "control connection closed", now)
-		}
+		seq++ // the SYN takes one sequence number: data starts after it
 	}
 	payload := p.L4[tcp.DataOffset():]
 	if len(payload) == 0 {
@@ -113,10 +110,7 @@ func (pt *pptpTracker) control(c *pptpConn, p *Packet, dir int, now int64) DropR
 			// Count the connection once.
 			d.broken = true
 			d.brokenAt = seq
-			pt.stats.Untracked++
-			pt.e.log.Info().Stringer("client", c.key.client.AddrPort()).
-				Stringer("server", c.key.server.AddrPort()).
-				Msg("pptp control connection picked up mid-stream: not parsed, its calls get no GRE mapping")
+			pt.untracked(c.key)
 		}
 		return DropNone
 	}
@@ -142,12 +136,17 @@ func (pt *pptpTracker) control(c *pptpConn, p *Packet, dir int, now int64) DropR
 	return pt.parse(c, d, p, dir, seq, old, now)
 }
 
-// restart forgets a connection's state when its 4-tuple starts over: its
-// calls end as on a close.
-func (pt *pptpTracker) restart(c *pptpConn, now int64) {
-	pt.closeConn(c, "control connection restarted", now)
-	c.closed, c.finOut, c.finIn = false, false, false
-	c.dirs = [2]pptpStream{}
+// synAcceptable reports whether a SYN may synchronise direction dir. The
+// server's SYN must acknowledge the client's when that was seen, as its
+// SYN-ACK does: a forger off the path does not know the client's initial
+// sequence number. (The TCP layer checks this too; the tracker does not
+// rely on it.)
+func (c *pptpConn) synAcceptable(p *Packet, dir int) bool {
+	client := &c.dirs[fromClient]
+	if dir == fromClient || !client.synced {
+		return true
+	}
+	return p.TCPFlags&header.TCPFlagAck != 0 && header.TCP(p.L4).AckNumber() == client.iss+1
 }
 
 // replay applies the recorded rewrites to payload[:n], which starts at seq.
@@ -261,6 +260,19 @@ func (pt *pptpTracker) parse(c *pptpConn, d *pptpStream, p *Packet, dir int, seq
 	return DropNone
 }
 
+// opensCall reports whether a client's message with a Call ID the client
+// has no call with starts a call: its own requests (Outgoing- and
+// Incoming-Call-Request) and its answers to the server's (Outgoing- and
+// Incoming-Call-Reply). Clearing or disconnecting a call it never opened
+// starts nothing.
+func opensCall(t PPTPControlType) bool {
+	switch t {
+	case PPTPOutgoingCallRequest, PPTPIncomingCallRequest, PPTPOutgoingCallReply, PPTPIncomingCallReply:
+		return true
+	}
+	return false
+}
+
 // rewriteOffset is the offset of the Call ID field a direction rewrites in a
 // message type, or 0: the sender's Call ID in the client's messages, the
 // Peer's Call ID in the server's.
@@ -323,14 +335,16 @@ func (pt *pptpTracker) message(c *pptpConn, d *pptpStream, p *Packet, dir int, s
 		if !hasCallID {
 			return // Peer's Call IDs from the client name the server's calls
 		}
-		call := c.callByOrig(callID)
-		if call == nil {
+		call := pt.callByOrig(c, callID)
+		if call == nil && opensCall(t) && !c.closed {
 			call = pt.newCall(c, callID, now)
 		}
 		if call == nil {
-			// Out of calls: the server gets Call ID 0, which names no
-			// call, and replies with an error rather than reach
-			// another client's call.
+			// No call: out of calls, over the client's quota, a closed
+			// connection, or a message about a call the client never
+			// opened. The server gets Call ID 0, which names no call,
+			// and replies with an error rather than reach another
+			// client's call.
 			rewrite(12, 0)
 			return
 		}
@@ -354,7 +368,7 @@ func (pt *pptpTracker) message(c *pptpConn, d *pptpStream, p *Packet, dir int, s
 	}
 	// From the server: the Peer's Call ID is the client's, masqueraded.
 	if hasPeerID {
-		call := c.callByMasq(peerID)
+		call := pt.callByMasq(c, peerID)
 		if call == nil {
 			pt.stats.UnknownCallIDs++
 			pt.e.log.Debug().Stringer("server", c.key.server.AddrPort()).
@@ -378,6 +392,6 @@ func (pt *pptpTracker) message(c *pptpConn, d *pptpStream, p *Packet, dir int, s
 	// sender's Call ID, so it is left as it is (the Linux helper rewrites
 	// it as if it were the client's).
 	if hasCallID && (t == PPTPCallDisconnectNotify || t == PPTPCallClearRequest) {
-		pt.end(c.callByPeer(callID), t.String()+" from the server", now)
+		pt.end(pt.callByPeer(c, callID), t.String()+" from the server", now)
 	}
 }
