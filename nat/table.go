@@ -361,6 +361,10 @@ func (t *table) removeFlow(f *Flow, now int64, why string) {
 	}
 	t.perProto[protoIndex(f.m.Proto)]--
 	t.e.hostRelease(f.host(), quotaFlows)
+	if f.m.Proto == ProtoTCP && f.remote.port == PortPPTP && !f.m.Static {
+		// A PPTP control connection's record lives and dies with its flow.
+		t.e.pptp.gone(t.e.pptp.lookup(pptpConnKey{f.m.Int, f.remote}), now)
+	}
 	f.m.flows--
 	if why != "" {
 		t.e.log.Debug().Str("proto", protoName(f.m.Proto)).
