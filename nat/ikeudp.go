@@ -87,9 +87,9 @@ func (h *udpHandler) ikeInbound(p *Packet, now int64) (r Result, handled bool) {
 		if !ok {
 			return drop(DropIKEMalformed), true
 		}
-		host, ok := e.ike.inbound(p, hdr, now)
-		if !ok {
-			return drop(DropUnsolicited), true
+		host, why := e.ike.inbound(p, hdr, now)
+		if why != DropNone {
+			return drop(why), true
 		}
 		// Port 500, not the session's port: after a NAT-T float that is
 		// 4500, where a message without the non-ESP marker reads as ESP.
@@ -115,9 +115,9 @@ func (h *udpHandler) ikeInbound(p *Packet, now int64) (r Result, handled bool) {
 			if kind != nattIKE {
 				return drop(DropUnsolicited), true
 			}
-			host, ok := e.ike.inbound(p, hdr, now)
-			if !ok {
-				return drop(DropUnsolicited), true
+			host, why := e.ike.inbound(p, hdr, now)
+			if why != DropNone {
+				return drop(why), true
 			}
 			f = &nattFlow{host: endpoint{host.addr, PortNATT}}
 			e.ike.natt[k] = f
@@ -126,8 +126,9 @@ func (h *udpHandler) ikeInbound(p *Packet, now int64) (r Result, handled bool) {
 			// current, including an IKE SA the remote's rekey created.
 			if s := e.ike.lookup(p.Src, hdr, now); s != nil {
 				e.ike.seen(s, hdr, now)
-			} else if !e.ike.full() {
-				e.ike.newSession(f.host, p.Src, hdr, now, "new SPIs on the host's NAT-T flow")
+			} else {
+				// Delivered on the flow even when it cannot be tracked.
+				e.ike.newSession(f.host, p.Src, hdr, now, true, "new SPIs on the host's NAT-T flow")
 			}
 		}
 		f.expires = now + e.ike.timeout()
