@@ -47,8 +47,9 @@ import (
 //     sequence number: a new SA's sequence numbers start at 1 and grow by
 //     one per packet (RFC 4303 section 2.2). The first candidate confirmed
 //     wins: it answers the host's waiting entry (or becomes an inbound-only
-//     pair the host's next new outbound SPI completes). Candidates not
-//     confirmed within esp_wait are forgotten.
+//     pair the host's next new outbound SPI completes). Candidates idle out
+//     after esp_timeout like pairs: a quiet SA's second packet may come
+//     minutes after its first, and must still find its host.
 //   - While the waiting entry has no confirmed answer, its claim on R
 //     stands: other hosts stay held back and every unknown SPI from R is a
 //     candidate of the waiting host. So one forged packet can neither take
@@ -366,19 +367,12 @@ func (h *espHandler) Inbound(p *Packet, now int64) Result {
 	}
 	seq := espSeq(p)
 	if pr := h.in[espInKey{p.Src, spi}]; pr != nil {
-		if pr.state != espTentative {
-			pr.lastSeen = now
-			return h.deliver(p, pr.host)
+		host := pr.host
+		if pr.state == espTentative && seq > pr.firstSeq {
+			h.confirm(pr, now, "")
 		}
-		if now-pr.created <= dur(h.cfg().ESPWait) {
-			host := pr.host
-			pr.lastSeen = now
-			if seq > pr.firstSeq {
-				h.confirm(pr, now, "")
-			}
-			return h.deliver(p, host)
-		}
-		h.unlink(pr) // a candidate never confirmed: decide afresh
+		pr.lastSeen = now
+		return h.deliver(p, host)
 	}
 	if pr := h.bySPI[spi]; pr != nil && pr.remote != p.Src {
 		h.e.log.Debug().Stringer("from", p.SrcAddr()).Hex("in_spi", u32(spi)).
@@ -617,8 +611,7 @@ func (h *espHandler) expire(now int64) {
 		idle := now - pr.lastSeen
 		switch {
 		case pr.state == espWaiting && now > pr.waitDeadline+dur(h.cfg().ESPWait),
-			pr.state == espTentative && now-pr.created > dur(h.cfg().ESPWait),
-			pr.state != espWaiting && pr.state != espTentative && idle >= dur(h.cfg().ESPTimeout):
+			pr.state != espWaiting && idle >= dur(h.cfg().ESPTimeout):
 			h.unlink(pr)
 			h.e.log.Debug().Stringer("host", endpoint{pr.host, 0}.AddrPort().Addr()).
 				Stringer("remote", endpoint{pr.remote, 0}.AddrPort().Addr()).

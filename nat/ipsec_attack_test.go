@@ -383,3 +383,20 @@ func TestESPFairShares(t *testing.T) {
 		}
 	})
 }
+
+func TestQuietSAStaysWithItsHost(t *testing.T) {
+	t.Run("a quiet SA's second packet minutes after its first still binds to its host, not to the host that claimed the gateway since", func(t *testing.T) {
+		l := newLab(t, Config{})
+		l.espOut(lanA, remote1, 0xa1)
+		l.espIn(remote1, 0x1a, lanA) // a candidate of lanA's waiting entry
+		l.advance(2*time.Minute + 30*time.Second)
+		l.espOut(lanB, remote1, 0xb1) // lanA's wait ran out: lanB may claim the gateway
+		l.espIn(remote1, 0x1a, lanA)  // lanA's SA speaks again
+		if pr, ok := l.pairOf(lanA, 0xa1, 0); !ok || pr.InSPI != 0x1a || pr.State != "established" {
+			t.Errorf("lanA's pair %+v (found %v)", pr, ok)
+		}
+		l.espIn(remote1, 0x1b, lanB)
+		l.espIn(remote1, 0x1b, lanB)
+		l.espIn(remote1, 0x1a, lanA)
+	})
+}
