@@ -349,6 +349,10 @@ func (t *ikeTracker) remove(s *ikeSession) {
 // address could otherwise create a session per fresh SPI.
 func (t *ikeTracker) full() bool { return len(t.byI) >= t.e.cfg.IPsec.MaxESP }
 
+// nattFull reports whether the NAT-T flows that keep WAN port 4500 reached
+// their bound (max_esp, like the sessions).
+func (t *ikeTracker) nattFull() bool { return len(t.natt) >= t.e.cfg.IPsec.MaxESP }
+
 // outbound tracks an IKE message a LAN host sends (from UDP 500, or after
 // the non-ESP marker on 4500). It reports a collision: the initiator SPI is
 // live for another LAN host towards the same remote.
@@ -394,15 +398,15 @@ func (t *ikeTracker) outbound(p *Packet, h ikeHeader, now int64) DropReason {
 // e.g. an IKEv2 IKE SA rekey) goes to the LAN host that exchanged IKE with
 // that remote most recently, and is tracked from then on as unconfirmed
 // until that host answers.
-func (t *ikeTracker) inbound(p *Packet, h ikeHeader, now int64) (endpoint, DropReason) {
+func (t *ikeTracker) inbound(p *Packet, h ikeHeader, now int64) (*ikeSession, DropReason) {
 	if s := t.lookup(p.Src, h, now); s != nil {
 		s.remotePort = p.SrcPort
 		t.seen(s, h, now)
-		return s.host, DropNone
+		return s, DropNone
 	}
 	host, ok := t.mostRecentHost(p.Src, now)
 	if !ok {
-		return endpoint{}, DropUnsolicited
+		return nil, DropUnsolicited
 	}
 	port := uint16(PortIKE)
 	if p.DstPort == PortNATT {
@@ -410,10 +414,10 @@ func (t *ikeTracker) inbound(p *Packet, h ikeHeader, now int64) (endpoint, DropR
 	}
 	s, why := t.newSession(endpoint{host, port}, p.Src, h, now, true, "new SPIs from the remote: most recent LAN host in IKE with it")
 	if why != DropNone {
-		return endpoint{}, why
+		return nil, why
 	}
 	s.remotePort = p.SrcPort
-	return s.host, DropNone
+	return s, DropNone
 }
 
 // hostsWith says how many LAN hosts have a live IKE contact to remote (0,

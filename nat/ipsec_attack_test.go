@@ -400,3 +400,46 @@ func TestQuietSAStaysWithItsHost(t *testing.T) {
 		l.espIn(remote1, 0x1a, lanA)
 	})
 }
+
+func TestForgedNATTIKEOpensNoFlows(t *testing.T) {
+	for _, forged := range []int{0, 3000} {
+		t.Run(fmt.Sprintf("%d forged remote-started IKE on 4500 from as many ports open no NAT-T flow; the host's answer does", forged), func(t *testing.T) {
+			l := newLab(t, Config{})
+			l.mustOut(nattIKEPkt(ap(lanA, 4500), ap(remote1, 4500), 0xa0a0, 0), VerdictToWAN)
+			l.mustIn(nattIKEPkt(ap(remote1, 4500), ap(wanAddr, 4500), 0xa0a0, 0x0a0a), VerdictToLAN)
+			for i := range forged {
+				r, p := l.in(nattIKEPkt(ap(remote1, uint16(10000+i)), ap(wanAddr, 4500), 0x7000000000000000+uint64(i), 0))
+				if r.Verdict == VerdictToLAN && p.DstAddr() != lanA {
+					t.Fatalf("forged IKE delivered to %v", p.DstAddr())
+				}
+			}
+			if n := len(l.e.ike.natt); n != 1 {
+				t.Errorf("%d NAT-T flows, want lanA's one", n)
+			}
+			// The gateway's real new IKE SA from a new port: delivered, and
+			// the host's answer opens the flow for what follows.
+			if p := l.mustIn(nattIKEPkt(ap(remote1, 61000), ap(wanAddr, 4500), 0x5eed, 0), VerdictToLAN); dstAP(p) != ap(lanA, 4500) {
+				t.Fatalf("delivered to %v", dstAP(p))
+			}
+			l.mustOut(nattIKEPkt(ap(lanA, 4500), ap(remote1, 61000), 0x5eed, 0xfeed), VerdictToWAN)
+			if p := l.mustIn(nattESPPkt(ap(remote1, 61000), ap(wanAddr, 4500), 0xd0000001), VerdictToLAN); dstAP(p) != ap(lanA, 4500) {
+				t.Errorf("ESP-in-UDP after the answer delivered to %v", dstAP(p))
+			}
+		})
+	}
+	t.Run("at max_esp NAT-T flows a LAN host's NAT-T takes an ordinary mapping", func(t *testing.T) {
+		l := newLab(t, Config{IPsec: IPsecConfig{MaxESP: 2}, Ports: PortRange{First: 20000, Last: 30000}})
+		for i := range 2 {
+			if p := l.mustOut(nattKeepalivePkt(ap(lanA, 4500), ap(remote1, uint16(4500+i))), VerdictToWAN); p.SrcPort != 4500 {
+				t.Fatalf("flow %d left from %d", i, p.SrcPort)
+			}
+		}
+		p := l.mustOut(nattKeepalivePkt(ap(lanB, 4500), ap(remote2, 4500)), VerdictToWAN)
+		if p.SrcPort < 20000 || p.SrcPort > 30000 {
+			t.Errorf("left from %d, want a port of the range", p.SrcPort)
+		}
+		if len(l.e.ike.natt) != 2 {
+			t.Errorf("%d NAT-T flows, max_esp 2", len(l.e.ike.natt))
+		}
+	})
+}
