@@ -34,34 +34,50 @@ import (
 // and offered to the next LAN host that sends a new outbound SPI to R.
 //
 // Anyone on the WAN can send ESP from R's address with an SPI of its
-// choosing, so binding an unknown inbound SPI is tentative:
+// choosing, so binding an unknown inbound SPI is tentative. An unknown SPI
+// from R goes, in this order, to: the host whose new outbound SPI to R
+// waits (its claim on R); the host whose claim on R was answered within
+// esp_wait, unless another host's IKE exchange with R is newer; the host
+// IKE or ESP knowledge names (above). It is delivered to that host and
+// becomes a candidate of it, not yet its binding:
 //
-//   - The packet goes to the host the rule above names, and the SPI becomes
-//     a candidate of that host, not yet its binding. A later unknown SPI
-//     from R does not replace it: it becomes another candidate (at most
-//     espMaxCandidates per host and remote, the oldest giving way), for the
-//     host the rule names at its own arrival. A host's IPsec stack drops
-//     packets of an SA it does not know, so a forged candidate costs the
-//     host nothing.
+//   - A later unknown SPI from R does not replace it: it becomes another
+//     candidate, of the host the same order names at its own arrival (at
+//     most espMaxCandidates per host and remote, the oldest giving way; the
+//     SPI of an evicted candidate is decided afresh at its next packet). A
+//     host's IPsec stack drops packets of an SA it does not know, so a
+//     forged candidate costs the host nothing.
 //   - A candidate is confirmed by a later inbound packet on it with a higher
 //     sequence number: a new SA's sequence numbers start at 1 and grow by
 //     one per packet (RFC 4303 section 2.2). The first candidate confirmed
 //     wins: it answers the host's waiting entry (or becomes an inbound-only
-//     pair the host's next new outbound SPI completes). Candidates idle out
-//     after esp_timeout like pairs: a quiet SA's second packet may come
-//     minutes after its first, and must still find its host.
-//   - While the waiting entry has no confirmed answer, its claim on R
-//     stands: other hosts stay held back and every unknown SPI from R is a
-//     candidate of the waiting host. So one forged packet can neither take
-//     the host's claim (its real SPI still arrives as a candidate of the
-//     host) nor free R for another host.
-//   - Two forged packets (increasing sequence numbers) can confirm a forged
-//     SPI. So the claim lingers after its answer: for esp_wait, an unknown
-//     SPI from R still goes to that host, unless another host has a newer
-//     claim on R or a newer IKE exchange with it. The host's real SPI
-//     arriving after a confirmed forgery is then its candidate too, and is
-//     confirmed in turn by its own traffic. What remains is the HOWTO's own
-//     ambiguity: another host negotiating with R at that very moment.
+//     pair the host's next new outbound SPI completes); the host's other
+//     candidates stay its candidates. Candidates idle out after esp_timeout
+//     like pairs: a quiet SA's second packet may come minutes after its
+//     first, and must still find its host.
+//   - While the waiting entry has no confirmed answer its claim on R stands:
+//     other hosts' new SPIs to R stay held back, and every unknown SPI from
+//     R is a candidate of the waiting host.
+//   - SPIs kept while nobody could own them become candidates of the next
+//     host that sends a new outbound SPI to R; one confirmed while it was
+//     kept answers that host at once.
+//
+// Hence one forged packet can never bind a host's SA to another host: each
+// unknown SPI is attributed by the order above, and a forged packet changes
+// none of its inputs — it confirms nothing, ends no claim, is no ESP pair of
+// a host with R and no IKE contact (remote-started IKE sessions do not count
+// until the host answers, see ike.go). Two forged packets with increasing
+// sequence numbers can confirm a forged SPI and so answer the waiting
+// entry; that is why an answered claim lingers for esp_wait: the host's
+// real SPI arriving after the forgery is still its candidate and is
+// confirmed by its own traffic. What remains is the HOWTO's own ambiguity:
+// another host starting a new SA with R in that very moment (its newer
+// claim or IKE exchange takes the unknown SPIs from then on).
+//
+// Rekeys keep working: a CHILD_SA rekey started by either side, with either
+// side sending on the new SAs first, binds through the waiting entry or the
+// IKE knowledge (the host that rekeyed had the latest IKE exchange), and an
+// IKE SA rekey's new IKE SA is confirmed by the host's answer.
 //
 // Limits: one LAN host holds at most limits.max_esp_per_host pairs (waiting,
 // inbound-only or established), all hosts together ipsec.max_esp. At the

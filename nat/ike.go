@@ -27,9 +27,29 @@ import (
 // peers accept a port that is not 4500 — so two hosts never share one
 // (WAN port, remote) pair and ESP-in-UDP never needs SPI demultiplexing.
 //
+// A message with SPIs the NAT has not seen, from a remote (a new IKE SA it
+// starts, e.g. an IKE SA rekey), goes to the LAN host that exchanged IKE
+// with that remote most recently. Anyone can forge such a message from the
+// remote's address, so the session it creates is unconfirmed until the LAN
+// host sends a message on it:
+//   - it lives limits.remote_ike_timeout (30 s), not ike_timeout;
+//   - a (host, remote) holds at most limits.max_remote_ike (4) of them, the
+//     oldest giving way to a newer one (the remote retransmits; the host's
+//     answer to an evicted one simply starts a confirmed session);
+//   - it is evicted first when the host holds limits.max_ike_per_host
+//     sessions or the table holds max_esp, and when a LAN host's own
+//     message uses its SPIs, so it never stands in the way of a LAN host's
+//     own exchange;
+//   - it does not count as the host's IKE contact with the remote, and on
+//     UDP 4500 it opens no NAT-T flow (the host's answer does).
+// Every session is charged to its host's IKE quota until it expires or is
+// evicted. The NAT-T flows are bounded by max_esp; at the bound a LAN host
+// takes an ordinary mapping.
+//
 // The IKE tracker also remembers which LAN hosts talk IKE with which
-// remote, and when they last did: the ESP handler uses it to bind an
-// unknown inbound SPI to the one host that can own it.
+// remote, and when they last did, indexed by remote: the ESP handler asks
+// it for every unknown inbound SPI, to bind the SPI to the one host that
+// can own it.
 
 // IKE and NAT-T ports.
 const (
