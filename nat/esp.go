@@ -82,9 +82,12 @@ import (
 // Limits: one LAN host holds at most limits.max_esp_per_host pairs (waiting,
 // inbound-only or established), all hosts together ipsec.max_esp. At the
 // global bound the oldest waiting entry (an unanswered new SPI, whose host
-// retransmits) is evicted; pairs that carry traffic are never evicted for
-// another host. Candidates are bounded per (host, remote), pending SPIs per
-// remote and in remotes, squelches by max_esp.
+// retransmits) is evicted, then an inbound-only pair; established pairs are
+// never evicted for another host. Inbound-only pairs are what two forged
+// packets can create, so there are at most espMaxInboundOnly per (host,
+// remote), the oldest giving way, and they give way first when their host
+// reaches its share. Candidates are bounded per (host, remote), pending SPIs
+// per remote and in remotes, squelches by max_esp.
 //
 // Lookups per packet are by index: inbound SPI, (remote, outbound SPI) for
 // ICMP errors, the hosts with pairs to a remote, and the IKE contacts of a
@@ -161,19 +164,22 @@ type recentClaim struct {
 // espMaxPending bounds the remembered unowned inbound SPIs per remote;
 // espMaxCandidates the candidate SPIs per (host, remote).
 const (
-	espMaxPending    = 8
-	espMaxCandidates = 8
+	espMaxPending     = 8
+	espMaxCandidates  = 8
+	espMaxInboundOnly = 2 // per (host, remote): a rekey's, and one more
 )
 
 type espHandler struct {
-	e           *Engine
-	out         map[espOutKey]*espPair
-	outBySPI    map[espInKey]*espPair // by (remote, outbound SPI), for ICMP errors
-	in          map[espInKey]*espPair
-	bySPI       map[uint32]*espPair     // inbound SPIs of every remote, for spoof checks
-	waiting     map[[4]byte]*espPair    // remote → the one entry holding it
-	recent      map[[4]byte]recentClaim // remote → its lingering answered claim
-	inOnly      map[hostRemote]*espPair // inbound-only pairs awaiting the host's outbound SPI
+	e        *Engine
+	out      map[espOutKey]*espPair
+	outBySPI map[espInKey]*espPair // by (remote, outbound SPI), for ICMP errors
+	in       map[espInKey]*espPair
+	bySPI    map[uint32]*espPair     // inbound SPIs of every remote, for spoof checks
+	waiting  map[[4]byte]*espPair    // remote → the one entry holding it
+	recent   map[[4]byte]recentClaim // remote → its lingering answered claim
+	// inOnly holds the inbound-only pairs awaiting the host's outbound
+	// SPI, by host and remote, oldest first (at most espMaxInboundOnly).
+	inOnly      map[[4]byte]map[[4]byte][]*espPair
 	cands       map[hostRemote][]*espPair
 	remoteHosts map[[4]byte]map[[4]byte]int // remote → host → its pairs with the remote
 	pairs       map[*espPair]struct{}       // every pair and candidate
@@ -194,7 +200,7 @@ func newESPHandler(e *Engine) *espHandler {
 		bySPI:       make(map[uint32]*espPair),
 		waiting:     make(map[[4]byte]*espPair),
 		recent:      make(map[[4]byte]recentClaim),
-		inOnly:      make(map[hostRemote]*espPair),
+		inOnly:      make(map[[4]byte]map[[4]byte][]*espPair),
 		cands:       make(map[hostRemote][]*espPair),
 		remoteHosts: make(map[[4]byte]map[[4]byte]int),
 		pairs:       make(map[*espPair]struct{}),
@@ -274,8 +280,8 @@ func (h *espHandler) newOutbound(p *Packet, k espOutKey, now int64) Result {
 	hr := hostRemote{k.host, k.remote}
 	// The remote rekeyed first and its new inbound SPI is already bound
 	// (confirmed) to this host: this is the other half.
-	if pr := h.inOnly[hr]; pr != nil {
-		delete(h.inOnly, hr)
+	if pr := h.newestInOnly(hr); pr != nil {
+		h.dropInOnly(pr)
 		pr.outSPI, pr.state, pr.lastSeen = k.spi, espEstablished, now
 		h.link(pr)
 		h.logBind(pr, "host's new outbound SPI completes the pair the remote started")
@@ -325,12 +331,22 @@ func (h *espHandler) newOutbound(p *Packet, k espOutKey, now int64) Result {
 	return h.send(p)
 }
 
-// admit takes a slot for a new pair of host: at max_esp the oldest waiting
-// entry gives way, at max_esp_per_host the host's new pair is refused.
+// admit takes a slot for a new pair of host. At max_esp_per_host the
+// host's own oldest inbound-only pair gives way (two forged packets can
+// confirm one), else the new pair is refused; at max_esp the oldest waiting
+// entry gives way, else any inbound-only pair, else the new pair is
+// refused. Pairs that carry traffic both ways are never evicted.
 func (h *espHandler) admit(host [4]byte, now int64) DropReason {
 	e := h.e
+	if e.hostFull(host, quotaESP) {
+		for _, list := range h.inOnly[host] {
+			h.evict(list[0], "the host holds max_esp_per_host pairs")
+			e.Limits.evict(LimitESPPerHost)
+			break
+		}
+	}
 	if h.npairs >= h.cfg().MaxESP {
-		if !h.evictWaiting() {
+		if !h.evictWaiting() && !h.evictAnyInOnly() {
 			e.Limits.refuse(LimitESP)
 			return DropTableFull
 		}
@@ -343,6 +359,66 @@ func (h *espHandler) admit(host [4]byte, now int64) DropReason {
 	return DropNone
 }
 
+func (h *espHandler) evict(pr *espPair, why string) {
+	h.unlink(pr)
+	h.logBind(pr, "evicted: "+why)
+}
+
+// evictAnyInOnly removes some host's oldest inbound-only pair, if any.
+func (h *espHandler) evictAnyInOnly() bool {
+	for _, byRemote := range h.inOnly {
+		for _, list := range byRemote {
+			h.evict(list[0], "max_esp reached and the host never sent on it")
+			return true
+		}
+	}
+	return false
+}
+
+// newestInOnly is the latest inbound-only pair of (host, remote), which the
+// host's next new outbound SPI completes.
+func (h *espHandler) newestInOnly(hr hostRemote) *espPair {
+	list := h.inOnly[hr.host][hr.remote]
+	if len(list) == 0 {
+		return nil
+	}
+	return list[len(list)-1]
+}
+
+// addInOnly lists a new inbound-only pair; beyond espMaxInboundOnly per
+// (host, remote) the oldest gives way.
+func (h *espHandler) addInOnly(pr *espPair) {
+	byRemote := h.inOnly[pr.host]
+	if byRemote == nil {
+		byRemote = make(map[[4]byte][]*espPair, 1)
+		h.inOnly[pr.host] = byRemote
+	}
+	if list := byRemote[pr.remote]; len(list) >= espMaxInboundOnly {
+		h.evict(list[0], "a newer inbound-only pair from the remote")
+	}
+	byRemote[pr.remote] = append(byRemote[pr.remote], pr)
+}
+
+// dropInOnly takes pr off the inbound-only lists.
+func (h *espHandler) dropInOnly(pr *espPair) {
+	byRemote := h.inOnly[pr.host]
+	list := byRemote[pr.remote]
+	for i, o := range list {
+		if o == pr {
+			list = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(byRemote, pr.remote)
+		if len(byRemote) == 0 {
+			delete(h.inOnly, pr.host)
+		}
+	} else {
+		byRemote[pr.remote] = list
+	}
+}
+
 // evictWaiting removes the oldest waiting entry, if any.
 func (h *espHandler) evictWaiting() bool {
 	for len(h.waitQ) > 0 {
@@ -350,8 +426,7 @@ func (h *espHandler) evictWaiting() bool {
 		h.waitQ[0] = nil
 		h.waitQ = h.waitQ[1:]
 		if pr.linked && pr.state == espWaiting {
-			h.unlink(pr)
-			h.logBind(pr, "evicted: max_esp reached and its new SPI was not answered")
+			h.evict(pr, "max_esp reached and its new SPI was not answered")
 			return true
 		}
 	}
@@ -487,7 +562,7 @@ func (h *espHandler) confirm(c *espPair, now int64, why string) {
 	}
 	c.state, c.claim, c.charged, c.lastSeen = espInboundOnly, nil, true, now
 	h.link(c)
-	h.inOnly[hostRemote{c.host, c.remote}] = c
+	h.addInOnly(c)
 	h.logBind(c, "remote's new inbound SPI confirmed by a later packet: waits for the host's new outbound SPI")
 }
 
@@ -586,8 +661,8 @@ func (h *espHandler) unlink(pr *espPair) {
 		delete(h.waiting, pr.remote)
 	}
 	hr := hostRemote{pr.host, pr.remote}
-	if h.inOnly[hr] == pr {
-		delete(h.inOnly, hr)
+	if pr.state == espInboundOnly {
+		h.dropInOnly(pr)
 	}
 	if pr.state == espTentative {
 		list := h.cands[hr]

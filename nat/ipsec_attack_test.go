@@ -443,3 +443,42 @@ func TestForgedNATTIKEOpensNoFlows(t *testing.T) {
 		}
 	})
 }
+
+func TestForgedConfirmedSPIsCannotFillTheTable(t *testing.T) {
+	// Two forged packets with increasing sequence numbers confirm a forged
+	// SPI for the host IKE names (an inbound-only pair): a forger sending
+	// pairs of packets must still not fill the host's share or the table.
+	for _, forged := range []int{0, 50} {
+		t.Run(fmt.Sprintf("%d forged SPIs confirmed by two packets each leave the host its own share and others room", forged), func(t *testing.T) {
+			l := newLab(t, Config{IPsec: IPsecConfig{MaxESP: 5}, Limits: Limits{MaxESPPerHost: 4}})
+			l.ikeExchange(lanA, remote1, 0xa0a0)
+			l.espPairSPIs(lanA, remote1, 0xa1, 0x1a)
+			l.advance(5 * time.Minute)
+			for i := range forged {
+				l.espForged(remote1, 0x0bad0000+uint32(i), 1, lanA)
+				l.espForged(remote1, 0x0bad0000+uint32(i), 2, lanA)
+			}
+			inOnly := 0
+			for _, pr := range l.e.ESPPairs() {
+				if pr.State == "inbound-only" {
+					inOnly++
+				}
+			}
+			if inOnly > 2 { // espMaxInboundOnly
+				t.Errorf("%d inbound-only pairs, want at most 2", inOnly)
+			}
+			// lanA's own new SAs to other gateways, and other hosts'.
+			l.espPairSPIs(lanA, remote2, 0xa2, 0x2a)
+			l.espPairSPIs(lanA, router, 0xa3, 0x3a)
+			l.espPairSPIs(lanB, remote2, 0xb2, 0x2b)
+			l.espPairSPIs(lanC, remote2, 0xc2, 0x2c)
+			for _, pr := range []struct {
+				host, remote netip.Addr
+				out, in      uint32
+			}{{lanA, remote1, 0xa1, 0x1a}, {lanA, remote2, 0xa2, 0x2a}, {lanB, remote2, 0xb2, 0x2b}, {lanC, remote2, 0xc2, 0x2c}} {
+				l.espOut(pr.host, pr.remote, pr.out)
+				l.espIn(pr.remote, pr.in, pr.host)
+			}
+		})
+	}
+}

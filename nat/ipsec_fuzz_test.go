@@ -404,6 +404,18 @@ func (fz *ipsecFuzz) checkState() {
 	if charged != e.esp.npairs || charged > e.cfg.IPsec.MaxESP {
 		t.Fatalf("%d charged pairs, npairs %d, max_esp %d", charged, e.esp.npairs, e.cfg.IPsec.MaxESP)
 	}
+	for _, byRemote := range e.esp.inOnly {
+		for _, list := range byRemote {
+			if len(list) == 0 || len(list) > espMaxInboundOnly {
+				t.Fatalf("%d inbound-only pairs for one (host, remote)", len(list))
+			}
+			for _, pr := range list {
+				if !pr.linked || pr.state != espInboundOnly {
+					t.Fatalf("listed inbound-only pair %+v", *pr)
+				}
+			}
+		}
+	}
 	for hr, list := range e.esp.cands {
 		if len(list) == 0 || len(list) > espMaxCandidates {
 			t.Fatalf("%d candidates for %v", len(list), hr)
