@@ -482,3 +482,97 @@ func TestForgedConfirmedSPIsCannotFillTheTable(t *testing.T) {
 		})
 	}
 }
+
+// genuineSA is one SA pair of a random script: the host's outbound SPI, the
+// remote's inbound SPI and the remote's next sequence number.
+type genuineSA struct {
+	host, remote netip.Addr
+	out, in      uint32
+	seq          uint32
+}
+
+// runESPScript plays a random sequence of genuine IKE and ESP events, and
+// one forged ESP packet at step forgeAt (none when forgeAt < 0), and
+// returns the fate of every genuine packet.
+func runESPScript(t *testing.T, seed uint64, forgeAt int) []string {
+	rng := seed
+	next := func(n int) int {
+		rng ^= rng << 13
+		rng ^= rng >> 7
+		rng ^= rng << 17
+		return int(rng % uint64(n))
+	}
+	hosts := []netip.Addr{lanA, lanB, lanC}
+	remotes := []netip.Addr{remote1, remote2}
+	l := newLab(t, Config{})
+	var sas []*genuineSA
+	var fates []string
+	fate := func(r Result, p *Packet) string {
+		if r.Verdict == VerdictDrop {
+			return "drop " + r.Reason.String()
+		}
+		return verdictName(r.Verdict) + " " + p.DstAddr().String()
+	}
+	for step := range 60 {
+		if step == forgeAt { // its own randomness: the script stays the same
+			remote := remotes[seed>>7%2]
+			l.in(espPkt(remote, wanAddr, 0xf0000000|uint32(seed>>9&0xfffff), uint32(1+seed>>31%3)))
+		}
+		switch next(8) {
+		case 0: // an IKE exchange (a negotiation, a rekey or dead peer detection)
+			h, r := hosts[next(3)], remotes[next(2)]
+			l.ikeExchange(h, r, uint64(h.As4()[3])<<8|uint64(r.As4()[3]))
+		case 1: // a new SA, then the host sends on one of its SAs
+			sa := &genuineSA{host: hosts[next(3)], remote: remotes[next(2)], out: 0xa0000000 | uint32(len(sas)), in: 0xb0000000 | uint32(len(sas)), seq: 1}
+			sas = append(sas, sa)
+			fallthrough
+		case 2, 3: // the host sends on one of its SAs
+			if len(sas) == 0 {
+				continue
+			}
+			sa := sas[next(len(sas))]
+			r, p := l.out(espPkt(sa.host, sa.remote, sa.out, 1))
+			fates = append(fates, fmt.Sprintf("step %d out %#x: %s", step, sa.out, fate(r, p)))
+		case 4, 5, 6: // the remote sends on one of the SAs
+			if len(sas) == 0 {
+				continue
+			}
+			sa := sas[next(len(sas))]
+			r, p := l.in(espPkt(sa.remote, wanAddr, sa.in, sa.seq))
+			sa.seq++
+			fates = append(fates, fmt.Sprintf("step %d in %#x: %s", step, sa.in, fate(r, p)))
+		default:
+			l.advance(time.Duration(1+next(150)) * time.Second)
+		}
+	}
+	return fates
+}
+
+func TestOneForgedESPPacketChangesNoGenuinePacketsFate(t *testing.T) {
+	// The invariant of esp.go, checked over random genuine exchanges of
+	// three hosts with two gateways: the same exchange with one forged ESP
+	// packet (unknown SPI, any sequence number, from either gateway)
+	// inserted anywhere delivers or drops every genuine packet exactly as
+	// without it.
+	changed := 0
+	for seed := uint64(1); seed <= 400; seed++ {
+		want := runESPScript(t, seed*0x9e3779b97f4a7c15, -1)
+		forgeAt := int(seed % 60)
+		got := runESPScript(t, seed*0x9e3779b97f4a7c15, forgeAt)
+		if len(got) != len(want) {
+			t.Fatalf("seed %d: %d genuine packets with the forgery, %d without", seed, len(got), len(want))
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				changed++
+				if changed <= 5 {
+					t.Errorf("seed %d, forged at step %d: %s without the forgery, %s with it", seed, forgeAt, want[i], got[i])
+				}
+				break
+			}
+		}
+	}
+	if changed > 0 {
+		t.Errorf("one forged packet changed genuine packets' fate in %d of 400 exchanges", changed)
+	}
+}
