@@ -27,7 +27,8 @@ import (
 // only one LAN host can own it: the one host with a live IKE session to R
 // (or, among several, the one that exchanged IKE with R most recently,
 // within esp_wait, which is who just negotiated new SAs), or the one host
-// with ESP to R. That binds the new inbound SPI of a rekey even when the
+// with ESP to R (pairs with the host's own outbound SPI: an inbound-only
+// pair proves nothing, see below). That binds the new inbound SPI of a rekey even when the
 // remote sends on it before the LAN host sends on its new outbound SPI; the
 // host's next unseen outbound SPI to R completes that pair instead of
 // waiting. An inbound SPI nobody can own yet is remembered (not delivered)
@@ -51,7 +52,8 @@ import (
 //     sequence number: a new SA's sequence numbers start at 1 and grow by
 //     one per packet (RFC 4303 section 2.2). The first candidate confirmed
 //     wins: it answers the host's waiting entry (or becomes an inbound-only
-//     pair the host's next new outbound SPI completes); the host's other
+//     pair the host's next new outbound SPI completes, which then counts as
+//     an answered claim, see below); the host's other
 //     candidates stay its candidates. Candidates idle out after esp_timeout
 //     like pairs: a quiet SA's second packet may come minutes after its
 //     first, and must still find its host.
@@ -181,7 +183,7 @@ type espHandler struct {
 	// SPI, by host and remote, oldest first (at most espMaxInboundOnly).
 	inOnly      map[[4]byte]map[[4]byte][]*espPair
 	cands       map[hostRemote][]*espPair
-	remoteHosts map[[4]byte]map[[4]byte]int // remote → host → its pairs with the remote
+	remoteHosts map[[4]byte]map[[4]byte]int // remote → host → its pairs with the remote that have its outbound SPI
 	pairs       map[*espPair]struct{}       // every pair and candidate
 	npairs      int                         // pairs charged against max_esp
 	waitQ       []*espPair                  // waiting entries, oldest first (evicted first)
@@ -284,6 +286,9 @@ func (h *espHandler) newOutbound(p *Packet, k espOutKey, now int64) Result {
 		h.dropInOnly(pr)
 		pr.outSPI, pr.state, pr.lastSeen = k.spi, espEstablished, now
 		h.link(pr)
+		// Its inbound SPI may be a forgery two packets confirmed: the new
+		// SPI's real answer may still come, so the host's claim lingers.
+		h.recent[k.remote] = recentClaim{host: k.host, at: now, until: now + dur(h.cfg().ESPWait)}
 		h.logBind(pr, "host's new outbound SPI completes the pair the remote started")
 		return h.send(p)
 	}
@@ -623,7 +628,7 @@ func (h *espHandler) link(pr *espPair) {
 		h.out[espOutKey{pr.host, pr.remote, pr.outSPI}] = pr
 		h.outBySPI[espInKey{pr.remote, pr.outSPI}] = pr
 	}
-	if pr.state != espTentative && !pr.counted {
+	if pr.outSPI != 0 && !pr.counted {
 		pr.counted = true
 		m := h.remoteHosts[pr.remote]
 		if m == nil {

@@ -500,13 +500,19 @@ func TestESPRekeyRemoteFirst(t *testing.T) {
 			t.Errorf("pairs left: %+v, inbound-only index %d", prs, len(l.e.esp.inOnly))
 		}
 	})
-	t.Run("a host with only an inbound-only pair is the one host with ESP to the remote", func(t *testing.T) {
+	t.Run("an inbound-only pair alone does not make its host the one host with ESP to the remote; its new outbound SPI does", func(t *testing.T) {
+		// Two forged packets can make an inbound-only pair, so only pairs
+		// with the host's own outbound SPI count as its ESP to the remote.
 		l := newLab(t, Config{IPsec: IPsecConfig{IKETimeout: time.Minute}})
 		l.ikeExchange(lanA, remote1, 0x1111)
 		l.espIn(remote1, 0x1a, lanA)
 		l.espIn(remote1, 0x1a, lanA)
 		l.advance(2 * time.Minute) // IKE knowledge gone, the pair is not
+		l.espDrop(espPkt(remote1, wanAddr, 0x2a, 1), false, DropESPUnbound)
+		l.espOut(lanA, remote1, 0xa1) // completes the inbound-only pair
 		l.espIn(remote1, 0x2a, lanA)
+		l.advance(3 * time.Minute)   // lanA's answered claim no longer lingers
+		l.espIn(remote1, 0x3a, lanA) // lanA is the one host with ESP to it
 	})
 	t.Run("unowned inbound SPIs are remembered for at most max_esp remotes", func(t *testing.T) {
 		l := newLab(t, Config{IPsec: IPsecConfig{MaxESP: 16}})
