@@ -298,7 +298,7 @@ func (h *espHandler) newOutbound(p *Packet, k espOutKey, now int64) Result {
 			Msg("esp held back: another host's new SPI to this remote awaits its reply")
 		return drop(DropESPHeldBack)
 	}
-	if why := h.admit(k.host, now); why != DropNone {
+	if why := h.admit(k.host); why != DropNone {
 		return Result{Verdict: VerdictDrop, Reason: why, Unreachable: true}
 	}
 	if w := h.waiting[k.remote]; w != nil {
@@ -341,7 +341,7 @@ func (h *espHandler) newOutbound(p *Packet, k espOutKey, now int64) Result {
 // confirm one), else the new pair is refused; at max_esp the oldest waiting
 // entry gives way, else any inbound-only pair, else the new pair is
 // refused. Pairs that carry traffic both ways are never evicted.
-func (h *espHandler) admit(host [4]byte, now int64) DropReason {
+func (h *espHandler) admit(host [4]byte) DropReason {
 	e := h.e
 	if e.hostFull(host, quotaESP) {
 		for _, list := range h.inOnly[host] {
@@ -561,7 +561,7 @@ func (h *espHandler) confirm(c *espPair, now int64, why string) {
 		h.logBind(w, why)
 		return
 	}
-	if h.admit(c.host, now) != DropNone {
+	if h.admit(c.host) != DropNone {
 		h.logBind(c, "candidate confirmed but the host has no room for another pair: dropped")
 		return
 	}

@@ -132,7 +132,7 @@ type ikeSession struct {
 	// max_remote_ike and are evicted first.
 	unconfirmed bool
 	charged     bool // holds one unit of the host's quotaIKE
-	removed     bool
+	removed     bool // taken out of the table (remove ran)
 }
 
 // hostRemote is a (LAN host, remote) pair.
@@ -245,17 +245,17 @@ func (t *ikeTracker) contact(host, remote [4]byte, now int64) {
 // first: the (host, remote)'s oldest when a remote starts more than
 // max_remote_ike, then the host's own when it holds max_ike_per_host, then
 // anyone's when the table holds max_esp.
-func (t *ikeTracker) admit(host, remote [4]byte, remoteStarted bool, now int64) DropReason {
+func (t *ikeTracker) admit(host, remote [4]byte, remoteStarted bool) DropReason {
 	e := t.e
 	if remoteStarted {
 		if list := t.unconf[host][remote]; len(list) >= e.cfg.Limits.MaxRemoteIKE {
-			t.evict(list[0], now, "a newer IKE SA the remote started")
+			t.evict(list[0], "a newer IKE SA the remote started")
 			e.Limits.evict(LimitRemoteIKE)
 		}
 	}
 	if e.hostFull(host, quotaIKE) {
 		for _, list := range t.unconf[host] {
-			t.evict(list[0], now, "the host holds max_ike_per_host sessions")
+			t.evict(list[0], "the host holds max_ike_per_host sessions")
 			e.Limits.evict(LimitIKEPerHost)
 			break
 		}
@@ -264,7 +264,7 @@ func (t *ikeTracker) admit(host, remote [4]byte, remoteStarted bool, now int64) 
 		evicted := false
 		for _, byRemote := range t.unconf {
 			for _, list := range byRemote {
-				t.evict(list[0], now, "the IKE table is full")
+				t.evict(list[0], "the IKE table is full")
 				e.Limits.evict(LimitIKE)
 				evicted = true
 				break
@@ -282,7 +282,7 @@ func (t *ikeTracker) admit(host, remote [4]byte, remoteStarted bool, now int64) 
 	return DropNone
 }
 
-func (t *ikeTracker) evict(s *ikeSession, now int64, why string) {
+func (t *ikeTracker) evict(s *ikeSession, why string) {
 	t.e.log.Debug().Stringer("host", s.host.AddrPort()).Stringer("remote", endpoint{s.remote, 0}.AddrPort().Addr()).
 		Hex("ispi", u64(s.ispi)).Bool("unconfirmed", s.unconfirmed).Str("why", why).Msg("ike session evicted")
 	t.remove(s)
@@ -294,7 +294,7 @@ func (t *ikeTracker) newSession(host endpoint, remote [4]byte, h ikeHeader, now 
 	if old := t.byI[ikeKey{remote, h.ispi}]; old != nil {
 		t.remove(old) // timed out, not swept yet
 	}
-	if why := t.admit(host.addr, remote, remoteStarted, now); why != DropNone {
+	if why := t.admit(host.addr, remote, remoteStarted); why != DropNone {
 		return nil, why
 	}
 	s := &ikeSession{host: host, remote: remote, ispi: h.ispi, created: now, lastSeen: now, unconfirmed: remoteStarted, charged: true}
@@ -315,7 +315,7 @@ func (t *ikeTracker) newSession(host endpoint, remote [4]byte, h ikeHeader, now 
 }
 
 // confirm marks a remote-started session as answered by its LAN host.
-func (t *ikeTracker) confirm(s *ikeSession, now int64) {
+func (t *ikeTracker) confirm(s *ikeSession) {
 	t.dropUnconf(s)
 	s.unconfirmed = false
 	t.e.log.Debug().Stringer("host", s.host.AddrPort()).Stringer("remote", endpoint{s.remote, 0}.AddrPort().Addr()).
@@ -382,7 +382,7 @@ func (t *ikeTracker) outbound(p *Packet, h ikeHeader, now int64) DropReason {
 	if s != nil && s.host.addr != p.Src && s.unconfirmed {
 		// A session a remote started towards another host never stands
 		// in the way of a LAN host's own exchange.
-		t.evict(s, now, "a LAN host's own message on its SPIs")
+		t.evict(s, "a LAN host's own message on its SPIs")
 		s = nil
 	}
 	switch {
@@ -404,7 +404,7 @@ func (t *ikeTracker) outbound(p *Packet, h ikeHeader, now int64) DropReason {
 		return DropIKECollision
 	default:
 		if s.unconfirmed {
-			t.confirm(s, now)
+			t.confirm(s)
 		}
 		s.host.port = p.SrcPort // NAT-T floats from 500 to 4500
 		s.remotePort = p.DstPort
