@@ -15,23 +15,85 @@ import (
 // associated with a LAN host by watching which host is waiting for one.
 //
 // As in the VPN Masquerade HOWTO: an outbound packet with an unseen SPI from
-// host L to remote R creates an entry waiting for its inbound SPI, and the
-// first inbound packet from R with an unknown SPI binds to it. While one
-// entry to R waits, new outbound SPIs from other hosts to R are held back
-// (dropped; the hosts retransmit), so the binding stays unambiguous. The
-// waiting entry holds the remote for esp_wait (2 min); the waiting host's
-// retransmissions re-arm it at most esp_retries (5) times, after which its
-// SPI is squelched for esp_squelch (30 s) so that others get a turn.
+// host L to remote R creates an entry waiting for its inbound SPI (L's
+// claim on R). While one entry to R waits, new outbound SPIs from other
+// hosts to R are held back (dropped; the hosts retransmit), so the binding
+// stays unambiguous. The waiting entry holds the remote for esp_wait
+// (2 min); the waiting host's retransmissions re-arm it at most esp_retries
+// (5) times, after which its SPI is squelched for esp_squelch (30 s) so that
+// others get a turn.
 //
-// Better than the HOWTO, an unknown inbound SPI is bound at once when only
-// one LAN host can own it: the one host with a live IKE session to R (or,
-// among several, the one that exchanged IKE with R most recently, which is
-// who just negotiated new SAs), or the one host with ESP to R. That binds
-// the new inbound SPI of a rekey even when the remote sends on it before the
-// LAN host sends on its new outbound SPI; the host's next unseen outbound
-// SPI to R completes that pair instead of waiting. An inbound SPI nobody can
-// own yet is remembered (not delivered) and bound to the next LAN host that
-// sends a new outbound SPI to R.
+// Better than the HOWTO, an unknown inbound SPI also finds its host when
+// only one LAN host can own it: the one host with a live IKE session to R
+// (or, among several, the one that exchanged IKE with R most recently,
+// within esp_wait, which is who just negotiated new SAs), or the one host
+// with ESP to R (pairs with the host's own outbound SPI: an inbound-only
+// pair proves nothing, see below). That binds the new inbound SPI of a rekey even when the
+// remote sends on it before the LAN host sends on its new outbound SPI; the
+// host's next unseen outbound SPI to R completes that pair instead of
+// waiting. An inbound SPI nobody can own yet is remembered (not delivered)
+// and offered to the next LAN host that sends a new outbound SPI to R.
+//
+// Anyone on the WAN can send ESP from R's address with an SPI of its
+// choosing, so binding an unknown inbound SPI is tentative. An unknown SPI
+// from R goes, in this order, to: the host whose new outbound SPI to R
+// waits (its claim on R); the host whose claim on R was answered within
+// esp_wait, unless another host's IKE exchange with R is newer; the host
+// IKE or ESP knowledge names (above). It is delivered to that host and
+// becomes a candidate of it, not yet its binding:
+//
+//   - A later unknown SPI from R does not replace it: it becomes another
+//     candidate, of the host the same order names at its own arrival (at
+//     most espMaxCandidates per host and remote, the oldest giving way; the
+//     SPI of an evicted candidate is decided afresh at its next packet). A
+//     host's IPsec stack drops packets of an SA it does not know, so a
+//     forged candidate costs the host nothing.
+//   - A candidate is confirmed by a later inbound packet on it with a higher
+//     sequence number: a new SA's sequence numbers start at 1 and grow by
+//     one per packet (RFC 4303 section 2.2). The first candidate confirmed
+//     wins: it answers the host's waiting entry (or becomes an inbound-only
+//     pair the host's next new outbound SPI completes, which then counts as
+//     an answered claim, see below); the host's other
+//     candidates stay its candidates. Candidates idle out after esp_timeout
+//     like pairs: a quiet SA's second packet may come minutes after its
+//     first, and must still find its host.
+//   - While the waiting entry has no confirmed answer its claim on R stands:
+//     other hosts' new SPIs to R stay held back, and every unknown SPI from
+//     R is a candidate of the waiting host.
+//   - SPIs kept while nobody could own them become candidates of the next
+//     host that sends a new outbound SPI to R; one confirmed while it was
+//     kept answers that host at once.
+//
+// Hence one forged packet can never bind a host's SA to another host: each
+// unknown SPI is attributed by the order above, and a forged packet changes
+// none of its inputs — it confirms nothing, ends no claim, is no ESP pair of
+// a host with R and no IKE contact (remote-started IKE sessions do not count
+// until the host answers, see ike.go). Two forged packets with increasing
+// sequence numbers can confirm a forged SPI and so answer the waiting
+// entry; that is why an answered claim lingers for esp_wait: the host's
+// real SPI arriving after the forgery is still its candidate and is
+// confirmed by its own traffic. What remains is the HOWTO's own ambiguity:
+// another host starting a new SA with R in that very moment (its newer
+// claim or IKE exchange takes the unknown SPIs from then on).
+//
+// Rekeys keep working: a CHILD_SA rekey started by either side, with either
+// side sending on the new SAs first, binds through the waiting entry or the
+// IKE knowledge (the host that rekeyed had the latest IKE exchange), and an
+// IKE SA rekey's new IKE SA is confirmed by the host's answer.
+//
+// Limits: one LAN host holds at most limits.max_esp_per_host pairs (waiting,
+// inbound-only or established), all hosts together ipsec.max_esp. At the
+// global bound the oldest waiting entry (an unanswered new SPI, whose host
+// retransmits) is evicted, then an inbound-only pair; established pairs are
+// never evicted for another host. Inbound-only pairs are what two forged
+// packets can create, so there are at most espMaxInboundOnly per (host,
+// remote), the oldest giving way, and they give way first when their host
+// reaches its share. Candidates are bounded per (host, remote), pending SPIs
+// per remote and in remotes, squelches by max_esp.
+//
+// Lookups per packet are by index: inbound SPI, (remote, outbound SPI) for
+// ICMP errors, the hosts with pairs to a remote, and the IKE contacts of a
+// remote; nothing ranges over the whole table.
 //
 // SPI 0 is reserved and dropped. An inbound packet whose SPI is bound to
 // another remote address is dropped as a spoof. Established pairs idle out
@@ -44,6 +106,7 @@ const (
 	espWaiting     espState = iota // outbound SPI seen, inbound unknown
 	espInboundOnly                 // inbound SPI bound ahead of the host's new outbound SPI
 	espEstablished
+	espTentative // a candidate inbound SPI delivered to a host, not yet confirmed
 )
 
 func (s espState) String() string {
@@ -52,6 +115,8 @@ func (s espState) String() string {
 		return "waiting"
 	case espInboundOnly:
 		return "inbound-only"
+	case espTentative:
+		return "tentative"
 	}
 	return "established"
 }
@@ -65,6 +130,11 @@ type espPair struct {
 	lastSeen      int64
 	waitDeadline  int64 // espWaiting: holds the remote until then
 	retries       int
+	firstSeq      uint32   // espTentative: sequence number of its first packet
+	claim         *espPair // espTentative: the waiting entry it may answer
+	linked        bool
+	charged       bool // holds a unit of the host's quotaESP and of max_esp
+	counted       bool // in remoteHosts
 }
 
 type espOutKey struct {
@@ -80,36 +150,64 @@ type espInKey struct {
 // pendingInbound is an inbound SPI from a remote that no LAN host could own
 // yet.
 type pendingInbound struct {
-	spi  uint32
-	seen int64
+	spi       uint32
+	seen      int64
+	firstSeq  uint32
+	confirmed bool // a later packet had a higher sequence number
 }
 
-// espMaxPending bounds the remembered unowned inbound SPIs per remote.
-const espMaxPending = 8
+// recentClaim is a claim on a remote that was answered: it lingers for
+// esp_wait (see the header comment).
+type recentClaim struct {
+	host      [4]byte
+	at, until int64
+}
+
+// espMaxPending bounds the remembered unowned inbound SPIs per remote;
+// espMaxCandidates the candidate SPIs per (host, remote).
+const (
+	espMaxPending     = 8
+	espMaxCandidates  = 8
+	espMaxInboundOnly = 2 // per (host, remote): a rekey's, and one more
+)
 
 type espHandler struct {
-	e         *Engine
-	out       map[espOutKey]*espPair
-	in        map[espInKey]*espPair
-	bySPI     map[uint32]*espPair     // inbound SPIs of every remote, for spoof checks
-	waiting   map[[4]byte]*espPair    // remote → the one entry holding it
-	inOnly    map[hostRemote]*espPair // inbound-only pairs awaiting the host's outbound SPI
-	pending   map[[4]byte][]pendingInbound
-	squelch   map[espOutKey]int64 // until when
-	forwardTo [4]byte             // an ESP port forward's host, if any
-	forward   bool
+	e        *Engine
+	out      map[espOutKey]*espPair
+	outBySPI map[espInKey]*espPair // by (remote, outbound SPI), for ICMP errors
+	in       map[espInKey]*espPair
+	bySPI    map[uint32]*espPair     // inbound SPIs of every remote, for spoof checks
+	waiting  map[[4]byte]*espPair    // remote → the one entry holding it
+	recent   map[[4]byte]recentClaim // remote → its lingering answered claim
+	// inOnly holds the inbound-only pairs awaiting the host's outbound
+	// SPI, by host and remote, oldest first (at most espMaxInboundOnly).
+	inOnly      map[[4]byte]map[[4]byte][]*espPair
+	cands       map[hostRemote][]*espPair
+	remoteHosts map[[4]byte]map[[4]byte]int // remote → host → its pairs with the remote that have its outbound SPI
+	pairs       map[*espPair]struct{}       // every pair and candidate
+	npairs      int                         // pairs charged against max_esp
+	waitQ       []*espPair                  // waiting entries, oldest first (evicted first)
+	pending     map[[4]byte][]pendingInbound
+	squelch     map[espOutKey]int64 // until when
+	forwardTo   [4]byte             // an ESP port forward's host, if any
+	forward     bool
 }
 
 func newESPHandler(e *Engine) *espHandler {
 	return &espHandler{
-		e:       e,
-		out:     make(map[espOutKey]*espPair),
-		in:      make(map[espInKey]*espPair),
-		bySPI:   make(map[uint32]*espPair),
-		waiting: make(map[[4]byte]*espPair),
-		inOnly:  make(map[hostRemote]*espPair),
-		pending: make(map[[4]byte][]pendingInbound),
-		squelch: make(map[espOutKey]int64),
+		e:           e,
+		out:         make(map[espOutKey]*espPair),
+		outBySPI:    make(map[espInKey]*espPair),
+		in:          make(map[espInKey]*espPair),
+		bySPI:       make(map[uint32]*espPair),
+		waiting:     make(map[[4]byte]*espPair),
+		recent:      make(map[[4]byte]recentClaim),
+		inOnly:      make(map[[4]byte]map[[4]byte][]*espPair),
+		cands:       make(map[hostRemote][]*espPair),
+		remoteHosts: make(map[[4]byte]map[[4]byte]int),
+		pairs:       make(map[*espPair]struct{}),
+		pending:     make(map[[4]byte][]pendingInbound),
+		squelch:     make(map[espOutKey]int64),
 	}
 }
 
@@ -119,6 +217,8 @@ func espSPI(p *Packet) (uint32, bool) {
 	}
 	return binary.BigEndian.Uint32(p.L4), true
 }
+
+func espSeq(p *Packet) uint32 { return binary.BigEndian.Uint32(p.L4[4:8]) }
 
 func (h *espHandler) cfg() IPsecConfig { return h.e.cfg.IPsec }
 
@@ -159,7 +259,9 @@ func (h *espHandler) Outbound(p *Packet, now int64) Result {
 			pr.retries++
 			if pr.retries > h.cfg().ESPRetries {
 				h.unlink(pr)
-				h.squelch[k] = now + dur(h.cfg().ESPSquelch)
+				if len(h.squelch) < h.cfg().MaxESP {
+					h.squelch[k] = now + dur(h.cfg().ESPSquelch)
+				}
 				h.logBind(pr, "no inbound SPI after all retries: squelched")
 				return drop(DropESPSquelched)
 			}
@@ -177,25 +279,17 @@ func (h *espHandler) Outbound(p *Packet, now int64) Result {
 
 // newOutbound handles the first packet on an unseen outbound SPI.
 func (h *espHandler) newOutbound(p *Packet, k espOutKey, now int64) Result {
-	if len(h.out) >= h.e.cfg.IPsec.MaxESP {
-		return Result{Verdict: VerdictDrop, Reason: DropTableFull, Unreachable: true}
-	}
+	hr := hostRemote{k.host, k.remote}
 	// The remote rekeyed first and its new inbound SPI is already bound
-	// to this host: this is the other half.
-	if pr := h.inOnly[hostRemote{k.host, k.remote}]; pr != nil {
-		delete(h.inOnly, hostRemote{k.host, k.remote})
+	// (confirmed) to this host: this is the other half.
+	if pr := h.newestInOnly(hr); pr != nil {
+		h.dropInOnly(pr)
 		pr.outSPI, pr.state, pr.lastSeen = k.spi, espEstablished, now
-		h.out[k] = pr
-		h.logBind(pr, "host's new outbound SPI completes the pair the remote started")
-		return h.send(p)
-	}
-	// An inbound SPI from this remote is waiting for an owner.
-	if list := h.livePending(k.remote, now); len(list) > 0 {
-		pi := list[0]
-		h.pending[k.remote] = list[1:]
-		pr := &espPair{host: k.host, remote: k.remote, outSPI: k.spi, inSPI: pi.spi, state: espEstablished, created: now, lastSeen: now}
 		h.link(pr)
-		h.logBind(pr, "new outbound SPI takes the remote's unowned inbound SPI")
+		// Its inbound SPI may be a forgery two packets confirmed: the new
+		// SPI's real answer may still come, so the host's claim lingers.
+		h.recent[k.remote] = recentClaim{host: k.host, at: now, until: now + dur(h.cfg().ESPWait)}
+		h.logBind(pr, "host's new outbound SPI completes the pair the remote started")
 		return h.send(p)
 	}
 	if w := h.waiting[k.remote]; w != nil && w.host != k.host && now <= w.waitDeadline {
@@ -204,17 +298,144 @@ func (h *espHandler) newOutbound(p *Packet, k espOutKey, now int64) Result {
 			Msg("esp held back: another host's new SPI to this remote awaits its reply")
 		return drop(DropESPHeldBack)
 	}
+	if why := h.admit(k.host); why != DropNone {
+		return Result{Verdict: VerdictDrop, Reason: why, Unreachable: true}
+	}
 	if w := h.waiting[k.remote]; w != nil {
 		// Its wait ran out (or it is this host's own older SPI): the
 		// remote is free for a new waiting entry.
 		delete(h.waiting, k.remote)
 	}
 	pr := &espPair{host: k.host, remote: k.remote, outSPI: k.spi, state: espWaiting, created: now, lastSeen: now,
-		waitDeadline: now + dur(h.cfg().ESPWait)}
-	h.out[k] = pr
+		waitDeadline: now + dur(h.cfg().ESPWait), charged: true}
+	h.link(pr)
 	h.waiting[k.remote] = pr
+	h.waitQ = append(h.waitQ, pr)
+	delete(h.recent, k.remote) // a newer claim
 	h.logBind(pr, "new outbound SPI waits for the remote's inbound SPI")
+	// The host's own candidates from this remote may answer it.
+	for _, c := range h.cands[hr] {
+		if c.claim == nil || !c.claim.linked || c.claim.state != espWaiting {
+			c.claim = pr
+		}
+	}
+	// So may the inbound SPIs from this remote that nobody could own: they
+	// become this host's candidates, and one already confirmed while it
+	// waited answers at once.
+	for _, pi := range h.livePending(k.remote, now) {
+		if h.bySPI[pi.spi] != nil {
+			continue
+		}
+		c := h.addCandidate(k.host, k.remote, pi.spi, pi.firstSeq, pr, now,
+			"the remote's unowned inbound SPI is a candidate for the host's new outbound SPI")
+		if pi.confirmed && pr.state == espWaiting {
+			h.confirm(c, now, "new outbound SPI takes the remote's unowned inbound SPI")
+		}
+	}
+	delete(h.pending, k.remote)
 	return h.send(p)
+}
+
+// admit takes a slot for a new pair of host. At max_esp_per_host the
+// host's own oldest inbound-only pair gives way (two forged packets can
+// confirm one), else the new pair is refused; at max_esp the oldest waiting
+// entry gives way, else any inbound-only pair, else the new pair is
+// refused. Pairs that carry traffic both ways are never evicted.
+func (h *espHandler) admit(host [4]byte) DropReason {
+	e := h.e
+	if e.hostFull(host, quotaESP) {
+		for _, list := range h.inOnly[host] {
+			h.evict(list[0], "the host holds max_esp_per_host pairs")
+			e.Limits.evict(LimitESPPerHost)
+			break
+		}
+	}
+	if h.npairs >= h.cfg().MaxESP {
+		if !h.evictWaiting() && !h.evictAnyInOnly() {
+			e.Limits.refuse(LimitESP)
+			return DropTableFull
+		}
+		e.Limits.evict(LimitESP)
+	}
+	if !e.hostAdmit(host, quotaESP) {
+		return DropHostQuota
+	}
+	h.npairs++
+	return DropNone
+}
+
+func (h *espHandler) evict(pr *espPair, why string) {
+	h.unlink(pr)
+	h.logBind(pr, "evicted: "+why)
+}
+
+// evictAnyInOnly removes some host's oldest inbound-only pair, if any.
+func (h *espHandler) evictAnyInOnly() bool {
+	for _, byRemote := range h.inOnly {
+		for _, list := range byRemote {
+			h.evict(list[0], "max_esp reached and the host never sent on it")
+			return true
+		}
+	}
+	return false
+}
+
+// newestInOnly is the latest inbound-only pair of (host, remote), which the
+// host's next new outbound SPI completes.
+func (h *espHandler) newestInOnly(hr hostRemote) *espPair {
+	list := h.inOnly[hr.host][hr.remote]
+	if len(list) == 0 {
+		return nil
+	}
+	return list[len(list)-1]
+}
+
+// addInOnly lists a new inbound-only pair; beyond espMaxInboundOnly per
+// (host, remote) the oldest gives way.
+func (h *espHandler) addInOnly(pr *espPair) {
+	byRemote := h.inOnly[pr.host]
+	if byRemote == nil {
+		byRemote = make(map[[4]byte][]*espPair, 1)
+		h.inOnly[pr.host] = byRemote
+	}
+	if list := byRemote[pr.remote]; len(list) >= espMaxInboundOnly {
+		h.evict(list[0], "a newer inbound-only pair from the remote")
+	}
+	byRemote[pr.remote] = append(byRemote[pr.remote], pr)
+}
+
+// dropInOnly takes pr off the inbound-only lists.
+func (h *espHandler) dropInOnly(pr *espPair) {
+	byRemote := h.inOnly[pr.host]
+	list := byRemote[pr.remote]
+	for i, o := range list {
+		if o == pr {
+			list = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(byRemote, pr.remote)
+		if len(byRemote) == 0 {
+			delete(h.inOnly, pr.host)
+		}
+	} else {
+		byRemote[pr.remote] = list
+	}
+}
+
+// evictWaiting removes the oldest waiting entry, if any.
+func (h *espHandler) evictWaiting() bool {
+	for len(h.waitQ) > 0 {
+		pr := h.waitQ[0]
+		h.waitQ[0] = nil
+		h.waitQ = h.waitQ[1:]
+		if pr.linked && pr.state == espWaiting {
+			h.evict(pr, "max_esp reached and its new SPI was not answered")
+			return true
+		}
+	}
+	return false
 }
 
 func (h *espHandler) send(p *Packet) Result {
@@ -240,9 +461,14 @@ func (h *espHandler) Inbound(p *Packet, now int64) Result {
 	if spi == 0 {
 		return drop(DropESPZeroSPI)
 	}
+	seq := espSeq(p)
 	if pr := h.in[espInKey{p.Src, spi}]; pr != nil {
+		host := pr.host
+		if pr.state == espTentative && seq > pr.firstSeq {
+			h.confirm(pr, now, "")
+		}
 		pr.lastSeen = now
-		return h.deliver(p, pr.host)
+		return h.deliver(p, host)
 	}
 	if pr := h.bySPI[spi]; pr != nil && pr.remote != p.Src {
 		h.e.log.Debug().Stringer("from", p.SrcAddr()).Hex("in_spi", u32(spi)).
@@ -255,74 +481,124 @@ func (h *espHandler) Inbound(p *Packet, now int64) Result {
 		// pair claims this SPI: it is the IPsec server's.
 		return h.deliver(p, h.forwardTo)
 	}
-	return h.newInbound(p, spi, now)
+	return h.newInbound(p, spi, seq, now)
 }
 
-// newInbound binds an unknown inbound SPI to the LAN host that can own it.
-func (h *espHandler) newInbound(p *Packet, spi uint32, now int64) Result {
+// newInbound gives an unknown inbound SPI to the LAN host that can own it,
+// as a candidate.
+func (h *espHandler) newInbound(p *Packet, spi, seq uint32, now int64) Result {
 	remote := p.Src
 	if w := h.waiting[remote]; w != nil {
-		delete(h.waiting, remote)
-		w.inSPI, w.state, w.lastSeen = spi, espEstablished, now
-		h.link(w)
-		h.logBind(w, "first unknown inbound SPI answers the waiting outbound SPI")
+		h.addCandidate(w.host, remote, spi, seq, w, now, "unknown inbound SPI from the remote the host's new outbound SPI waits on")
 		return h.deliver(p, w.host)
 	}
-	if host, why, ok := h.soleOwner(remote, now); ok {
-		if old := h.inOnly[hostRemote{host, remote}]; old != nil {
-			h.unlink(old) // superseded by a newer rekey
-		}
-		pr := &espPair{host: host, remote: remote, inSPI: spi, state: espInboundOnly, created: now, lastSeen: now}
-		h.link(pr)
-		h.inOnly[hostRemote{host, remote}] = pr
-		h.logBind(pr, why)
+	if host, why, ok := h.owner(remote, now); ok {
+		h.addCandidate(host, remote, spi, seq, nil, now, why)
 		return h.deliver(p, host)
 	}
 	list := h.livePending(remote, now)
-	found := false
-	for _, pi := range list {
-		found = found || pi.spi == spi
+	for i := range list {
+		if list[i].spi == spi {
+			if seq > list[i].firstSeq {
+				list[i].confirmed = true
+			}
+			return drop(DropESPUnbound)
+		}
 	}
 	// Anyone can send ESP from any address: bound the remotes remembered
 	// (by max_esp) as well as the SPIs per remote.
-	if !found && len(list) < espMaxPending && (len(list) > 0 || len(h.pending) < h.cfg().MaxESP) {
-		h.pending[remote] = append(list, pendingInbound{spi: spi, seen: now})
+	if len(list) < espMaxPending && (len(list) > 0 || len(h.pending) < h.cfg().MaxESP) {
+		h.pending[remote] = append(list, pendingInbound{spi: spi, seen: now, firstSeq: seq})
 		h.e.log.Debug().Stringer("remote", p.SrcAddr()).Hex("in_spi", u32(spi)).
 			Msg("esp inbound SPI has no owner yet: kept for the next new outbound SPI to this remote")
 	}
 	return drop(DropESPUnbound)
 }
 
-// soleOwner finds the one LAN host an unknown inbound SPI from remote can
-// belong to, using what IKE tracking and existing ESP pairs know.
-func (h *espHandler) soleOwner(remote [4]byte, now int64) (host [4]byte, why string, ok bool) {
-	if n, latest := h.e.ike.hostsWith(remote, now); n == 1 {
+// addCandidate makes spi a candidate inbound SPI of host, answering claim
+// if it is confirmed while claim waits.
+func (h *espHandler) addCandidate(host, remote [4]byte, spi, seq uint32, claim *espPair, now int64, why string) *espPair {
+	hr := hostRemote{host, remote}
+	if list := h.cands[hr]; len(list) >= espMaxCandidates {
+		old := list[0]
+		h.unlink(old)
+		h.logBind(old, "candidate dropped: newer candidates from the remote")
+	}
+	c := &espPair{host: host, remote: remote, inSPI: spi, state: espTentative, created: now, lastSeen: now,
+		firstSeq: seq, claim: claim}
+	h.link(c)
+	h.cands[hr] = append(h.cands[hr], c)
+	h.logBind(c, why+": a candidate until a later packet confirms it")
+	return c
+}
+
+// confirm makes a candidate the host's binding: the answer of the host's
+// waiting entry, or an inbound-only pair.
+func (h *espHandler) confirm(c *espPair, now int64, why string) {
+	w := c.claim
+	if w == nil || !w.linked || w.state != espWaiting {
+		w = nil
+		if x := h.waiting[c.remote]; x != nil && x.host == c.host && x.state == espWaiting {
+			w = x
+		}
+	}
+	h.unlink(c)
+	if w != nil {
+		w.inSPI, w.state, w.lastSeen = c.inSPI, espEstablished, now
+		h.link(w)
+		if h.waiting[w.remote] == w {
+			delete(h.waiting, w.remote)
+		}
+		h.recent[w.remote] = recentClaim{host: w.host, at: now, until: now + dur(h.cfg().ESPWait)}
+		for _, o := range h.cands[hostRemote{w.host, w.remote}] {
+			if o.claim == w {
+				o.claim = nil
+			}
+		}
+		if why == "" {
+			why = "first unknown inbound SPI answers the waiting outbound SPI: confirmed by a later packet"
+		}
+		h.logBind(w, why)
+		return
+	}
+	if h.admit(c.host) != DropNone {
+		h.logBind(c, "candidate confirmed but the host has no room for another pair: dropped")
+		return
+	}
+	c.state, c.claim, c.charged, c.lastSeen = espInboundOnly, nil, true, now
+	h.link(c)
+	h.addInOnly(c)
+	h.logBind(c, "remote's new inbound SPI confirmed by a later packet: waits for the host's new outbound SPI")
+}
+
+// owner finds the one LAN host an unknown inbound SPI from remote can
+// belong to when no new outbound SPI waits on it: the host whose claim on
+// the remote was just answered (unless another host's IKE exchange is
+// newer), else what IKE tracking and existing ESP pairs know.
+func (h *espHandler) owner(remote [4]byte, now int64) (host [4]byte, why string, ok bool) {
+	n, latest, latestAt := h.e.ike.hostsWith(remote, now)
+	if rc, ok := h.recent[remote]; ok {
+		if now > rc.until {
+			delete(h.recent, remote)
+		} else if n == 0 || latest == rc.host || latestAt <= rc.at {
+			return rc.host, "the host whose new SPI to the remote was answered last (within esp_wait)", true
+		}
+	}
+	if n == 1 {
 		return latest, "only LAN host with a live IKE session to the remote", true
 	} else if n > 1 {
 		// Several hosts talk IKE with this remote: new SAs come right
 		// after an IKE exchange, so the host that had one most recently
 		// (within esp_wait) owns the new SPI.
-		if at, _ := h.e.ike.lastContact(latest, remote, now); now-at <= dur(h.cfg().ESPWait) {
+		if now-latestAt <= dur(h.cfg().ESPWait) {
 			return latest, "LAN host with the most recent IKE exchange with the remote", true
 		}
 		return host, "", false
 	}
-	var owner [4]byte
-	n := 0
-	for _, pr := range h.out {
-		if pr.remote == remote && pr.host != owner {
-			owner = pr.host
-			n++
+	if hosts := h.remoteHosts[remote]; len(hosts) == 1 {
+		for owner := range hosts {
+			return owner, "only LAN host with ESP to the remote", true
 		}
-	}
-	for hr := range h.inOnly {
-		if hr.remote == remote && hr.host != owner {
-			owner = hr.host
-			n++
-		}
-	}
-	if n == 1 {
-		return owner, "only LAN host with ESP to the remote", true
 	}
 	return host, "", false
 }
@@ -340,24 +616,48 @@ func (h *espHandler) livePending(remote [4]byte, now int64) []pendingInbound {
 	return list[i:]
 }
 
-// link indexes a pair's inbound SPI.
+// link indexes a pair by its SPIs.
 func (h *espHandler) link(pr *espPair) {
+	pr.linked = true
+	h.pairs[pr] = struct{}{}
 	if pr.inSPI != 0 {
 		h.in[espInKey{pr.remote, pr.inSPI}] = pr
 		h.bySPI[pr.inSPI] = pr
 	}
 	if pr.outSPI != 0 {
 		h.out[espOutKey{pr.host, pr.remote, pr.outSPI}] = pr
+		h.outBySPI[espInKey{pr.remote, pr.outSPI}] = pr
+	}
+	if pr.outSPI != 0 && !pr.counted {
+		pr.counted = true
+		m := h.remoteHosts[pr.remote]
+		if m == nil {
+			m = make(map[[4]byte]int, 1)
+			h.remoteHosts[pr.remote] = m
+		}
+		m[pr.host]++
 	}
 }
 
-// unlink removes every index of a pair.
+// unlink removes every index of a pair and gives back its quota.
 func (h *espHandler) unlink(pr *espPair) {
+	if !pr.linked {
+		return
+	}
+	pr.linked = false
+	delete(h.pairs, pr)
 	if pr.outSPI != 0 {
-		delete(h.out, espOutKey{pr.host, pr.remote, pr.outSPI})
+		if k := (espOutKey{pr.host, pr.remote, pr.outSPI}); h.out[k] == pr {
+			delete(h.out, k)
+		}
+		if k := (espInKey{pr.remote, pr.outSPI}); h.outBySPI[k] == pr {
+			delete(h.outBySPI, k)
+		}
 	}
 	if pr.inSPI != 0 {
-		delete(h.in, espInKey{pr.remote, pr.inSPI})
+		if k := (espInKey{pr.remote, pr.inSPI}); h.in[k] == pr {
+			delete(h.in, k)
+		}
 		if h.bySPI[pr.inSPI] == pr {
 			delete(h.bySPI, pr.inSPI)
 		}
@@ -365,20 +665,45 @@ func (h *espHandler) unlink(pr *espPair) {
 	if h.waiting[pr.remote] == pr {
 		delete(h.waiting, pr.remote)
 	}
-	if h.inOnly[hostRemote{pr.host, pr.remote}] == pr {
-		delete(h.inOnly, hostRemote{pr.host, pr.remote})
+	hr := hostRemote{pr.host, pr.remote}
+	if pr.state == espInboundOnly {
+		h.dropInOnly(pr)
+	}
+	if pr.state == espTentative {
+		list := h.cands[hr]
+		for i, c := range list {
+			if c == pr {
+				list = append(list[:i:i], list[i+1:]...)
+				break
+			}
+		}
+		if len(list) == 0 {
+			delete(h.cands, hr)
+		} else {
+			h.cands[hr] = list
+		}
+	}
+	if pr.counted {
+		pr.counted = false
+		m := h.remoteHosts[pr.remote]
+		if m[pr.host]--; m[pr.host] <= 0 {
+			delete(m, pr.host)
+			if len(m) == 0 {
+				delete(h.remoteHosts, pr.remote)
+			}
+		}
+	}
+	if pr.charged {
+		pr.charged = false
+		h.npairs--
+		h.e.hostRelease(pr.host, quotaESP)
 	}
 }
 
-// expire removes idle pairs, stale waiting entries, squelches and pending
-// inbound SPIs.
+// expire removes idle pairs, stale waiting entries and candidates,
+// squelches and pending inbound SPIs.
 func (h *espHandler) expire(now int64) {
-	seen := map[*espPair]bool{}
-	check := func(pr *espPair) {
-		if seen[pr] {
-			return
-		}
-		seen[pr] = true
+	for pr := range h.pairs {
 		idle := now - pr.lastSeen
 		switch {
 		case pr.state == espWaiting && now > pr.waitDeadline+dur(h.cfg().ESPWait),
@@ -390,12 +715,6 @@ func (h *espHandler) expire(now int64) {
 				Dur("age", time.Duration(now-pr.created)).Msg("esp pair expired")
 		}
 	}
-	for _, pr := range h.out {
-		check(pr)
-	}
-	for _, pr := range h.in {
-		check(pr)
-	}
 	for k, until := range h.squelch {
 		if now >= until {
 			delete(h.squelch, k)
@@ -404,6 +723,20 @@ func (h *espHandler) expire(now int64) {
 	for remote := range h.pending {
 		h.livePending(remote, now)
 	}
+	for remote, rc := range h.recent {
+		if now > rc.until {
+			delete(h.recent, remote)
+		}
+	}
+	// Drop the entries of the eviction queue that no longer wait.
+	q := h.waitQ[:0]
+	for _, pr := range h.waitQ {
+		if pr.linked && pr.state == espWaiting {
+			q = append(q, pr)
+		}
+	}
+	clear(h.waitQ[len(q):])
+	h.waitQ = q
 }
 
 // ESPPair is an SPI pair as shown to operators.
@@ -414,26 +747,16 @@ type ESPPair struct {
 	Age, Idle     time.Duration
 }
 
-// ESPPairs returns a snapshot of the ESP associations.
+// ESPPairs returns a snapshot of the ESP associations, candidates
+// (state "tentative") included.
 func (e *Engine) ESPPairs() []ESPPair {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.now()
-	seen := map[*espPair]bool{}
-	var out []ESPPair
-	add := func(pr *espPair) {
-		if seen[pr] {
-			return
-		}
-		seen[pr] = true
+	out := make([]ESPPair, 0, len(e.esp.pairs))
+	for pr := range e.esp.pairs {
 		out = append(out, ESPPair{Host: pr.host, Remote: pr.remote, OutSPI: pr.outSPI, InSPI: pr.inSPI,
 			State: pr.state.String(), Age: time.Duration(now - pr.created), Idle: time.Duration(now - pr.lastSeen)})
-	}
-	for _, pr := range e.esp.out {
-		add(pr)
-	}
-	for _, pr := range e.esp.in {
-		add(pr)
 	}
 	return out
 }

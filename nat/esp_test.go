@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -30,10 +31,16 @@ func (l *lab) espOut(host, remote netip.Addr, spi uint32) {
 	}
 }
 
-// espIn expects a remote's ESP to reach host, SPI unchanged.
+// espTestSeq numbers the inbound ESP packets of the tests: every packet
+// has a higher sequence number than the ones before it, as on a real SA.
+var espTestSeq atomic.Uint32
+
+// espIn expects a remote's ESP to reach host, SPI unchanged. Its sequence
+// number is higher than any before it, so a second packet on an SPI
+// confirms a tentative binding.
 func (l *lab) espIn(remote netip.Addr, spi uint32, host netip.Addr) {
 	l.t.Helper()
-	p := l.mustIn(espPkt(remote, wanAddr, spi, 1), VerdictToLAN)
+	p := l.mustIn(espPkt(remote, wanAddr, spi, espTestSeq.Add(1)), VerdictToLAN)
 	if p.DstAddr() != host || p.SrcAddr() != remote || espSPIOf(p) != spi {
 		l.t.Fatalf("ESP %#x from %v delivered %v→%v SPI %#x, want to %v", spi, remote, p.SrcAddr(), p.DstAddr(), espSPIOf(p), host)
 	}
@@ -51,10 +58,12 @@ func (l *lab) espDrop(b []byte, outbound bool, reason DropReason) {
 	wantDrop(l.t, r, reason)
 }
 
-// espPairSPIs establishes an SA pair by raw ESP: the host sends first.
+// espPairSPIs establishes an SA pair by raw ESP: the host sends first, the
+// remote answers with two packets (the second confirms the binding).
 func (l *lab) espPairSPIs(host, remote netip.Addr, out, in uint32) {
 	l.t.Helper()
 	l.espOut(host, remote, out)
+	l.espIn(remote, in, host)
 	l.espIn(remote, in, host)
 }
 
@@ -92,10 +101,12 @@ func wantBind(t *testing.T, logs *logCapture, host, remote netip.Addr, out, in u
 }
 
 func TestESPAssociation(t *testing.T) {
-	t.Run("outbound ESP leaves from the WAN address and the first unknown reply binds to it", func(t *testing.T) {
+	t.Run("outbound ESP leaves from the WAN address, the first unknown reply is its candidate and the next confirms it", func(t *testing.T) {
 		l, logs := newLoggingLab(t, Config{})
 		l.espOut(lanA, remote1, 0xa1)
 		wantBind(t, logs, lanA, remote1, 0xa1, 0, "waiting", "waits for the remote's inbound SPI")
+		l.espIn(remote1, 0x1a, lanA)
+		wantBind(t, logs, lanA, remote1, 0, 0x1a, "tentative", "a candidate until a later packet confirms it")
 		l.espIn(remote1, 0x1a, lanA)
 		wantBind(t, logs, lanA, remote1, 0xa1, 0x1a, "established", "answers the waiting outbound SPI")
 		for range 3 {
@@ -105,8 +116,8 @@ func TestESPAssociation(t *testing.T) {
 		if pr, ok := l.pairOf(lanA, 0xa1, 0); !ok || pr.InSPI != 0x1a || pr.State != "established" || pr.Remote != remote1.As4() {
 			t.Errorf("pair %+v (found %v)", pr, ok)
 		}
-		if n := len(logs.entries(t, "esp bind")); n != 2 {
-			t.Errorf("%d esp bind lines for one pair, want 2", n)
+		if n := len(logs.entries(t, "esp bind")); n != 3 {
+			t.Errorf("%d esp bind lines for one pair, want 3", n)
 		}
 	})
 	for _, n := range []int{2, 3} {
@@ -152,6 +163,7 @@ func TestESPAssociation(t *testing.T) {
 					}
 					for _, i := range reached {
 						l.espIn(remote1, inSPI(i), hosts[i])
+						l.espIn(remote1, inSPI(i), hosts[i]) // confirms the binding
 						answered[i] = true
 					}
 					l.advance(200 * time.Millisecond)
@@ -195,6 +207,7 @@ func TestESPAssociation(t *testing.T) {
 		l.espOut(lanB, remote1, 0xb1)
 		wantBind(t, logs, lanB, remote1, 0xb1, 0, "waiting", "waits")
 		l.espIn(remote1, 0x1b, lanB)
+		l.espIn(remote1, 0x1b, lanB)
 		// lanA retransmits: it re-arms its wait and gets its answer.
 		l.espOut(lanA, remote1, 0xa1)
 		l.espIn(remote1, 0x1a, lanA)
@@ -206,6 +219,7 @@ func TestESPAssociation(t *testing.T) {
 		l.advance(2*time.Minute + time.Second)
 		l.espOut(lanB, remote1, 0xb1) // takes the remote over
 		l.espDrop(espPkt(lanA, remote1, 0xa1, 2), true, DropESPHeldBack)
+		l.espIn(remote1, 0x1b, lanB)
 		l.espIn(remote1, 0x1b, lanB)
 		l.espOut(lanA, remote1, 0xa1) // its turn again
 		l.espIn(remote1, 0x1a, lanA)
@@ -384,7 +398,9 @@ func TestESPRekeyRemoteFirst(t *testing.T) {
 		l.advance(20 * time.Minute)
 		l.ikeExchange(lanA, remote1, 0x1111) // the rekey exchange
 		l.espIn(remote1, 0x1b, lanA)         // remote sends on its new SPI first
-		wantBind(t, logs, lanA, remote1, 0, 0x1b, "inbound-only", "only LAN host with a live IKE session")
+		wantBind(t, logs, lanA, remote1, 0, 0x1b, "tentative", "only LAN host with a live IKE session")
+		l.espIn(remote1, 0x1b, lanA)
+		wantBind(t, logs, lanA, remote1, 0, 0x1b, "inbound-only", "confirmed by a later packet")
 		l.espOut(lanA, remote1, 0xa2)
 		wantBind(t, logs, lanA, remote1, 0xa2, 0x1b, "established", "completes the pair")
 		if pr, ok := l.pairOf(lanA, 0xa2, 0); !ok || pr.InSPI != 0x1b || pr.State != "established" {
@@ -406,7 +422,9 @@ func TestESPRekeyRemoteFirst(t *testing.T) {
 		l.ikeExchange(lanA, remote1, 0x1111) // lanA rekeys
 		l.advance(time.Second)
 		l.espIn(remote1, 0x2a, lanA)
-		wantBind(t, logs, lanA, remote1, 0, 0x2a, "inbound-only", "most recent IKE exchange")
+		wantBind(t, logs, lanA, remote1, 0, 0x2a, "tentative", "most recent IKE exchange")
+		l.espIn(remote1, 0x2a, lanA)
+		wantBind(t, logs, lanA, remote1, 0, 0x2a, "inbound-only", "confirmed by a later packet")
 		l.espOut(lanA, remote1, 0xa2)
 		l.espIn(remote1, 0x1b, lanB)
 	})
@@ -425,6 +443,8 @@ func TestESPRekeyRemoteFirst(t *testing.T) {
 		l, logs := newLoggingLab(t, Config{})
 		l.espPairSPIs(lanA, remote1, 0xa1, 0x1a)
 		l.espPairSPIs(lanB, remote1, 0xb1, 0x1b)
+		// Past esp_wait: lanB's answered claim no longer lingers.
+		l.advance(3 * time.Minute)
 		for seq := uint32(1); seq <= 3; seq++ { // the remote keeps sending
 			l.espDrop(espPkt(remote1, wanAddr, 0x2a, seq), false, DropESPUnbound)
 		}
@@ -444,19 +464,24 @@ func TestESPRekeyRemoteFirst(t *testing.T) {
 		l.espPairSPIs(lanA, remote1, 0xa1, 0x1a)
 		l.advance(10 * time.Minute)
 		l.espIn(remote1, 0x2a, lanA)
-		wantBind(t, logs, lanA, remote1, 0, 0x2a, "inbound-only", "only LAN host with ESP to the remote")
+		wantBind(t, logs, lanA, remote1, 0, 0x2a, "tentative", "only LAN host with ESP to the remote")
+		l.espIn(remote1, 0x2a, lanA)
+		wantBind(t, logs, lanA, remote1, 0, 0x2a, "inbound-only", "confirmed by a later packet")
 		l.espOut(lanA, remote1, 0xa2)
 		wantBind(t, logs, lanA, remote1, 0xa2, 0x2a, "established", "completes the pair")
 	})
-	t.Run("a second new SPI from the remote supersedes the first until the host answers", func(t *testing.T) {
+	t.Run("a second new SPI from the remote joins the first as a candidate and the one confirmed is completed", func(t *testing.T) {
+		// (It used to replace the first at once: then one forged packet
+		// could unbind the remote's real new SPI.)
 		l, logs := newLoggingLab(t, Config{})
 		l.ikeExchange(lanA, remote1, 0x1111)
 		l.espPairSPIs(lanA, remote1, 0xa1, 0x1a)
 		l.espIn(remote1, 0x2a, lanA)
 		l.espIn(remote1, 0x3a, lanA)
-		if _, ok := l.pairOf(lanA, 0, 0x2a); ok {
-			t.Error("the superseded inbound-only pair is still there")
+		if pr, ok := l.pairOf(lanA, 0, 0x2a); !ok || pr.State != "tentative" {
+			t.Errorf("the first candidate: %+v (found %v)", pr, ok)
 		}
+		l.espIn(remote1, 0x3a, lanA)
 		l.espOut(lanA, remote1, 0xa3)
 		wantBind(t, logs, lanA, remote1, 0xa3, 0x3a, "established", "completes the pair")
 		l.espIn(remote1, 0x3a, lanA)
@@ -466,6 +491,7 @@ func TestESPRekeyRemoteFirst(t *testing.T) {
 		l := newLab(t, Config{})
 		l.ikeExchange(lanA, remote1, 0x1111)
 		l.espIn(remote1, 0x1a, lanA)
+		l.espIn(remote1, 0x1a, lanA)
 		if pr, ok := l.pairOf(lanA, 0, 0x1a); !ok || pr.State != "inbound-only" {
 			t.Fatalf("pair %+v", pr)
 		}
@@ -474,12 +500,19 @@ func TestESPRekeyRemoteFirst(t *testing.T) {
 			t.Errorf("pairs left: %+v, inbound-only index %d", prs, len(l.e.esp.inOnly))
 		}
 	})
-	t.Run("a host with only an inbound-only pair is the one host with ESP to the remote", func(t *testing.T) {
+	t.Run("an inbound-only pair alone does not make its host the one host with ESP to the remote; its new outbound SPI does", func(t *testing.T) {
+		// Two forged packets can make an inbound-only pair, so only pairs
+		// with the host's own outbound SPI count as its ESP to the remote.
 		l := newLab(t, Config{IPsec: IPsecConfig{IKETimeout: time.Minute}})
 		l.ikeExchange(lanA, remote1, 0x1111)
 		l.espIn(remote1, 0x1a, lanA)
+		l.espIn(remote1, 0x1a, lanA)
 		l.advance(2 * time.Minute) // IKE knowledge gone, the pair is not
+		l.espDrop(espPkt(remote1, wanAddr, 0x2a, 1), false, DropESPUnbound)
+		l.espOut(lanA, remote1, 0xa1) // completes the inbound-only pair
 		l.espIn(remote1, 0x2a, lanA)
+		l.advance(3 * time.Minute)   // lanA's answered claim no longer lingers
+		l.espIn(remote1, 0x3a, lanA) // lanA is the one host with ESP to it
 	})
 	t.Run("unowned inbound SPIs are remembered for at most max_esp remotes", func(t *testing.T) {
 		l := newLab(t, Config{IPsec: IPsecConfig{MaxESP: 16}})
@@ -525,6 +558,7 @@ func TestESPForward(t *testing.T) {
 		l, logs := newLoggingLab(t, fwd)
 		l.espIn(remote2, 0x5001, ipsecSrv)
 		l.espOut(lanA, remote1, 0xa1)
+		l.espIn(remote1, 0x1a, lanA)
 		l.espIn(remote1, 0x1a, lanA)
 		wantBind(t, logs, lanA, remote1, 0xa1, 0x1a, "established", "answers the waiting outbound SPI")
 		l.espOut(lanA, remote1, 0xa1)

@@ -220,10 +220,8 @@ func quotedRemote(in *embedded, sentOut bool) endpoint {
 func (e *Engine) ipsecErrorOwner(in *embedded) (endpoint, bool) {
 	switch {
 	case in.proto == ProtoESP:
-		for k, pr := range e.esp.out {
-			if k.remote == in.dst && k.spi == in.spi {
-				return endpoint{pr.host, 0}, true
-			}
+		if pr := e.esp.outBySPI[espInKey{in.dst, in.spi}]; pr != nil {
+			return endpoint{pr.host, 0}, true
 		}
 	case in.proto == ProtoUDP && in.srcPort == PortNATT:
 		if f := e.ike.natt[nattKey{endpoint{in.dst, in.dstPort}}]; f != nil {

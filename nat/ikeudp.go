@@ -40,10 +40,11 @@ func (h *udpHandler) ikeOutbound(p *Packet, now int64) (r Result, handled bool) 
 		host := endpoint{p.Src, p.SrcPort}
 		f := e.ike.natt[k]
 		kind := classifyNATT(payload)
-		if f != nil && f.expires > now && f.host != host {
-			// Another LAN host keeps WAN:4500 towards this remote: this one
-			// takes an ordinary mapping. Its IKE is still tracked, so the
-			// ESP handler and the logs know it talks to the remote.
+		if f != nil && f.expires > now && f.host != host || f == nil && e.ike.nattFull() {
+			// Another LAN host keeps WAN:4500 towards this remote (or the
+			// NAT-T flows are at their bound): this one takes an ordinary
+			// mapping, which NAT-T peers accept. Its IKE is still tracked,
+			// so the ESP handler and the logs know it talks to the remote.
 			if kind == nattIKE {
 				if hdr, ok := parseIKEHeader(payload[4:]); ok {
 					if why := e.ike.outbound(p, hdr, now); why != DropNone {
@@ -87,13 +88,13 @@ func (h *udpHandler) ikeInbound(p *Packet, now int64) (r Result, handled bool) {
 		if !ok {
 			return drop(DropIKEMalformed), true
 		}
-		host, ok := e.ike.inbound(p, hdr, now)
-		if !ok {
-			return drop(DropUnsolicited), true
+		s, why := e.ike.inbound(p, hdr, now)
+		if why != DropNone {
+			return drop(why), true
 		}
 		// Port 500, not the session's port: after a NAT-T float that is
 		// 4500, where a message without the non-ESP marker reads as ESP.
-		rewriteDst(p, host.addr, PortIKE)
+		rewriteDst(p, s.host.addr, PortIKE)
 		return toLAN, true
 	case PortNATT:
 		kind := classifyNATT(payload)
@@ -115,19 +116,27 @@ func (h *udpHandler) ikeInbound(p *Packet, now int64) (r Result, handled bool) {
 			if kind != nattIKE {
 				return drop(DropUnsolicited), true
 			}
-			host, ok := e.ike.inbound(p, hdr, now)
-			if !ok {
-				return drop(DropUnsolicited), true
+			s, why := e.ike.inbound(p, hdr, now)
+			if why != DropNone {
+				return drop(why), true
 			}
-			f = &nattFlow{host: endpoint{host.addr, PortNATT}}
+			if s.unconfirmed || e.ike.nattFull() {
+				// A session the remote started opens no flow: anyone can
+				// send such a message from any port. The host's answer
+				// from 4500 opens it.
+				rewriteDst(p, s.host.addr, PortNATT)
+				return toLAN, true
+			}
+			f = &nattFlow{host: endpoint{s.host.addr, PortNATT}}
 			e.ike.natt[k] = f
 		} else if kind == nattIKE {
 			// The flow names the host; the SPIs keep the IKE tracking
 			// current, including an IKE SA the remote's rekey created.
 			if s := e.ike.lookup(p.Src, hdr, now); s != nil {
 				e.ike.seen(s, hdr, now)
-			} else if !e.ike.full() {
-				e.ike.newSession(f.host, p.Src, hdr, now, "new SPIs on the host's NAT-T flow")
+			} else {
+				// Delivered on the flow even when it cannot be tracked.
+				e.ike.newSession(f.host, p.Src, hdr, now, true, "new SPIs on the host's NAT-T flow")
 			}
 		}
 		f.expires = now + e.ike.timeout()

@@ -20,8 +20,10 @@ type IPsecConfig struct {
 	ESPRetries int
 	// ESPSquelch is how long a squelched SPI is dropped. Default 30 s.
 	ESPSquelch time.Duration
-	// MaxESP bounds the SPI pairs, and separately the IKE sessions.
-	// Default 4096.
+	// MaxESP bounds the SPI pairs, and separately the IKE sessions and
+	// the NAT-T flows that keep WAN port 4500. Default 4096. The per-host
+	// shares are in Limits (max_esp_per_host, max_ike_per_host,
+	// max_remote_ike).
 	MaxESP int
 }
 

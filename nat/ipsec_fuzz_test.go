@@ -174,6 +174,9 @@ func newIPsecFuzz(t *testing.T, flags byte) *ipsecFuzz {
 	if flags&32 != 0 {
 		cfg.IPsec.MaxESP = 3
 	}
+	if flags&64 != 0 {
+		cfg.Limits = Limits{MaxESPPerHost: 2, MaxIKEPerHost: 3, MaxRemoteIKE: 2, RemoteIKETimeout: 20 * time.Second}
+	}
 	fz.l = newLab(t, cfg)
 	return fz
 }
@@ -226,12 +229,13 @@ func (fz *ipsecFuzz) step(in *fuzzInput) {
 		default:
 			fz.send(udpPkt(src, dst, string(in.bytes(int(in.byte()%40)))), outbound)
 		}
-	case 5, 6: // raw ESP, either way
-		spi := ipsecFuzzSPIs[in.byte()%8]
+	case 5, 6: // raw ESP, either way, sequence numbers 1 to 4
+		b := in.byte()
+		spi, seq := ipsecFuzzSPIs[b%8], uint32(1+(b>>3)%4)
 		if op%11 == 5 {
-			fz.send(espPkt(host, remote, spi, 1), true)
+			fz.send(espPkt(host, remote, spi, seq), true)
 		} else {
-			fz.send(espPkt(remote, wanAddr, spi, 1), false)
+			fz.send(espPkt(remote, wanAddr, spi, seq), false)
 		}
 	case 7: // AH, either way
 		if sel&0x80 == 0 {
@@ -379,6 +383,76 @@ func (fz *ipsecFuzz) checkState() {
 			t.Fatalf("pair without SPIs: %+v", pr)
 		}
 	}
+	// Quotas: what each host is charged is what it holds.
+	espHeld, ikeHeld := map[[4]byte]int{}, map[[4]byte]int{}
+	charged := 0
+	for pr := range e.esp.pairs {
+		if !pr.linked {
+			t.Fatalf("unlinked pair in the pair set: %+v", *pr)
+		}
+		if pr.charged {
+			charged++
+			espHeld[pr.host]++
+		}
+		if (pr.state == espTentative) == pr.charged {
+			t.Fatalf("pair %+v: tentative %v but charged %v", *pr, pr.state == espTentative, pr.charged)
+		}
+		if pr.inSPI != 0 && e.esp.in[espInKey{pr.remote, pr.inSPI}] != pr {
+			t.Fatalf("pair %+v not indexed by its inbound SPI", *pr)
+		}
+	}
+	if charged != e.esp.npairs || charged > e.cfg.IPsec.MaxESP {
+		t.Fatalf("%d charged pairs, npairs %d, max_esp %d", charged, e.esp.npairs, e.cfg.IPsec.MaxESP)
+	}
+	for _, byRemote := range e.esp.inOnly {
+		for _, list := range byRemote {
+			if len(list) == 0 || len(list) > espMaxInboundOnly {
+				t.Fatalf("%d inbound-only pairs for one (host, remote)", len(list))
+			}
+			for _, pr := range list {
+				if !pr.linked || pr.state != espInboundOnly {
+					t.Fatalf("listed inbound-only pair %+v", *pr)
+				}
+			}
+		}
+	}
+	for hr, list := range e.esp.cands {
+		if len(list) == 0 || len(list) > espMaxCandidates {
+			t.Fatalf("%d candidates for %v", len(list), hr)
+		}
+	}
+	for _, s := range e.ike.byI {
+		if !s.charged || s.removed {
+			t.Fatalf("IKE session %+v in the table but not charged", *s)
+		}
+		ikeHeld[s.host.addr]++
+	}
+	for host, u := range e.hosts.m {
+		if u.held[quotaESP] != espHeld[host] || u.held[quotaIKE] != ikeHeld[host] {
+			t.Fatalf("host %v charged %d ESP / %d IKE, holds %d / %d", netip.AddrFrom4(host),
+				u.held[quotaESP], u.held[quotaIKE], espHeld[host], ikeHeld[host])
+		}
+		if u.held[quotaESP] > e.cfg.Limits.MaxESPPerHost || u.held[quotaIKE] > e.cfg.Limits.MaxIKEPerHost {
+			t.Fatalf("host %v over its quota: %v", netip.AddrFrom4(host), u.held)
+		}
+	}
+	for host, n := range espHeld {
+		if e.hosts.m[host] == nil && n > 0 {
+			t.Fatalf("host %v holds %d ESP pairs, charged none", netip.AddrFrom4(host), n)
+		}
+	}
+	for host, n := range ikeHeld {
+		if e.hosts.m[host] == nil && n > 0 {
+			t.Fatalf("host %v holds %d IKE sessions, charged none", netip.AddrFrom4(host), n)
+		}
+	}
+	for _, byRemote := range e.ike.unconf {
+		for _, list := range byRemote {
+			if len(list) == 0 || len(list) > e.cfg.Limits.MaxRemoteIKE {
+				t.Fatalf("%d unconfirmed IKE sessions for one (host, remote)", len(list))
+			}
+		}
+	}
 	for _, idx := range []map[ikeKey]*ikeSession{e.ike.byI, e.ike.byR} {
 		for k, s := range idx {
 			if k.remote != s.remote {
@@ -407,6 +481,10 @@ func FuzzIPsecEngine(f *testing.F) {
 	f.Add([]byte{16, 3, 0x00, 0x00, 3, 0x01, 0x00, 4, 0x00, 0x01, 9, 1, 9, 0})                // range with 4500
 	f.Add([]byte{32, 7, 0x00, 7, 0x80, 8, 0x00, 3, 8, 0xc0, 5, 10, 0x00, 5, 1, 2, 3, 4, 5})   // AH, fragments, junk
 	f.Add([]byte{40, 2, 0x00, 0x00, 2, 0x00, 0x88, 0, 0x82, 2, 0x00, 0x81, 1, 6, 0x00, 3, 0}) // timers
+	// Tentative bindings: a host waits, the remote answers with two
+	// sequence numbers, another SPI comes in between; per-host limits.
+	f.Add([]byte{64, 5, 0x00, 3, 6, 0x00, 0x0e, 6, 0x00, 0x07, 6, 0x00, 0x16, 5, 0x01, 4, 6, 0x00, 0x0c})
+	f.Add([]byte{64, 2, 0x00, 0x00, 2, 0x00, 0x88, 2, 0x00, 0x81, 2, 0x00, 0x82, 2, 0x00, 0x83, 2, 0x01, 0x01, 0, 25, 1})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in := &fuzzInput{b: data}
 		fz := newIPsecFuzz(t, in.byte())

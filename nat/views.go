@@ -16,7 +16,10 @@ type IKESession struct {
 	WANPort      uint16 // 500 kept; for NAT-T 4500 kept or a range port
 	InitiatorSPI uint64
 	ResponderSPI uint64 // 0 until the responder answered
-	Age, Idle    time.Duration
+	// Unconfirmed: the remote started this IKE SA and the LAN host has not
+	// answered yet (it lives limits.remote_ike_timeout until then).
+	Unconfirmed bool
+	Age, Idle   time.Duration
 }
 
 // IKESessions lists the live IKE sessions, ordered by host and SPI.
@@ -43,6 +46,7 @@ func (e *Engine) IKESessions() []IKESession {
 			Remote:       netip.AddrPortFrom(netip.AddrFrom4(s.remote), s.remotePort),
 			InitiatorSPI: s.ispi,
 			ResponderSPI: s.rspi,
+			Unconfirmed:  s.unconfirmed,
 			Age:          time.Duration(now - s.created),
 			Idle:         time.Duration(now - s.lastSeen),
 		})
