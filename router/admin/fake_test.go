@@ -85,6 +85,10 @@ func fakeSnapshot() Snapshot {
 					State: ESPSquelched, Age: 40, Idle: 30},
 				{LANHost: addr("192.168.77.23"), Remote: addr("198.18.2.4"), OutSPI: "aaaa0001", InSPI: "bbbb0002",
 					State: ESPEstablished, Age: 100, Idle: 1},
+				{LANHost: addr("192.168.77.24"), Remote: addr("198.18.2.5"), OutSPI: "aaaa0003", InSPI: "bbbb0004",
+					State: ESPTentative, Age: 1},
+				{LANHost: addr("192.168.77.25"), Remote: addr("198.18.2.6"), InSPI: "bbbb0006",
+					State: ESPInboundOnly, Age: 2},
 			},
 			PPTP: []PPTPConn{
 				{Client: ap("192.168.77.30:50000"), Server: ap("198.18.3.1:1723"), State: "open", Calls: []PPTPCall{

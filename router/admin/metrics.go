@@ -27,7 +27,7 @@ var (
 	descPortsSize = prometheus.NewDesc("vpnmasq_ports_size",
 		"Size of the WAN port range, by protocol.", []string{"proto"}, nil)
 	descVPN = prometheus.NewDesc("vpnmasq_vpn_sessions",
-		"VPN passthrough state, by kind (ike, esp_established, esp_waiting, esp_squelched, pptp_control, pptp_call, ah_refused).",
+		"VPN passthrough state, by kind (ike, esp_established, esp_waiting, esp_tentative, esp_inbound_only, esp_squelched, pptp_control, pptp_call, ah_refused).",
 		[]string{"kind"}, nil)
 	descDNSQueries = prometheus.NewDesc("vpnmasq_dns_queries_total",
 		"Queries to the DNS forwarder, by transport (udp, tcp).", []string{"transport"}, nil)
@@ -73,7 +73,8 @@ var (
 //	vpnmasq_ports_in_use{proto}               gauge    WAN ports (ICMP query ids) taken from the port range
 //	vpnmasq_ports_size{proto}                 gauge    size of the port range
 //	vpnmasq_vpn_sessions{kind}                gauge    VPN passthrough state; kind is ike, esp_established,
-//	                                                   esp_waiting, esp_squelched, pptp_control, pptp_call
+//	                                                   esp_waiting, esp_tentative, esp_inbound_only,
+//	                                                   esp_squelched, pptp_control, pptp_call
 //	                                                   or ah_refused (LAN host and remote pairs whose AH
 //	                                                   was refused)
 //	vpnmasq_dns_queries_total{transport}      counter  queries to the DNS forwarder; transport is udp or tcp
@@ -185,13 +186,17 @@ type vpnKind struct {
 // vpnKinds counts the VPN state by the kinds of vpnmasq_vpn_sessions. The
 // status page and the CLI do not need it: they list the sessions.
 func vpnKinds(v VPN) []vpnKind {
-	var established, waiting, squelched, calls int
+	var established, waiting, tentative, inboundOnly, squelched, calls int
 	for _, e := range v.ESP {
 		switch e.State {
 		case ESPEstablished:
 			established++
 		case ESPWaiting:
 			waiting++
+		case ESPTentative:
+			tentative++
+		case ESPInboundOnly:
+			inboundOnly++
 		case ESPSquelched:
 			squelched++
 		}
@@ -203,6 +208,8 @@ func vpnKinds(v VPN) []vpnKind {
 		{"ike", len(v.IKE)},
 		{"esp_established", established},
 		{"esp_waiting", waiting},
+		{"esp_tentative", tentative},
+		{"esp_inbound_only", inboundOnly},
 		{"esp_squelched", squelched},
 		{"pptp_control", len(v.PPTP)},
 		{"pptp_call", calls},

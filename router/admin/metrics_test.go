@@ -90,6 +90,8 @@ func TestMetrics(t *testing.T) {
 		{"vpnmasq_vpn_sessions", []string{"kind=esp_established"}, gauge, 2},
 		{"vpnmasq_vpn_sessions", []string{"kind=esp_waiting"}, gauge, 1},
 		{"vpnmasq_vpn_sessions", []string{"kind=esp_squelched"}, gauge, 1},
+		{"vpnmasq_vpn_sessions", []string{"kind=esp_tentative"}, gauge, 1},
+		{"vpnmasq_vpn_sessions", []string{"kind=esp_inbound_only"}, gauge, 1},
 		{"vpnmasq_vpn_sessions", []string{"kind=pptp_control"}, gauge, 2},
 		{"vpnmasq_vpn_sessions", []string{"kind=pptp_call"}, gauge, 2},
 		{"vpnmasq_vpn_sessions", []string{"kind=ah_refused"}, gauge, 1},

@@ -182,7 +182,9 @@ type IKESession struct {
 
 // ESP pair states.
 const (
-	ESPWaiting     = "waiting"
+	ESPWaiting     = "waiting"      // outbound SPI seen, the remote's answer not yet
+	ESPTentative   = "tentative"    // an inbound SPI delivered to the host, not yet confirmed
+	ESPInboundOnly = "inbound-only" // the remote's new SPI bound ahead of the host's
 	ESPEstablished = "established"
 	ESPSquelched   = "squelched"
 )
@@ -194,7 +196,7 @@ type ESPPair struct {
 	Remote  netip.Addr `json:"remote"`
 	OutSPI  string     `json:"out_spi"`
 	InSPI   string     `json:"in_spi"`
-	State   string     `json:"state"` // waiting, established, squelched
+	State   string     `json:"state"` // waiting, tentative, inbound-only, established, squelched
 	Age     Seconds    `json:"age"`
 	Idle    Seconds    `json:"idle"`
 }
