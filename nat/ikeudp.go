@@ -110,6 +110,7 @@ func (h *udpHandler) ikeInbound(p *Packet, now int64) (r Result, handled bool) {
 		}
 		k := nattKey{endpoint{p.Src, p.SrcPort}}
 		f := e.ike.natt[k]
+		opened := false
 		if f == nil || f.expires <= now {
 			// No flow yet from this remote endpoint: only IKE whose SPIs
 			// name a LAN host may open one (e.g. the remote's port changed).
@@ -129,6 +130,7 @@ func (h *udpHandler) ikeInbound(p *Packet, now int64) (r Result, handled bool) {
 			}
 			f = &nattFlow{host: endpoint{s.host.addr, PortNATT}}
 			e.ike.natt[k] = f
+			opened = true
 		} else if kind == nattIKE {
 			// The flow names the host; the SPIs keep the IKE tracking
 			// current, including an IKE SA the remote's rekey created.
@@ -139,7 +141,12 @@ func (h *udpHandler) ikeInbound(p *Packet, now int64) (r Result, handled bool) {
 				e.ike.newSession(f.host, p.Src, hdr, now, true, "new SPIs on the host's NAT-T flow")
 			}
 		}
-		f.expires = now + e.ike.timeout()
+		// Like any UDP mapping, the flow is refreshed from the inside (the
+		// host's NAT-T keepalives, RFC 3948 section 2.3): an outsider
+		// sending to it cannot keep it alive.
+		if opened || e.cfg.UDPInboundRefresh {
+			f.expires = now + e.ike.timeout()
+		}
 		rewriteDst(p, f.host.addr, f.host.port)
 		return toLAN, true
 	}

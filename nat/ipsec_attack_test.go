@@ -576,3 +576,33 @@ func TestOneForgedESPPacketChangesNoGenuinePacketsFate(t *testing.T) {
 		t.Errorf("one forged packet changed genuine packets' fate in %d of 400 exchanges", changed)
 	}
 }
+
+func TestNATTFlowIsRefreshedFromTheInsideOnly(t *testing.T) {
+	// lanA keeps WAN:4500 towards remote1; then only the remote's side
+	// (or someone forging it) sends, every 10 s, past ike_timeout.
+	run := func(t *testing.T, cfg Config) (alive bool) {
+		l := newLab(t, cfg)
+		l.mustOut(nattIKEPkt(ap(lanA, 4500), ap(remote1, 4500), 0x1111, 0), VerdictToWAN)
+		l.mustIn(nattIKEPkt(ap(remote1, 4500), ap(wanAddr, 4500), 0x1111, 0x2222), VerdictToLAN)
+		for range int(DefaultIKETimeoutForTest / (10 * time.Second)) {
+			l.in(nattESPPkt(ap(remote1, 4500), ap(wanAddr, 4500), 0xd0000001))
+			l.advance(10 * time.Second)
+		}
+		l.advance(10 * time.Second)
+		r, _ := l.in(nattESPPkt(ap(remote1, 4500), ap(wanAddr, 4500), 0xd0000001))
+		return r.Verdict == VerdictToLAN
+	}
+	t.Run("ESP-in-UDP from the outside alone does not keep the flow past ike_timeout", func(t *testing.T) {
+		if run(t, Config{}) {
+			t.Error("the NAT-T flow outlived ike_timeout on inbound packets alone")
+		}
+	})
+	t.Run("control: with udp_inbound_refresh it does", func(t *testing.T) {
+		if !run(t, Config{UDPInboundRefresh: true}) {
+			t.Error("inbound refresh did not keep the NAT-T flow")
+		}
+	})
+}
+
+// DefaultIKETimeoutForTest is ipsec.ike_timeout's default.
+const DefaultIKETimeoutForTest = 35 * time.Minute
