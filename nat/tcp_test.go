@@ -17,22 +17,22 @@ const (
 	finAck = header.TCPFlagFin | header.TCPFlagAck
 )
 
-// tcpConn drives one TCP connection from lanA:40000 to remote1:443 through
+// tcpSession drives one TCP connection from lanA:40000 to remote1:443 through
 // a lab.
-type tcpConn struct {
+type tcpSession struct {
 	l   *lab
 	lan netip.AddrPort
 	rem netip.AddrPort
 	ext uint16
 }
 
-func openTCP(l *lab) *tcpConn {
-	c := &tcpConn{l: l, lan: ap(lanA, 40000), rem: ap(remote1, 443)}
+func openTCP(l *lab) *tcpSession {
+	c := &tcpSession{l: l, lan: ap(lanA, 40000), rem: ap(remote1, 443)}
 	c.ext = l.mustOut(tcpPkt(c.lan, c.rem, syn), VerdictToWAN).SrcPort
 	return c
 }
 
-func (c *tcpConn) out(flags header.TCPFlags) Result {
+func (c *tcpSession) out(flags header.TCPFlags) Result {
 	c.l.t.Helper()
 	r, p := c.l.out(tcpPkt(c.lan, c.rem, flags))
 	if r.Verdict == VerdictToWAN && srcAP(p) != ap(wanAddr, c.ext) {
@@ -41,7 +41,7 @@ func (c *tcpConn) out(flags header.TCPFlags) Result {
 	return r
 }
 
-func (c *tcpConn) in(flags header.TCPFlags) Result {
+func (c *tcpSession) in(flags header.TCPFlags) Result {
 	c.l.t.Helper()
 	r, p := c.l.in(tcpPkt(c.rem, ap(wanAddr, c.ext), flags))
 	if r.Verdict == VerdictToLAN && dstAP(p) != c.lan {
@@ -72,6 +72,7 @@ func TestTCPMasquerade(t *testing.T) {
 	t.Run("segments with tcp options and payload keep valid checksums", func(t *testing.T) {
 		l := newLab(t, Config{})
 		c := openTCP(l)
+		c.in(synAck)
 		p := l.mustOut(tcpDataPkt(c.lan, c.rem, ack|header.TCPFlagPsh, "GET / HTTP/1.1\r\n\r\n"), VerdictToWAN)
 		if string(header.TCP(p.L4).Payload()) != "GET / HTTP/1.1\r\n\r\n" {
 			t.Errorf("payload changed")
@@ -132,7 +133,8 @@ func TestTCPTimers(t *testing.T) {
 		{"tcp FIN from the lan moves to the transitory timer", []string{"i:SA", "o:A", "o:FA"}, transitory},
 		{"tcp FIN from the remote moves to the transitory timer", []string{"i:SA", "o:A", "i:FA"}, transitory},
 		{"a new SYN after RST starts over on the transitory timer", []string{"i:SA", "o:R", "o:S"}, transitory},
-		{"a new handshake after RST is established again", []string{"i:SA", "o:R", "o:S", "i:SA"}, established},
+		{"a handshake without its third ACK stays on the transitory timer", []string{"i:SA"}, transitory},
+		{"a new handshake after RST is established again", []string{"i:SA", "o:R", "o:S", "i:SA", "o:A"}, established},
 	}
 	flagsOf := map[string]header.TCPFlags{"S": syn, "SA": synAck, "A": ack, "R": rst, "FA": finAck}
 	for _, tc := range tests {
@@ -166,10 +168,19 @@ func TestTCPTimers(t *testing.T) {
 			wantDrop(t, c.in(ack), DropUnsolicited)
 		})
 	}
-	t.Run("outbound segment of an unknown connection is picked up as established", func(t *testing.T) {
+	t.Run("a connection picked up mid-stream is on the transitory timer until seen both ways", func(t *testing.T) {
 		l := newLab(t, Config{})
 		lan, rem := ap(lanA, 40001), ap(remote1, 22)
 		ext := l.mustOut(tcpPkt(lan, rem, ack), VerdictToWAN).SrcPort
+		l.advance(4 * time.Minute)
+		r, _ := l.in(tcpPkt(rem, ap(wanAddr, ext), ack))
+		wantDrop(t, r, DropUnsolicited)
+	})
+	t.Run("a connection picked up mid-stream and seen both ways is established", func(t *testing.T) {
+		l := newLab(t, Config{})
+		lan, rem := ap(lanA, 40001), ap(remote1, 22)
+		ext := l.mustOut(tcpPkt(lan, rem, ack), VerdictToWAN).SrcPort
+		l.mustIn(tcpPkt(rem, ap(wanAddr, ext), ack), VerdictToLAN)
 		l.advance(2*time.Hour + 3*time.Minute)
 		l.mustIn(tcpPkt(rem, ap(wanAddr, ext), ack), VerdictToLAN)
 	})
@@ -182,6 +193,7 @@ func TestTCPTimers(t *testing.T) {
 		}
 		c = openTCP(l)
 		c.in(synAck)
+		c.out(ack)
 		l.advance(time.Hour - time.Nanosecond)
 		if _, ok := l.mapping("tcp", c.lan); !ok {
 			t.Fatal("established connection gone before 1 h")
