@@ -1,10 +1,12 @@
 package nat
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -314,5 +316,238 @@ func TestHairpin(t *testing.T) {
 		l := newLab(t, Config{})
 		r, _ := l.out(echoPkt(header.ICMPv4Echo, lanA, wanAddr, 7, 1))
 		wantDrop(t, r, DropLANtoWANAddr)
+	})
+}
+
+// tcpSegPkt is a TCP segment with explicit sequence and acknowledgement
+// numbers, for the tests that play both endpoints exactly.
+func tcpSegPkt(src, dst netip.AddrPort, flags header.TCPFlags, seq, ackN uint32, payload string) []byte {
+	b := tcpSegment(src, dst, flags, 0, []byte(payload))
+	tcp := header.TCP(b)
+	tcp.SetSequenceNumber(seq)
+	tcp.SetAckNumber(ackN)
+	tcp.SetChecksum(0)
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, taddr(src.Addr()), taddr(dst.Addr()), uint16(len(b)))
+	tcp.SetChecksum(^checksum.Checksum(b, xsum))
+	return buildIPv4(ipHdr{src: src.Addr(), dst: dst.Addr(), proto: ProtoTCP, id: 0x5555}, b)
+}
+
+// seqConn is an established connection lanA:40000 → remote1:443 whose
+// sequence numbers the test knows: the inside's next is lan, the outside's
+// next is rem.
+type seqConn struct {
+	l        *lab
+	ext      uint16
+	lan, rem uint32
+}
+
+func establish(l *lab) *seqConn {
+	c := &seqConn{l: l, lan: 0x10000000, rem: 0x80000000}
+	lan, rem := ap(lanA, 40000), ap(remote1, 443)
+	c.ext = l.mustOut(tcpSegPkt(lan, rem, syn, c.lan-1, 0, ""), VerdictToWAN).SrcPort
+	l.mustIn(tcpSegPkt(rem, ap(wanAddr, c.ext), synAck, c.rem-1, c.lan, ""), VerdictToLAN)
+	l.mustOut(tcpSegPkt(lan, rem, ack, c.lan, c.rem, ""), VerdictToWAN)
+	c.fromLAN("GET / HTTP/1.1\r\n\r\n")
+	c.fromWAN("HTTP/1.1 200 OK\r\n\r\n")
+	return c
+}
+
+func (c *seqConn) fromLAN(data string) {
+	c.l.t.Helper()
+	c.l.mustOut(tcpSegPkt(ap(lanA, 40000), ap(remote1, 443), ack|header.TCPFlagPsh, c.lan, c.rem, data), VerdictToWAN)
+	c.lan += uint32(len(data))
+}
+
+func (c *seqConn) fromWAN(data string) {
+	c.l.t.Helper()
+	c.l.mustIn(tcpSegPkt(ap(remote1, 443), ap(wanAddr, c.ext), ack|header.TCPFlagPsh, c.rem, c.lan, data), VerdictToLAN)
+	c.rem += uint32(len(data))
+}
+
+// forge sends a segment from the remote's address and port with the given
+// numbers, as an off-path attacker can.
+func (c *seqConn) forge(flags header.TCPFlags, seq, ackN uint32) Result {
+	c.l.t.Helper()
+	r, _ := c.l.in(tcpSegPkt(ap(remote1, 443), ap(wanAddr, c.ext), flags, seq, ackN, ""))
+	return r
+}
+
+// carriesTrafficAfterTransitory lets the transitory timer (and a minute
+// more) run out, then has the WAN side speak first: on an established flow
+// the segment reaches the LAN host.
+func (c *seqConn) carriesTrafficAfterTransitory() Result {
+	c.l.advance(5 * time.Minute)
+	r, _ := c.l.in(tcpSegPkt(ap(remote1, 443), ap(wanAddr, c.ext), ack|header.TCPFlagPsh, c.rem, c.lan, "still here"))
+	return r
+}
+
+// TestTCPBlindAttacks plays an off-path attacker on the WAN who knows the
+// connection's addresses and ports but not its sequence numbers. Each attack
+// has a control: the same exchange with the genuine segment instead, which
+// must end the flow, so each test can fail.
+func TestTCPBlindAttacks(t *testing.T) {
+	const tries = 10000
+	t.Run("blind RSTs with random sequence numbers leave an established flow on the established timer", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		rng := rand.New(rand.NewPCG(1, 2))
+		for range tries {
+			seq := rng.Uint32()
+			if seq == c.rem {
+				continue // the one value the attacker must guess
+			}
+			flags := rst
+			if rng.IntN(2) == 0 {
+				flags |= ack
+			}
+			if r := c.forge(flags, seq, rng.Uint32()); r.Verdict == VerdictToLAN && seq-c.rem > 1<<20 && c.rem-seq > 1<<20 {
+				t.Fatalf("RST with seq %#x, far from the window at %#x, passed", seq, c.rem)
+			}
+		}
+		if r := c.carriesTrafficAfterTransitory(); r.Verdict != VerdictToLAN {
+			t.Fatalf("after %d blind RSTs the flow is gone: %s %v", tries, verdictName(r.Verdict), r.Reason)
+		}
+		if n := l.e.Drops.Get(DropTCPOutOfWindow); n == 0 {
+			t.Errorf("no blind RST counted as tcp_out_of_window")
+		}
+	})
+	t.Run("control: the genuine RST at the exact sequence number closes the flow", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		if r := c.forge(rst, c.rem, 0); r.Verdict != VerdictToLAN {
+			t.Fatalf("genuine RST dropped: %v", r.Reason)
+		}
+		r := c.carriesTrafficAfterTransitory()
+		wantDrop(t, r, DropUnsolicited)
+	})
+	t.Run("an in-window RST that is not exact passes to the host but does not close the flow", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		if r := c.forge(rst, c.rem+1000, 0); r.Verdict != VerdictToLAN {
+			t.Fatalf("in-window RST dropped (%v): the endpoint must see it to send its challenge ACK", r.Reason)
+		}
+		if r := c.carriesTrafficAfterTransitory(); r.Verdict != VerdictToLAN {
+			t.Fatalf("in-window RST closed the flow: %s %v", verdictName(r.Verdict), r.Reason)
+		}
+	})
+	t.Run("blind FINs with random numbers leave an established flow on the established timer", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		rng := rand.New(rand.NewPCG(3, 4))
+		for range tries {
+			seq, ackN := rng.Uint32(), rng.Uint32()
+			if ackN == c.lan {
+				continue
+			}
+			c.forge(finAck, seq, ackN)
+		}
+		if r := c.carriesTrafficAfterTransitory(); r.Verdict != VerdictToLAN {
+			t.Fatalf("after %d blind FINs the flow is gone: %s %v", tries, verdictName(r.Verdict), r.Reason)
+		}
+	})
+	t.Run("control: the genuine FIN moves the flow to the transitory timer", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		if r := c.forge(finAck, c.rem, c.lan); r.Verdict != VerdictToLAN {
+			t.Fatalf("genuine FIN dropped: %v", r.Reason)
+		}
+		wantDrop(t, c.carriesTrafficAfterTransitory(), DropUnsolicited)
+	})
+	t.Run("a forged SYN from the WAN on an established connection is dropped and counted", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		before := l.e.Drops.Get(DropTCPOutOfWindow)
+		wantDrop(t, c.forge(syn, 0x12345678, 0), DropTCPOutOfWindow)
+		if got := l.e.Drops.Get(DropTCPOutOfWindow) - before; got != 1 {
+			t.Errorf("tcp_out_of_window counted %d times, want 1", got)
+		}
+		c.fromWAN("more")
+		c.fromLAN("more")
+		if r := c.carriesTrafficAfterTransitory(); r.Verdict != VerdictToLAN {
+			t.Fatalf("flow gone after the forged SYN: %s %v", verdictName(r.Verdict), r.Reason)
+		}
+	})
+	t.Run("control: the same SYN after the connection was reset opens a new one", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		c.forge(rst, c.rem, 0)
+		if r := c.forge(syn, 0x12345678, 0); r.Verdict != VerdictToLAN {
+			t.Fatalf("SYN reusing a reset connection's tuple dropped: %v", r.Reason)
+		}
+	})
+	t.Run("out-of-window data from the WAN is dropped and does not refresh the flow", func(t *testing.T) {
+		l := newLab(t, Config{TCPEstablishedTimeout: 10 * time.Minute})
+		c := establish(l)
+		l.advance(9 * time.Minute)
+		wantDrop(t, c.forge(ack, c.rem+0x40000000, c.lan), DropTCPOutOfWindow)
+		l.advance(time.Minute)
+		r, _ := l.in(tcpSegPkt(ap(remote1, 443), ap(wanAddr, c.ext), ack, c.rem, c.lan, ""))
+		wantDrop(t, r, DropUnsolicited)
+	})
+}
+
+func TestTCPPortForwardTracking(t *testing.T) {
+	fwd := Forward{Proto: ProtoTCP, Ports: PortRange{First: 8080, Last: 8080}, To: lanB, ToPort: 80}
+	client := ap(remote1, 50000)
+	t.Run("a port forward's SYN the inside does not answer lives on the unreplied timer", func(t *testing.T) {
+		l := newLab(t, Config{Forwards: []Forward{fwd}})
+		l.mustIn(tcpSegPkt(client, ap(wanAddr, 8080), syn, 5000, 0, ""), VerdictToLAN)
+		l.advance(30 * time.Second)
+		if _, ok := l.mapping("tcp", ap(lanB, 80)); ok {
+			t.Fatal("unanswered forwarded connection outlived the 30 s unreplied timer")
+		}
+	})
+	t.Run("a port forward's connection the inside answers is on the transitory timer, then established", func(t *testing.T) {
+		l := newLab(t, Config{Forwards: []Forward{fwd}})
+		l.mustIn(tcpSegPkt(client, ap(wanAddr, 8080), syn, 5000, 0, ""), VerdictToLAN)
+		l.mustOut(tcpSegPkt(ap(lanB, 80), client, synAck, 9000, 5001, ""), VerdictToWAN)
+		l.advance(time.Minute)
+		l.mustIn(tcpSegPkt(client, ap(wanAddr, 8080), ack, 5001, 9001, ""), VerdictToLAN)
+		l.advance(2*time.Hour + 3*time.Minute)
+		l.mustOut(tcpSegPkt(ap(lanB, 80), client, ack, 9001, 5001, "hello"), VerdictToWAN)
+	})
+	t.Run("a forged third ACK from the WAN does not establish a forwarded connection", func(t *testing.T) {
+		l := newLab(t, Config{Forwards: []Forward{fwd}})
+		l.mustIn(tcpSegPkt(client, ap(wanAddr, 8080), syn, 5000, 0, ""), VerdictToLAN)
+		l.mustOut(tcpSegPkt(ap(lanB, 80), client, synAck, 9000, 5001, ""), VerdictToWAN)
+		r, _ := l.in(tcpSegPkt(client, ap(wanAddr, 8080), ack, 5001, 9000+0x10000000, ""))
+		wantDrop(t, r, DropTCPOutOfWindow)
+		l.advance(4 * time.Minute)
+		if _, ok := l.mapping("tcp", ap(lanB, 80)); ok {
+			t.Fatal("half-open forwarded connection outlived the transitory timer")
+		}
+	})
+}
+
+// TestTCPAssured checks the flow's assured mark, which decides eviction.
+func TestTCPAssured(t *testing.T) {
+	flowOf := func(l *lab, c *seqConn) *Flow {
+		return l.e.table.flows[flowKey{ProtoTCP, c.ext, endpoint{remote1.As4(), 443}}]
+	}
+	t.Run("a flow is assured after the handshake and not once it closes", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		f := flowOf(l, c)
+		if !f.assured {
+			t.Fatal("established flow not assured")
+		}
+		c.l.mustIn(tcpSegPkt(ap(remote1, 443), ap(wanAddr, c.ext), finAck, c.rem, c.lan, ""), VerdictToLAN)
+		if f.assured {
+			t.Fatal("closing flow still assured")
+		}
+	})
+	t.Run("a flow is not assured before the third ACK", func(t *testing.T) {
+		l := newLab(t, Config{})
+		lan, rem := ap(lanA, 40000), ap(remote1, 443)
+		ext := l.mustOut(tcpSegPkt(lan, rem, syn, 99, 0, ""), VerdictToWAN).SrcPort
+		l.mustIn(tcpSegPkt(rem, ap(wanAddr, ext), synAck, 7, 100, ""), VerdictToLAN)
+		f := l.e.table.flows[flowKey{ProtoTCP, ext, endpoint{remote1.As4(), 443}}]
+		if f.assured {
+			t.Fatal("half-open flow assured")
+		}
+		l.mustOut(tcpSegPkt(lan, rem, ack, 100, 8, ""), VerdictToWAN)
+		if !f.assured {
+			t.Fatal("flow not assured after the third ACK")
+		}
 	})
 }

@@ -150,7 +150,7 @@ const (
 	tcpDrop        tcpVerdict = iota // out of window or invalid in the state: nothing changed, drop it
 	tcpAccept                        // tracked: pass it
 	tcpAcceptClose                   // tracked, and it closed the connection (exact RST, or the second FIN)
-	tcpIgnore                        // pass it, but it changed nothing (an in-window RST that is not exact)
+	tcpIgnore                        // pass it, but it changed nothing (an in-window RST that is not exact, an ACK older than a window)
 )
 
 // tcpSeg is the part of a segment the tracker reads.
@@ -291,7 +291,7 @@ func (c *tcpConn) track(s *tcpSeg, from int) tcpVerdict {
 		// like any other (it passes).
 		next := *c
 		next.pickup(s, from)
-		if !next.inWindow(s, from) {
+		if next.inWindow(s, from) != tcpAccept {
 			return tcpDrop
 		}
 		*c = next
@@ -308,8 +308,8 @@ func (c *tcpConn) track(s *tcpSeg, from int) tcpVerdict {
 		// to the handshake.
 		return tcpDrop
 	default:
-		if !c.inWindow(s, from) {
-			return tcpDrop
+		if v := c.inWindow(s, from); v != tcpAccept {
+			return v
 		}
 	}
 	return c.update(s, from)
@@ -347,28 +347,38 @@ func (c *tcpConn) pickup(s *tcpSeg, from int) {
 // loosely (picked up, or a fragment hid a payload's length) may be
 // acknowledged up to its maxEnd instead: data sent before the tracker
 // watched is acknowledged after.
-func (c *tcpConn) inWindow(s *tcpSeg, from int) bool {
+//
+// A segment failing I, II or III is out of window (tcpDrop). One failing
+// only IV carries an acknowledgement older than a window, which a genuine
+// ACK reordered far behind does: conntrack passes it without learning from
+// it ("ignored ACK under lower bound"), and so does this (tcpIgnore). Its
+// sequence number is in window, so the endpoint judges it (RFC 5961
+// section 5 drops an unacceptable ACK); the NAT changes nothing for it.
+func (c *tcpConn) inWindow(s *tcpSeg, from int) tcpVerdict {
 	snd, rcv := &c.peer[from], &c.peer[1-from]
 	if snd.flags&peerKnown != 0 && tcpAfter(s.seq, snd.maxEnd) {
-		return false
+		return tcpDrop
 	}
 	if rcv.maxWin != 0 && snd.flags&peerKnown != 0 && tcpBefore(s.end, snd.end-rcv.maxWin) {
-		return false
+		return tcpDrop
 	}
 	if !s.hasAck() {
-		return true
+		return tcpAccept
 	}
 	if rcv.flags&peerKnown == 0 {
-		return false
+		return tcpDrop
 	}
 	upper := rcv.end
 	if rcv.flags&peerLoose != 0 {
 		upper = max32seq(rcv.end, rcv.maxEnd)
 	}
 	if tcpAfter(s.sack, upper) {
-		return false
+		return tcpDrop
 	}
-	return !tcpBefore(s.ack, rcv.end-max(snd.maxWin, tcpMaxAckWin))
+	if tcpBefore(s.ack, rcv.end-max(snd.maxWin, tcpMaxAckWin)) {
+		return tcpIgnore
+	}
+	return tcpAccept
 }
 
 func max32seq(a, b uint32) uint32 {
@@ -543,8 +553,8 @@ func (c *tcpConn) syn(s *tcpSeg, from int) tcpVerdict {
 		return tcpAccept
 	case snd.flags&peerSyn != 0 && s.seq == snd.iss && c.state < tcpEstablished:
 		// The same SYN again: a retransmission.
-		if !c.inWindow(s, from) {
-			return tcpDrop
+		if v := c.inWindow(s, from); v != tcpAccept {
+			return v
 		}
 		return c.update(s, from)
 	case from == tcpInside:
@@ -594,8 +604,8 @@ func (c *tcpConn) synAck(s *tcpSeg, from int) tcpVerdict {
 	}
 	// A retransmitted SYN-ACK, or one of a simultaneous open: checked
 	// like any segment.
-	if !c.inWindow(s, from) {
-		return tcpDrop
+	if v := c.inWindow(s, from); v != tcpAccept {
+		return v
 	}
 	return c.update(s, from)
 }
@@ -643,8 +653,8 @@ func (c *tcpConn) rst(s *tcpSeg, from int) tcpVerdict {
 		// connection's tracking stays.
 		return tcpIgnore
 	}
-	if !c.inWindow(s, from) {
-		return tcpDrop
+	if v := c.inWindow(s, from); v != tcpAccept {
+		return v
 	}
 	if s.seq != snd.end || c.state == tcpClose {
 		// In window but not exact (RFC 5961 section 3.2): the
