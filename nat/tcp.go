@@ -30,37 +30,47 @@ func (h *tcpHandler) timeout(c *tcpConn) time.Duration {
 }
 
 // track runs a segment through the flow's connection tracker and, for a
-// tracked PPTP control connection (pc not nil), through the PPTP hook. A
+// LAN client's PPTP control connection (pptp), through the PPTP hook. A
 // segment the tracker drops changes nothing, the PPTP tracker included; one
 // it passes without changing anything (an in-window RST that is not exact)
 // neither refreshes the timer nor reaches the PPTP hook, so a blind attacker
 // cannot end calls with it.
-func (h *tcpHandler) track(f *Flow, p *Packet, outbound bool, pc *pptpConn, pdir int, now int64) DropReason {
+func (h *tcpHandler) track(f *Flow, p *Packet, outbound, pptp bool, now int64) DropReason {
 	var v tcpVerdict
-	if pc == nil {
+	var pc *pptpConn
+	if !pptp {
 		v = f.tcp.segment(p.L4, p.MoreFragments, outbound)
 	} else {
 		// The PPTP hook may still drop the segment, or cut it before
 		// a Call ID (FIN cleared): try on a copy, track what leaves.
 		trial := f.tcp
 		v = trial.segment(p.L4, p.MoreFragments, outbound)
-		if v != tcpDrop && v != tcpIgnore {
-			if r := h.e.pptp.control(pc, p, pdir, now); r != DropNone {
-				return r
+		if v == tcpAccept || v == tcpAcceptClose {
+			k := pptpConnKey{f.m.Int, f.remote}
+			dir := fromServer
+			if outbound {
+				pc, dir = h.e.pptp.conn(k, now), fromClient
+			} else {
+				pc = h.e.pptp.conns[k]
 			}
-			if again := f.tcp.segment(p.L4, p.MoreFragments, outbound); again != tcpDrop {
-				v = again
+			if pc != nil {
+				if r := h.e.pptp.control(pc, p, dir, now); r != DropNone {
+					return r
+				}
+				pc.lastSeen = now
+				if again := f.tcp.segment(p.L4, p.MoreFragments, outbound); again != tcpDrop {
+					v = again
+					trial = f.tcp
+				}
 			}
 		}
+		f.tcp = trial
 	}
 	switch v {
 	case tcpDrop:
 		return DropTCPOutOfWindow
 	case tcpIgnore:
 		return DropNone
-	}
-	if pc != nil {
-		pc.lastSeen = now
 	}
 	t := &h.e.table
 	t.touch(f, now, h.timeout(&f.tcp))
@@ -81,13 +91,10 @@ func (h *tcpHandler) Outbound(p *Packet, now int64) Result {
 	if f == nil {
 		return r
 	}
-	var pc *pptpConn
-	if p.DstPort == PortPPTP && p.Dst != h.e.wan && !f.m.Static {
-		// A LAN client's PPTP control connection: its Call IDs are
-		// masqueraded (a forwarded PPTP server's own replies are not).
-		pc = h.e.pptp.conn(pptpConnKey{f.m.Int, f.remote}, now)
-	}
-	if r := h.track(f, p, true, pc, fromClient, now); r != DropNone {
+	// A LAN client's PPTP control connection: its Call IDs are
+	// masqueraded (a forwarded PPTP server's own replies are not).
+	pptp := p.DstPort == PortPPTP && p.Dst != h.e.wan && !f.m.Static
+	if r := h.track(f, p, true, pptp, now); r != DropNone {
 		return drop(r)
 	}
 	rewriteSrc(p, h.e.wan, f.m.Ext)
@@ -109,11 +116,7 @@ func (h *tcpHandler) Inbound(p *Packet, now int64) Result {
 		// A port forward's connection, tracked from the outside's SYN.
 		f = t.addFlow(m, remote, now)
 	}
-	var pc *pptpConn
-	if remote.port == PortPPTP && !m.Static {
-		pc = h.e.pptp.conns[pptpConnKey{m.Int, remote}]
-	}
-	if r := h.track(f, p, false, pc, fromServer, now); r != DropNone {
+	if r := h.track(f, p, false, remote.port == PortPPTP && !m.Static, now); r != DropNone {
 		return drop(r)
 	}
 	rewriteDst(p, m.Int.addr, m.Int.port)

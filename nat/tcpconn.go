@@ -167,20 +167,20 @@ type tcpSeg struct {
 func tcpBefore(a, b uint32) bool { return int32(a-b) < 0 }
 func tcpAfter(a, b uint32) bool  { return int32(a-b) > 0 }
 
-// parseTCPSeg reads a segment. l4 is a TCP header and payload that Parse
+// parse reads a segment. l4 is a TCP header and payload that Parse
 // checked; fragment says more of the payload follows in other fragments.
-func parseTCPSeg(l4 []byte, fragment bool) tcpSeg {
+// It fills s in place: the tracker runs for every TCP packet, and a
+// returned copy shows in the translation's cost.
+func (s *tcpSeg) parse(l4 []byte, fragment bool) {
 	tcp := header.TCP(l4)
 	off := int(tcp.DataOffset())
-	s := tcpSeg{
-		seq:   tcp.SequenceNumber(),
-		ack:   tcp.AckNumber(),
-		win:   uint32(tcp.WindowSize()),
-		flags: tcp.Flags(),
-		ws:    -1,
-		dataN: uint32(len(l4) - off),
-		frag:  fragment,
-	}
+	s.seq = tcp.SequenceNumber()
+	s.ack = tcp.AckNumber()
+	s.win = uint32(tcp.WindowSize())
+	s.flags = tcp.Flags()
+	s.ws = -1
+	s.dataN = uint32(len(l4) - off)
+	s.frag = fragment
 	s.sack = s.ack
 	s.end = s.seq + s.dataN
 	if s.flags&header.TCPFlagSyn != 0 {
@@ -194,7 +194,6 @@ func parseTCPSeg(l4 []byte, fragment bool) tcpSeg {
 	if s.flags&header.TCPFlagFin != 0 {
 		s.end++
 	}
-	return s
 }
 
 // sackEdge returns the highest right edge of the SACK blocks in the options
@@ -256,13 +255,11 @@ func (c *tcpConn) unreplied() bool {
 	return c.flags&connOpenedOutside != 0 && c.peer[tcpInside].flags&peerSeen == 0
 }
 
-// closing reports that a FIN or an RST was seen.
-func (c *tcpConn) closing() bool { return c.state > tcpEstablished }
-
 // segment tracks one segment from the inside (outbound) or the outside.
 // Segments it drops leave the connection exactly as it was.
 func (c *tcpConn) segment(l4 []byte, fragment, outbound bool) tcpVerdict {
-	s := parseTCPSeg(l4, fragment)
+	var s tcpSeg
+	s.parse(l4, fragment)
 	from := tcpOutside
 	if outbound {
 		from = tcpInside
