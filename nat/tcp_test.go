@@ -551,3 +551,62 @@ func TestTCPAssured(t *testing.T) {
 		}
 	})
 }
+
+func TestTCPTrackerAndPPTPCalls(t *testing.T) {
+	client, server := ap(lanA, 40000), ap(remote1, PortPPTP)
+	// open runs a PPTP control connection's handshake and an
+	// Outgoing-Call-Request; it returns the external port and both sides'
+	// next sequence numbers.
+	open := func(l *lab) (ext uint16, cseq, sseq uint32) {
+		cseq, sseq = 1000, 900000
+		ext = l.mustOut(tcpSegPkt(client, server, syn, cseq-1, 0, ""), VerdictToWAN).SrcPort
+		l.mustIn(tcpSegPkt(server, ap(wanAddr, ext), synAck, sseq-1, cseq, ""), VerdictToLAN)
+		l.mustOut(tcpSegPkt(client, server, ack, cseq, sseq, ""), VerdictToWAN)
+		ocrq := string(pptpMsg(PPTPOutgoingCallRequest, 1, 0))
+		l.mustOut(tcpSegPkt(client, server, ack|header.TCPFlagPsh, cseq, sseq, ocrq), VerdictToWAN)
+		return ext, cseq + uint32(len(ocrq)), sseq
+	}
+	callState := func(l *lab) string {
+		for _, c := range l.e.PPTPCalls() {
+			if c.CallID == 1 {
+				return c.State + "/" + c.Connection
+			}
+		}
+		return "none"
+	}
+	t.Run("an in-window RST that is not exact ends no PPTP call", func(t *testing.T) {
+		l := newLab(t, Config{})
+		ext, _, sseq := open(l)
+		l.mustIn(tcpSegPkt(server, ap(wanAddr, ext), rst, sseq+10, 0, ""), VerdictToLAN)
+		if got := callState(l); got != "setup/open" {
+			t.Fatalf("call %s after an inexact RST, want setup/open", got)
+		}
+	})
+	t.Run("an out-of-window FIN ends no PPTP call", func(t *testing.T) {
+		l := newLab(t, Config{})
+		ext, cseq, sseq := open(l)
+		l.mustOut(tcpSegPkt(client, server, finAck, cseq, sseq, ""), VerdictToWAN)
+		r, _ := l.in(tcpSegPkt(server, ap(wanAddr, ext), finAck, sseq+0x40000000, cseq+1, ""))
+		wantDrop(t, r, DropTCPOutOfWindow)
+		if got := callState(l); got != "setup/open" {
+			t.Fatalf("call %s after an out-of-window FIN, want setup/open", got)
+		}
+	})
+	t.Run("control: the exact RST ends the connection's calls", func(t *testing.T) {
+		l := newLab(t, Config{})
+		ext, _, sseq := open(l)
+		l.mustIn(tcpSegPkt(server, ap(wanAddr, ext), rst, sseq, 0, ""), VerdictToLAN)
+		if got := callState(l); got != "ending/closed" {
+			t.Fatalf("call %s after the exact RST, want ending/closed", got)
+		}
+	})
+	t.Run("control: both FINs end the connection's calls", func(t *testing.T) {
+		l := newLab(t, Config{})
+		ext, cseq, sseq := open(l)
+		l.mustOut(tcpSegPkt(client, server, finAck, cseq, sseq, ""), VerdictToWAN)
+		l.mustIn(tcpSegPkt(server, ap(wanAddr, ext), finAck, sseq, cseq+1, ""), VerdictToLAN)
+		if got := callState(l); got != "ending/closed" {
+			t.Fatalf("call %s after both FINs, want ending/closed", got)
+		}
+	})
+}
