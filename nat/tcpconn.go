@@ -77,14 +77,15 @@ const tcpMaxAckWin = 66000
 const tcpMaxWin = 0xffff << header.MaxWndScale
 
 // tcpPeerFlags say what is known about one direction.
-type tcpPeerFlags uint8
+type tcpPeerFlags uint16
 
 const (
 	peerKnown    tcpPeerFlags = 1 << iota // end and maxEnd hold values (its own segments, or the other side's ACKs)
 	peerSeen                              // a segment from this side was tracked
 	peerSyn                               // its SYN was seen: iss holds its initial sequence number
 	peerWScale                            // its SYN carried the window scale option (RFC 7323 2.2)
-	peerLoose                             // scale and end not learned from a SYN: picked up mid-stream, or sent a fragment
+	peerLoose                             // its end may lag what it sent: picked up mid-stream, or sent a fragment
+	peerNoScale                           // its window scale is unknown: picked up mid-stream
 	peerSynAcked                          // the other side acknowledged its SYN
 	peerFin                               // it sent a FIN, in window
 	peerFinAcked                          // the other side acknowledged that FIN
@@ -102,10 +103,10 @@ type tcpPeer struct {
 }
 
 // shift is the scale applied to this side's window field: its own once both
-// SYNs agreed on it, the largest allowed when it was never seen (RFC 7323
-// section 2.3 caps it at 14).
+// SYNs agreed on it, the largest allowed when the SYNs were not seen
+// (RFC 7323 section 2.3 caps it at 14).
 func (p *tcpPeer) shift() uint8 {
-	if p.flags&peerLoose != 0 {
+	if p.flags&peerNoScale != 0 {
 		return header.MaxWndScale
 	}
 	return p.scale
@@ -320,11 +321,11 @@ func (c *tcpConn) track(s *tcpSeg, from int) tcpVerdict {
 func (c *tcpConn) pickup(s *tcpSeg, from int) {
 	*c = tcpConn{state: tcpEstablished, flags: connPickedUp}
 	snd, rcv := &c.peer[from], &c.peer[1-from]
-	snd.flags = peerKnown | peerLoose
+	snd.flags = peerKnown | peerLoose | peerNoScale
 	snd.end = s.end
 	snd.maxWin = max(s.win<<header.MaxWndScale, 1)
 	snd.maxEnd = s.end + snd.maxWin
-	rcv.flags = peerKnown | peerLoose
+	rcv.flags = peerKnown | peerLoose | peerNoScale
 	rcv.end = s.sack
 	rcv.maxEnd = s.sack
 }

@@ -360,3 +360,31 @@ func TestTCPConnSACKAndZeroWindow(t *testing.T) {
 		})
 	})
 }
+
+func TestTCPConnFragments(t *testing.T) {
+	in1, out1 := issIn+1, issOut+1
+	for _, tc := range []struct {
+		name     string
+		fragment bool
+		want     tcpVerdict
+	}{
+		{"the ACK of a fragmented segment, beyond what its first fragment showed, passes", true, tcpAccept},
+		{"control: the same ACK of an unfragmented segment is dropped", false, tcpDrop},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var c tcpConn
+			run(t, &c, handshakeIn())
+			first := rawSeg{seq: in1, ack: out1, flags: ack, win: 65535, n: 100, ws: -1}
+			if v := c.segment(first.bytes(), tc.fragment, true); v != tcpAccept {
+				t.Fatalf("first fragment: %s", verdictNames[v])
+			}
+			acked := rawSeg{seq: out1, ack: in1 + 1400, flags: ack, win: 65535, ws: -1}
+			if v := c.segment(acked.bytes(), false, false); v != tc.want {
+				t.Fatalf("ACK of the whole segment: %s, want %s", verdictNames[v], verdictNames[tc.want])
+			}
+			if c.peer[tcpInside].shift() != 0 {
+				t.Errorf("a fragment changed the window scale to %d", c.peer[tcpInside].shift())
+			}
+		})
+	}
+}
