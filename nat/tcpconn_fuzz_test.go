@@ -21,8 +21,10 @@ type fzEnd struct {
 	ooo            [2]uint32 // an out-of-order block received, for SACK
 	hasOOO         bool
 
-	// What crossed the NAT from this endpoint: the highest end, and the
-	// largest window in bytes. The tracker knows no more than this.
+	// What crossed the NAT from this endpoint: whether anything did, the
+	// highest end, and the largest window in bytes. The tracker knows no
+	// more than this.
+	passed    bool
 	passedEnd uint32
 	passedWin uint32
 }
@@ -71,13 +73,16 @@ func (in *fzInput) u32() uint32 { return uint32(in.u16())<<16 | uint32(in.u16())
 // conntrack's: a copy of data acknowledged more than a window ago, which
 // the receiver has no use for) and never leave ESTABLISHED. An off-path
 // attacker interleaves RSTs from the outside with random sequence numbers:
-// they may close the connection only at the exact next sequence number.
+// they may close the connection only at the exact next sequence number. In
+// pickup mode the tracker first sees the connection mid-stream.
 func FuzzTCPConn(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{0x80, 0, 0, 1, 0xff, 0xff, 0xf0, 0, 7, 7, 0xff, 0xff, 0xff, 0xff, 0, 0, 2, 0, 1, 2, 1, 0, 3, 0})
 	f.Add([]byte{0, 0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 1, 0x80, 0x81, 0, 0x10, 0, 0, 0, 0x10, 1, 0x10, 2, 0, 3, 1, 4, 0, 5, 1, 6, 0, 7, 0, 0, 0, 2, 1, 10, 1, 2, 3, 4})
 	f.Add([]byte{1, 1, 2, 3, 4, 5, 6, 7, 8, 14, 14, 0, 1, 0, 1, 0, 0xff, 0, 0xff, 7, 0, 0, 0, 9, 0, 2, 0, 1, 1, 9, 1, 2, 1, 0, 8, 0, 3, 0})
 	f.Add([]byte{2, 9, 9, 9, 9, 8, 8, 8, 8, 3, 0x90, 0, 0x40, 0, 0x40, 0, 0x20, 4, 0, 6, 0, 0, 0x30, 2, 0, 0, 4, 1, 0x10, 5, 0, 2, 0, 1, 3, 0, 1, 10, 0x80, 0, 0, 0})
+	f.Add([]byte{4, 1, 2, 3, 4, 5, 6, 7, 8, 0x80, 0x80, 0x10, 0, 0x10, 0, 0x80, 0, 0x10, 0, 0, 0x10, 1, 0, 1, 0, 1, 1, 1, 1, 1, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8})
+	f.Add([]byte{5, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 2, 9, 0, 0x20, 0xff, 0xff, 0x80, 0, 0x10, 0x82, 0, 1, 0, 0, 1, 0, 1, 2, 0, 1, 1, 0x86, 1, 1, 1})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in := &fzInput{data}
 		mode := in.byte()
@@ -109,9 +114,10 @@ func FuzzTCPConn(f *testing.F) {
 			if r.flags&header.TCPFlagSyn != 0 {
 				end++
 			}
-			if tcpAfter(end, e.passedEnd) || e.passedEnd == 0 {
+			if tcpAfter(end, e.passedEnd) || !e.passed {
 				e.passedEnd = end
 			}
+			e.passed = true
 			win := uint32(r.win)
 			if r.flags&header.TCPFlagSyn == 0 {
 				win <<= e.shift
@@ -119,7 +125,14 @@ func FuzzTCPConn(f *testing.F) {
 			e.passedWin = max(e.passedWin, win)
 			return v
 		}
+		// In pickup mode the tracker starts after the handshake (the
+		// router restarted): it sees nothing until the inside speaks,
+		// and the WAN side's segments before that find no flow.
+		pickup := mode&4 != 0
 		mustPass := func(k int, r rawSeg, what string) {
+			if pickup {
+				return
+			}
 			if v := pass(k, r); v == tcpDrop {
 				t.Fatalf("%s dropped: %+v (tracker %+v)", what, r, c)
 			}
@@ -141,7 +154,7 @@ func FuzzTCPConn(f *testing.F) {
 		}
 		mustPass(0, rawSeg{seq: ep[0].sndNxt, ack: ep[0].rcvNxt, flags: ack, win: ep[0].advertised(), ws: -1}, "third ACK")
 		ep[1].edge = max32seq(ep[1].edge, ep[0].rcvNxt+uint32(ep[0].advertised())<<ep[0].shift)
-		if !c.established() {
+		if !pickup && !c.established() {
 			t.Fatalf("not established after the handshake: %+v", c)
 		}
 
@@ -181,12 +194,18 @@ func FuzzTCPConn(f *testing.F) {
 				queue = append(queue[:idx], queue[idx+1:]...)
 				from, to := &ep[s.from], &ep[1-s.from]
 				end := s.raw.seq + uint32(s.raw.n)
-				stale := tcpBefore(end, from.passedEnd-to.passedWin)
+				if c.state == tcpNone && from.dir == tcpOutside {
+					continue // no flow yet: the engine drops it as unsolicited
+				}
+				stale := from.passed && to.passed && tcpBefore(end, from.passedEnd-to.passedWin)
 				if v := pass(s.from, s.raw); v == tcpDrop && !stale {
 					t.Fatalf("genuine segment dropped (op %d): %+v\nfrom %+v\nto %+v\ntracker %+v", ops, s.raw, *from, *to, c)
 				}
 				if c.state != tcpEstablished {
 					t.Fatalf("genuine segment moved the state to %v", c.state)
+				}
+				if ep[0].passed && ep[1].passed && !c.established() {
+					t.Fatalf("seen both ways but not established: %+v", c)
 				}
 				if in.byte()&7 == 0 {
 					continue // lost after the NAT
@@ -254,11 +273,18 @@ func FuzzTCPConn(f *testing.F) {
 				if outside.dir != tcpOutside {
 					outside = &ep[1]
 				}
+				if c.state == tcpNone {
+					continue // no flow for it to reach yet
+				}
 				before := c
+				exact := before.peer[tcpOutside].end
+				if !pickup && exact != outside.passedEnd {
+					t.Fatalf("tracker's next outside sequence number %#x, the outside sent up to %#x", exact, outside.passedEnd)
+				}
 				v := c.segment(rawSeg{seq: seq, ack: ackN, flags: flags, ws: -1}.bytes(), false, false)
 				switch {
-				case v == tcpAcceptClose && seq != outside.passedEnd:
-					t.Fatalf("RST at seq %#x closed the connection; the exact next sequence number is %#x", seq, outside.passedEnd)
+				case v == tcpAcceptClose && seq != exact:
+					t.Fatalf("RST at seq %#x closed the connection; the exact next sequence number is %#x", seq, exact)
 				case v == tcpAcceptClose:
 					return // the attacker guessed it: the connection is over
 				case c != before:
