@@ -610,3 +610,41 @@ func TestTCPTrackerAndPPTPCalls(t *testing.T) {
 		}
 	})
 }
+
+func TestTCPReopen(t *testing.T) {
+	lan, rem := ap(lanA, 40000), ap(remote1, 443)
+	t.Run("a LAN host re-opening an established tuple is tracked anew once the remote's SYN-ACK acknowledges it", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		l.mustOut(tcpSegPkt(lan, rem, syn, 0x55550000, 0, ""), VerdictToWAN)
+		l.mustIn(tcpSegPkt(rem, ap(wanAddr, c.ext), synAck, 0x66660000, 0x55550001, ""), VerdictToLAN)
+		l.mustOut(tcpSegPkt(lan, rem, ack, 0x55550001, 0x66660001, "new"), VerdictToWAN)
+		// The new numbers are tracked, the old ones are gone.
+		l.mustIn(tcpSegPkt(rem, ap(wanAddr, c.ext), ack, 0x66660001, 0x55550004, ""), VerdictToLAN)
+		r, _ := l.in(tcpSegPkt(rem, ap(wanAddr, c.ext), ack, c.rem, c.lan, "old"))
+		wantDrop(t, r, DropTCPOutOfWindow)
+	})
+	t.Run("control: a SYN-ACK for another SYN does not restart the tracking", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		l.mustOut(tcpSegPkt(lan, rem, syn, 0x55550000, 0, ""), VerdictToWAN)
+		r, _ := l.in(tcpSegPkt(rem, ap(wanAddr, c.ext), synAck, 0x66660000, 0x55550002, ""))
+		wantDrop(t, r, DropTCPOutOfWindow)
+		c.fromWAN("old numbers still work")
+	})
+	t.Run("the remote's challenge ACK and the LAN host's RST answering it reset the tuple for a new SYN", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		l.mustOut(tcpSegPkt(lan, rem, syn, 0x55550000, 0, ""), VerdictToWAN)
+		// RFC 5961 section 4: the remote, still established, answers
+		// the SYN with an ACK of the old connection; the LAN host, which
+		// lost it, resets it at exactly that acknowledgement.
+		l.mustIn(tcpSegPkt(rem, ap(wanAddr, c.ext), ack, c.rem, c.lan, ""), VerdictToLAN)
+		l.mustOut(tcpSegPkt(lan, rem, rst, c.lan, 0, ""), VerdictToWAN)
+		l.mustOut(tcpSegPkt(lan, rem, syn, 0x55550000, 0, ""), VerdictToWAN)
+		l.mustIn(tcpSegPkt(rem, ap(wanAddr, c.ext), synAck, 0x66660000, 0x55550001, ""), VerdictToLAN)
+		l.mustOut(tcpSegPkt(lan, rem, ack, 0x55550001, 0x66660001, ""), VerdictToWAN)
+		l.advance(2*time.Hour + 3*time.Minute)
+		l.mustIn(tcpSegPkt(rem, ap(wanAddr, c.ext), ack, 0x66660001, 0x55550001, "established again"), VerdictToLAN)
+	})
+}
