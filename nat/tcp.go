@@ -12,7 +12,7 @@ import (
 // dropped silently (RFC 5382 REQ-4 asks not to answer it for 6 s; vpnmasq
 // never answers it). Every segment of a connection is checked against its
 // sequence windows (tcpconn.go): what a blind attacker on the WAN forges
-// changes nothing.
+// changes no state here.
 type tcpHandler struct{ e *Engine }
 
 // timeout is the flow's timer (RFC 5382 REQ-5): established once the
