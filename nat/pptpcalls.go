@@ -189,19 +189,6 @@ func (pt *pptpTracker) lookup(k pptpConnKey) *pptpConn {
 	return nil
 }
 
-// conn returns the tracked connection, creating it if there is none (or
-// only a gone one). It serves tcp.go until that calls open and lookup: a
-// connection first seen without a SYN starts unsynchronised, its message
-// boundaries are unknown, and it is passed unparsed.
-func (pt *pptpTracker) conn(k pptpConnKey, now int64) *pptpConn {
-	c := pt.lookup(k)
-	if c == nil {
-		c = pt.open(k, now)
-	}
-	c.lastSeen = now
-	return c
-}
-
 // untracked counts a control connection passed unparsed because it was
 // picked up mid-stream: by the TCP layer, which then opens no record, or by
 // control for a direction that never showed its SYN. Its calls get no GRE
@@ -434,23 +421,12 @@ func (pt *pptpTracker) release(call *pptpCall) {
 		Msg("pptp call released")
 }
 
-// flowAlive reports whether the TCP flow that carries a control connection
-// is still in the table.
-func (pt *pptpTracker) flowAlive(c *pptpConn, now int64) bool {
-	m := pt.e.table.lookupInt(ProtoTCP, c.key.client)
-	return m != nil && pt.e.table.flow(m, c.key.server, now) != nil
-}
-
 // expire releases calls past their grace or setup time, and deletes the
-// records of gone connections once their calls are released. A connection
-// whose TCP flow is no longer in the table is gone even if the TCP layer did
-// not say so: no record outlives its flow.
+// records of gone connections once their calls are released (the table
+// calls gone when a control connection's TCP flow is removed).
 func (pt *pptpTracker) expire(now int64) {
 	setup := dur(pt.e.cfg.PPTP.CallSetupTimeout)
 	for k, c := range pt.conns {
-		if !c.gone && !pt.flowAlive(c, now) {
-			pt.gone(c, now)
-		}
 		kept := c.calls[:0]
 		for _, call := range c.calls {
 			if call.releaseAt == 0 && !call.peerKnown && now-call.created > setup {

@@ -78,7 +78,7 @@ type Flow struct {
 	ra       *remoteAddr
 	remote   endpoint
 	expires  int64
-	tcp      tcpState
+	tcp      tcpConn
 	lastSeen int64
 	// assured: the flow has proven itself (both directions seen; for TCP,
 	// the handshake completed and not closing). Flows that are not

@@ -1,10 +1,12 @@
 package nat
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -17,22 +19,22 @@ const (
 	finAck = header.TCPFlagFin | header.TCPFlagAck
 )
 
-// tcpConn drives one TCP connection from lanA:40000 to remote1:443 through
+// tcpSession drives one TCP connection from lanA:40000 to remote1:443 through
 // a lab.
-type tcpConn struct {
+type tcpSession struct {
 	l   *lab
 	lan netip.AddrPort
 	rem netip.AddrPort
 	ext uint16
 }
 
-func openTCP(l *lab) *tcpConn {
-	c := &tcpConn{l: l, lan: ap(lanA, 40000), rem: ap(remote1, 443)}
+func openTCP(l *lab) *tcpSession {
+	c := &tcpSession{l: l, lan: ap(lanA, 40000), rem: ap(remote1, 443)}
 	c.ext = l.mustOut(tcpPkt(c.lan, c.rem, syn), VerdictToWAN).SrcPort
 	return c
 }
 
-func (c *tcpConn) out(flags header.TCPFlags) Result {
+func (c *tcpSession) out(flags header.TCPFlags) Result {
 	c.l.t.Helper()
 	r, p := c.l.out(tcpPkt(c.lan, c.rem, flags))
 	if r.Verdict == VerdictToWAN && srcAP(p) != ap(wanAddr, c.ext) {
@@ -41,7 +43,7 @@ func (c *tcpConn) out(flags header.TCPFlags) Result {
 	return r
 }
 
-func (c *tcpConn) in(flags header.TCPFlags) Result {
+func (c *tcpSession) in(flags header.TCPFlags) Result {
 	c.l.t.Helper()
 	r, p := c.l.in(tcpPkt(c.rem, ap(wanAddr, c.ext), flags))
 	if r.Verdict == VerdictToLAN && dstAP(p) != c.lan {
@@ -72,6 +74,7 @@ func TestTCPMasquerade(t *testing.T) {
 	t.Run("segments with tcp options and payload keep valid checksums", func(t *testing.T) {
 		l := newLab(t, Config{})
 		c := openTCP(l)
+		c.in(synAck)
 		p := l.mustOut(tcpDataPkt(c.lan, c.rem, ack|header.TCPFlagPsh, "GET / HTTP/1.1\r\n\r\n"), VerdictToWAN)
 		if string(header.TCP(p.L4).Payload()) != "GET / HTTP/1.1\r\n\r\n" {
 			t.Errorf("payload changed")
@@ -132,7 +135,8 @@ func TestTCPTimers(t *testing.T) {
 		{"tcp FIN from the lan moves to the transitory timer", []string{"i:SA", "o:A", "o:FA"}, transitory},
 		{"tcp FIN from the remote moves to the transitory timer", []string{"i:SA", "o:A", "i:FA"}, transitory},
 		{"a new SYN after RST starts over on the transitory timer", []string{"i:SA", "o:R", "o:S"}, transitory},
-		{"a new handshake after RST is established again", []string{"i:SA", "o:R", "o:S", "i:SA"}, established},
+		{"a handshake without its third ACK stays on the transitory timer", []string{"i:SA"}, transitory},
+		{"a new handshake after RST is established again", []string{"i:SA", "o:R", "o:S", "i:SA", "o:A"}, established},
 	}
 	flagsOf := map[string]header.TCPFlags{"S": syn, "SA": synAck, "A": ack, "R": rst, "FA": finAck}
 	for _, tc := range tests {
@@ -166,10 +170,19 @@ func TestTCPTimers(t *testing.T) {
 			wantDrop(t, c.in(ack), DropUnsolicited)
 		})
 	}
-	t.Run("outbound segment of an unknown connection is picked up as established", func(t *testing.T) {
+	t.Run("a connection picked up mid-stream is on the transitory timer until seen both ways", func(t *testing.T) {
 		l := newLab(t, Config{})
 		lan, rem := ap(lanA, 40001), ap(remote1, 22)
 		ext := l.mustOut(tcpPkt(lan, rem, ack), VerdictToWAN).SrcPort
+		l.advance(4 * time.Minute)
+		r, _ := l.in(tcpPkt(rem, ap(wanAddr, ext), ack))
+		wantDrop(t, r, DropUnsolicited)
+	})
+	t.Run("a connection picked up mid-stream and seen both ways is established", func(t *testing.T) {
+		l := newLab(t, Config{})
+		lan, rem := ap(lanA, 40001), ap(remote1, 22)
+		ext := l.mustOut(tcpPkt(lan, rem, ack), VerdictToWAN).SrcPort
+		l.mustIn(tcpPkt(rem, ap(wanAddr, ext), ack), VerdictToLAN)
 		l.advance(2*time.Hour + 3*time.Minute)
 		l.mustIn(tcpPkt(rem, ap(wanAddr, ext), ack), VerdictToLAN)
 	})
@@ -182,6 +195,7 @@ func TestTCPTimers(t *testing.T) {
 		}
 		c = openTCP(l)
 		c.in(synAck)
+		c.out(ack)
 		l.advance(time.Hour - time.Nanosecond)
 		if _, ok := l.mapping("tcp", c.lan); !ok {
 			t.Fatal("established connection gone before 1 h")
@@ -302,5 +316,335 @@ func TestHairpin(t *testing.T) {
 		l := newLab(t, Config{})
 		r, _ := l.out(echoPkt(header.ICMPv4Echo, lanA, wanAddr, 7, 1))
 		wantDrop(t, r, DropLANtoWANAddr)
+	})
+}
+
+// tcpSegPkt is a TCP segment with explicit sequence and acknowledgement
+// numbers, for the tests that play both endpoints exactly.
+func tcpSegPkt(src, dst netip.AddrPort, flags header.TCPFlags, seq, ackN uint32, payload string) []byte {
+	b := tcpSegment(src, dst, flags, 0, []byte(payload))
+	tcp := header.TCP(b)
+	tcp.SetSequenceNumber(seq)
+	tcp.SetAckNumber(ackN)
+	tcp.SetChecksum(0)
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, taddr(src.Addr()), taddr(dst.Addr()), uint16(len(b)))
+	tcp.SetChecksum(^checksum.Checksum(b, xsum))
+	return buildIPv4(ipHdr{src: src.Addr(), dst: dst.Addr(), proto: ProtoTCP, id: 0x5555}, b)
+}
+
+// seqConn is an established connection lanA:40000 → remote1:443 whose
+// sequence numbers the test knows: the inside's next is lan, the outside's
+// next is rem.
+type seqConn struct {
+	l        *lab
+	ext      uint16
+	lan, rem uint32
+}
+
+func establish(l *lab) *seqConn {
+	c := &seqConn{l: l, lan: 0x10000000, rem: 0x80000000}
+	lan, rem := ap(lanA, 40000), ap(remote1, 443)
+	c.ext = l.mustOut(tcpSegPkt(lan, rem, syn, c.lan-1, 0, ""), VerdictToWAN).SrcPort
+	l.mustIn(tcpSegPkt(rem, ap(wanAddr, c.ext), synAck, c.rem-1, c.lan, ""), VerdictToLAN)
+	l.mustOut(tcpSegPkt(lan, rem, ack, c.lan, c.rem, ""), VerdictToWAN)
+	c.fromLAN("GET / HTTP/1.1\r\n\r\n")
+	c.fromWAN("HTTP/1.1 200 OK\r\n\r\n")
+	return c
+}
+
+func (c *seqConn) fromLAN(data string) {
+	c.l.t.Helper()
+	c.l.mustOut(tcpSegPkt(ap(lanA, 40000), ap(remote1, 443), ack|header.TCPFlagPsh, c.lan, c.rem, data), VerdictToWAN)
+	c.lan += uint32(len(data))
+}
+
+func (c *seqConn) fromWAN(data string) {
+	c.l.t.Helper()
+	c.l.mustIn(tcpSegPkt(ap(remote1, 443), ap(wanAddr, c.ext), ack|header.TCPFlagPsh, c.rem, c.lan, data), VerdictToLAN)
+	c.rem += uint32(len(data))
+}
+
+// forge sends a segment from the remote's address and port with the given
+// numbers, as an off-path attacker can.
+func (c *seqConn) forge(flags header.TCPFlags, seq, ackN uint32) Result {
+	c.l.t.Helper()
+	r, _ := c.l.in(tcpSegPkt(ap(remote1, 443), ap(wanAddr, c.ext), flags, seq, ackN, ""))
+	return r
+}
+
+// carriesTrafficAfterTransitory lets the transitory timer (and a minute
+// more) run out, then has the WAN side speak first: on an established flow
+// the segment reaches the LAN host.
+func (c *seqConn) carriesTrafficAfterTransitory() Result {
+	c.l.advance(5 * time.Minute)
+	r, _ := c.l.in(tcpSegPkt(ap(remote1, 443), ap(wanAddr, c.ext), ack|header.TCPFlagPsh, c.rem, c.lan, "still here"))
+	return r
+}
+
+// TestTCPBlindAttacks plays an off-path attacker on the WAN who knows the
+// connection's addresses and ports but not its sequence numbers. Each attack
+// has a control: the same exchange with the genuine segment instead, which
+// must end the flow, so each test can fail.
+func TestTCPBlindAttacks(t *testing.T) {
+	const tries = 10000
+	t.Run("blind RSTs with random sequence numbers leave an established flow on the established timer", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		rng := rand.New(rand.NewPCG(1, 2))
+		for range tries {
+			seq := rng.Uint32()
+			if seq == c.rem {
+				continue // the one value the attacker must guess
+			}
+			flags := rst
+			if rng.IntN(2) == 0 {
+				flags |= ack
+			}
+			if r := c.forge(flags, seq, rng.Uint32()); r.Verdict == VerdictToLAN && seq-c.rem > 1<<20 && c.rem-seq > 1<<20 {
+				t.Fatalf("RST with seq %#x, far from the window at %#x, passed", seq, c.rem)
+			}
+		}
+		if r := c.carriesTrafficAfterTransitory(); r.Verdict != VerdictToLAN {
+			t.Fatalf("after %d blind RSTs the flow is gone: %s %v", tries, verdictName(r.Verdict), r.Reason)
+		}
+		if n := l.e.Drops.Get(DropTCPOutOfWindow); n == 0 {
+			t.Errorf("no blind RST counted as tcp_out_of_window")
+		}
+	})
+	t.Run("control: the genuine RST at the exact sequence number closes the flow", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		if r := c.forge(rst, c.rem, 0); r.Verdict != VerdictToLAN {
+			t.Fatalf("genuine RST dropped: %v", r.Reason)
+		}
+		r := c.carriesTrafficAfterTransitory()
+		wantDrop(t, r, DropUnsolicited)
+	})
+	t.Run("an in-window RST that is not exact passes to the host but does not close the flow", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		if r := c.forge(rst, c.rem+1000, 0); r.Verdict != VerdictToLAN {
+			t.Fatalf("in-window RST dropped (%v): the endpoint must see it to send its challenge ACK", r.Reason)
+		}
+		if r := c.carriesTrafficAfterTransitory(); r.Verdict != VerdictToLAN {
+			t.Fatalf("in-window RST closed the flow: %s %v", verdictName(r.Verdict), r.Reason)
+		}
+	})
+	t.Run("blind FINs with random numbers leave an established flow on the established timer", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		rng := rand.New(rand.NewPCG(3, 4))
+		for range tries {
+			seq, ackN := rng.Uint32(), rng.Uint32()
+			if ackN == c.lan {
+				continue
+			}
+			c.forge(finAck, seq, ackN)
+		}
+		if r := c.carriesTrafficAfterTransitory(); r.Verdict != VerdictToLAN {
+			t.Fatalf("after %d blind FINs the flow is gone: %s %v", tries, verdictName(r.Verdict), r.Reason)
+		}
+	})
+	t.Run("control: the genuine FIN moves the flow to the transitory timer", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		if r := c.forge(finAck, c.rem, c.lan); r.Verdict != VerdictToLAN {
+			t.Fatalf("genuine FIN dropped: %v", r.Reason)
+		}
+		wantDrop(t, c.carriesTrafficAfterTransitory(), DropUnsolicited)
+	})
+	t.Run("a forged SYN from the WAN on an established connection is dropped and counted", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		before := l.e.Drops.Get(DropTCPOutOfWindow)
+		wantDrop(t, c.forge(syn, 0x12345678, 0), DropTCPOutOfWindow)
+		if got := l.e.Drops.Get(DropTCPOutOfWindow) - before; got != 1 {
+			t.Errorf("tcp_out_of_window counted %d times, want 1", got)
+		}
+		c.fromWAN("more")
+		c.fromLAN("more")
+		if r := c.carriesTrafficAfterTransitory(); r.Verdict != VerdictToLAN {
+			t.Fatalf("flow gone after the forged SYN: %s %v", verdictName(r.Verdict), r.Reason)
+		}
+	})
+	t.Run("control: the same SYN after the connection was reset opens a new one", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		c.forge(rst, c.rem, 0)
+		if r := c.forge(syn, 0x12345678, 0); r.Verdict != VerdictToLAN {
+			t.Fatalf("SYN reusing a reset connection's tuple dropped: %v", r.Reason)
+		}
+	})
+	t.Run("out-of-window data from the WAN is dropped and does not refresh the flow", func(t *testing.T) {
+		l := newLab(t, Config{TCPEstablishedTimeout: 10 * time.Minute})
+		c := establish(l)
+		l.advance(9 * time.Minute)
+		wantDrop(t, c.forge(ack, c.rem+0x40000000, c.lan), DropTCPOutOfWindow)
+		l.advance(time.Minute)
+		r, _ := l.in(tcpSegPkt(ap(remote1, 443), ap(wanAddr, c.ext), ack, c.rem, c.lan, ""))
+		wantDrop(t, r, DropUnsolicited)
+	})
+}
+
+func TestTCPPortForwardTracking(t *testing.T) {
+	fwd := Forward{Proto: ProtoTCP, Ports: PortRange{First: 8080, Last: 8080}, To: lanB, ToPort: 80}
+	client := ap(remote1, 50000)
+	t.Run("a port forward's SYN the inside does not answer lives on the unreplied timer", func(t *testing.T) {
+		l := newLab(t, Config{Forwards: []Forward{fwd}})
+		l.mustIn(tcpSegPkt(client, ap(wanAddr, 8080), syn, 5000, 0, ""), VerdictToLAN)
+		l.advance(30 * time.Second)
+		if _, ok := l.mapping("tcp", ap(lanB, 80)); ok {
+			t.Fatal("unanswered forwarded connection outlived the 30 s unreplied timer")
+		}
+	})
+	t.Run("a port forward's connection the inside answers is on the transitory timer, then established", func(t *testing.T) {
+		l := newLab(t, Config{Forwards: []Forward{fwd}})
+		l.mustIn(tcpSegPkt(client, ap(wanAddr, 8080), syn, 5000, 0, ""), VerdictToLAN)
+		l.mustOut(tcpSegPkt(ap(lanB, 80), client, synAck, 9000, 5001, ""), VerdictToWAN)
+		l.advance(time.Minute)
+		l.mustIn(tcpSegPkt(client, ap(wanAddr, 8080), ack, 5001, 9001, ""), VerdictToLAN)
+		l.advance(2*time.Hour + 3*time.Minute)
+		l.mustOut(tcpSegPkt(ap(lanB, 80), client, ack, 9001, 5001, "hello"), VerdictToWAN)
+	})
+	t.Run("a forged third ACK from the WAN does not establish a forwarded connection", func(t *testing.T) {
+		l := newLab(t, Config{Forwards: []Forward{fwd}})
+		l.mustIn(tcpSegPkt(client, ap(wanAddr, 8080), syn, 5000, 0, ""), VerdictToLAN)
+		l.mustOut(tcpSegPkt(ap(lanB, 80), client, synAck, 9000, 5001, ""), VerdictToWAN)
+		r, _ := l.in(tcpSegPkt(client, ap(wanAddr, 8080), ack, 5001, 9000+0x10000000, ""))
+		wantDrop(t, r, DropTCPOutOfWindow)
+		l.advance(4 * time.Minute)
+		if _, ok := l.mapping("tcp", ap(lanB, 80)); ok {
+			t.Fatal("half-open forwarded connection outlived the transitory timer")
+		}
+	})
+}
+
+// TestTCPAssured checks the flow's assured mark, which decides eviction.
+func TestTCPAssured(t *testing.T) {
+	flowOf := func(l *lab, c *seqConn) *Flow {
+		return l.e.table.flows[flowKey{ProtoTCP, c.ext, endpoint{remote1.As4(), 443}}]
+	}
+	t.Run("a flow is assured after the handshake and not once it closes", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		f := flowOf(l, c)
+		if !f.assured {
+			t.Fatal("established flow not assured")
+		}
+		c.l.mustIn(tcpSegPkt(ap(remote1, 443), ap(wanAddr, c.ext), finAck, c.rem, c.lan, ""), VerdictToLAN)
+		if f.assured {
+			t.Fatal("closing flow still assured")
+		}
+	})
+	t.Run("a flow is not assured before the third ACK", func(t *testing.T) {
+		l := newLab(t, Config{})
+		lan, rem := ap(lanA, 40000), ap(remote1, 443)
+		ext := l.mustOut(tcpSegPkt(lan, rem, syn, 99, 0, ""), VerdictToWAN).SrcPort
+		l.mustIn(tcpSegPkt(rem, ap(wanAddr, ext), synAck, 7, 100, ""), VerdictToLAN)
+		f := l.e.table.flows[flowKey{ProtoTCP, ext, endpoint{remote1.As4(), 443}}]
+		if f.assured {
+			t.Fatal("half-open flow assured")
+		}
+		l.mustOut(tcpSegPkt(lan, rem, ack, 100, 8, ""), VerdictToWAN)
+		if !f.assured {
+			t.Fatal("flow not assured after the third ACK")
+		}
+	})
+}
+
+func TestTCPTrackerAndPPTPCalls(t *testing.T) {
+	client, server := ap(lanA, 40000), ap(remote1, PortPPTP)
+	// open runs a PPTP control connection's handshake and an
+	// Outgoing-Call-Request; it returns the external port and both sides'
+	// next sequence numbers.
+	open := func(l *lab) (ext uint16, cseq, sseq uint32) {
+		cseq, sseq = 1000, 900000
+		ext = l.mustOut(tcpSegPkt(client, server, syn, cseq-1, 0, ""), VerdictToWAN).SrcPort
+		l.mustIn(tcpSegPkt(server, ap(wanAddr, ext), synAck, sseq-1, cseq, ""), VerdictToLAN)
+		l.mustOut(tcpSegPkt(client, server, ack, cseq, sseq, ""), VerdictToWAN)
+		ocrq := string(pptpMsg(PPTPOutgoingCallRequest, 1, 0))
+		l.mustOut(tcpSegPkt(client, server, ack|header.TCPFlagPsh, cseq, sseq, ocrq), VerdictToWAN)
+		return ext, cseq + uint32(len(ocrq)), sseq
+	}
+	callState := func(l *lab) string {
+		for _, c := range l.e.PPTPCalls() {
+			if c.CallID == 1 {
+				return c.State + "/" + c.Connection
+			}
+		}
+		return "none"
+	}
+	t.Run("an in-window RST that is not exact ends no PPTP call", func(t *testing.T) {
+		l := newLab(t, Config{})
+		ext, _, sseq := open(l)
+		l.mustIn(tcpSegPkt(server, ap(wanAddr, ext), rst, sseq+10, 0, ""), VerdictToLAN)
+		if got := callState(l); got != "setup/open" {
+			t.Fatalf("call %s after an inexact RST, want setup/open", got)
+		}
+	})
+	t.Run("an out-of-window FIN ends no PPTP call", func(t *testing.T) {
+		l := newLab(t, Config{})
+		ext, cseq, sseq := open(l)
+		l.mustOut(tcpSegPkt(client, server, finAck, cseq, sseq, ""), VerdictToWAN)
+		r, _ := l.in(tcpSegPkt(server, ap(wanAddr, ext), finAck, sseq+0x40000000, cseq+1, ""))
+		wantDrop(t, r, DropTCPOutOfWindow)
+		if got := callState(l); got != "setup/open" {
+			t.Fatalf("call %s after an out-of-window FIN, want setup/open", got)
+		}
+	})
+	t.Run("control: the exact RST ends the connection's calls", func(t *testing.T) {
+		l := newLab(t, Config{})
+		ext, _, sseq := open(l)
+		l.mustIn(tcpSegPkt(server, ap(wanAddr, ext), rst, sseq, 0, ""), VerdictToLAN)
+		if got := callState(l); got != "ending/closed" {
+			t.Fatalf("call %s after the exact RST, want ending/closed", got)
+		}
+	})
+	t.Run("control: both FINs end the connection's calls", func(t *testing.T) {
+		l := newLab(t, Config{})
+		ext, cseq, sseq := open(l)
+		l.mustOut(tcpSegPkt(client, server, finAck, cseq, sseq, ""), VerdictToWAN)
+		l.mustIn(tcpSegPkt(server, ap(wanAddr, ext), finAck, sseq, cseq+1, ""), VerdictToLAN)
+		if got := callState(l); got != "ending/closed" {
+			t.Fatalf("call %s after both FINs, want ending/closed", got)
+		}
+	})
+}
+
+func TestTCPReopen(t *testing.T) {
+	lan, rem := ap(lanA, 40000), ap(remote1, 443)
+	t.Run("a LAN host re-opening an established tuple is tracked anew once the remote's SYN-ACK acknowledges it", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		l.mustOut(tcpSegPkt(lan, rem, syn, 0x55550000, 0, ""), VerdictToWAN)
+		l.mustIn(tcpSegPkt(rem, ap(wanAddr, c.ext), synAck, 0x66660000, 0x55550001, ""), VerdictToLAN)
+		l.mustOut(tcpSegPkt(lan, rem, ack, 0x55550001, 0x66660001, "new"), VerdictToWAN)
+		// The new numbers are tracked, the old ones are gone.
+		l.mustIn(tcpSegPkt(rem, ap(wanAddr, c.ext), ack, 0x66660001, 0x55550004, ""), VerdictToLAN)
+		r, _ := l.in(tcpSegPkt(rem, ap(wanAddr, c.ext), ack, c.rem, c.lan, "old"))
+		wantDrop(t, r, DropTCPOutOfWindow)
+	})
+	t.Run("control: a SYN-ACK for another SYN does not restart the tracking", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		l.mustOut(tcpSegPkt(lan, rem, syn, 0x55550000, 0, ""), VerdictToWAN)
+		r, _ := l.in(tcpSegPkt(rem, ap(wanAddr, c.ext), synAck, 0x66660000, 0x55550002, ""))
+		wantDrop(t, r, DropTCPOutOfWindow)
+		c.fromWAN("old numbers still work")
+	})
+	t.Run("the remote's challenge ACK and the LAN host's RST answering it reset the tuple for a new SYN", func(t *testing.T) {
+		l := newLab(t, Config{})
+		c := establish(l)
+		l.mustOut(tcpSegPkt(lan, rem, syn, 0x55550000, 0, ""), VerdictToWAN)
+		// RFC 5961 section 4: the remote, still established, answers
+		// the SYN with an ACK of the old connection; the LAN host, which
+		// lost it, resets it at exactly that acknowledgement.
+		l.mustIn(tcpSegPkt(rem, ap(wanAddr, c.ext), ack, c.rem, c.lan, ""), VerdictToLAN)
+		l.mustOut(tcpSegPkt(lan, rem, rst, c.lan, 0, ""), VerdictToWAN)
+		l.mustOut(tcpSegPkt(lan, rem, syn, 0x55550000, 0, ""), VerdictToWAN)
+		l.mustIn(tcpSegPkt(rem, ap(wanAddr, c.ext), synAck, 0x66660000, 0x55550001, ""), VerdictToLAN)
+		l.mustOut(tcpSegPkt(lan, rem, ack, 0x55550001, 0x66660001, ""), VerdictToWAN)
+		l.advance(2*time.Hour + 3*time.Minute)
+		l.mustIn(tcpSegPkt(rem, ap(wanAddr, c.ext), ack, 0x66660001, 0x55550001, "established again"), VerdictToLAN)
 	})
 }

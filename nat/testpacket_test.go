@@ -83,17 +83,29 @@ func udpSegment(src, dst netip.AddrPort, payload []byte) []byte {
 	return b
 }
 
+// testISS is the initial sequence number of every endpoint the builders
+// speak for. With one ISS on both sides, each segment is coherent whichever
+// way it goes: a SYN is at testISS, everything after it at testISS+1, and
+// every acknowledgement is testISS+1 (the other side's SYN, no data yet).
+// The connection tracker then sees retransmissions of a quiet connection,
+// which are in window in any state.
+const testISS = 0x01020304
+
 // tcpSegment builds a TCP header (optWords of NOP options) and payload with
-// a correct checksum.
+// a correct checksum, at the sequence numbers testISS describes.
 func tcpSegment(src, dst netip.AddrPort, flags header.TCPFlags, optWords int, payload []byte) []byte {
 	hlen := header.TCPMinimumSize + 4*optWords
 	b := make([]byte, hlen+len(payload))
 	tcp := header.TCP(b)
+	seq := uint32(testISS + 1)
+	if flags&header.TCPFlagSyn != 0 {
+		seq = testISS
+	}
 	tcp.Encode(&header.TCPFields{
 		SrcPort:    src.Port(),
 		DstPort:    dst.Port(),
-		SeqNum:     0x01020304,
-		AckNum:     0x0a0b0c0d,
+		SeqNum:     seq,
+		AckNum:     testISS + 1,
 		DataOffset: uint8(hlen),
 		Flags:      flags,
 		WindowSize: 65000,
