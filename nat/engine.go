@@ -9,7 +9,15 @@
 // of 5 minutes refreshed by outbound traffic, TCP timers of 2 h 4 min
 // established and 4 min transitory, ICMP query mappings of 60 s, and ICMP
 // errors translated in both directions including their embedded headers
-// (RFC 5508).
+// (RFC 5508), only when they quote a live flow.
+//
+// The state is hardened against an off-path attacker on the WAN, who can
+// forge any source address but cannot see the traffic, and against a LAN
+// host that misbehaves: TCP is followed by sequence window in each
+// direction (tcpconn.go), and every table has a global bound and a
+// per-host share, with early drop of flows that never proved themselves
+// (limits.go, table.go). No WAN packet changes state without a reason: in
+// window, within quota, or confirmed.
 //
 // Each IP protocol has a Handler; TCP, UDP and ICMP share the endpoint
 // mapping table in table.go. VPN protocols (ISAKMP, ESP, GRE, PPTP control)
@@ -300,12 +308,10 @@ func (e *Engine) Expire() {
 	// that a million flows expiring at once never stall the packet loops.
 	for {
 		e.mu.Lock()
-		more := e.table.expireSome(e.now())
-		if more {
-			e.mu.Unlock()
-			continue
+		if !e.table.expireSome(e.now()) {
+			break // still locked for the other tables' sweeps
 		}
-		break
+		e.mu.Unlock()
 	}
 	defer e.mu.Unlock()
 	now := e.now()
