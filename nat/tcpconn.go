@@ -89,6 +89,7 @@ const (
 	peerSynAcked                          // the other side acknowledged its SYN
 	peerFin                               // it sent a FIN, in window
 	peerFinAcked                          // the other side acknowledged that FIN
+	peerEdgeUnknown                       // picked up: how far the other side lets it send is unknown until that side speaks
 )
 
 // tcpPeer is one direction of a connection: conntrack's ip_ct_tcp_state.
@@ -321,7 +322,11 @@ func (c *tcpConn) track(s *tcpSeg, from int) tcpVerdict {
 func (c *tcpConn) pickup(s *tcpSeg, from int) {
 	*c = tcpConn{state: tcpEstablished, flags: connPickedUp}
 	snd, rcv := &c.peer[from], &c.peer[1-from]
-	snd.flags = peerKnown | peerLoose | peerNoScale
+	// The sender's right edge is the receiver's ack plus window, which
+	// this segment does not show (its window is the sender's own): until
+	// the receiver speaks, the sender's sequence numbers are not bounded
+	// above (conntrack marks pickups liberal for the same reason).
+	snd.flags = peerKnown | peerLoose | peerNoScale | peerEdgeUnknown
 	snd.end = s.end
 	snd.maxWin = max(s.win<<header.MaxWndScale, 1)
 	snd.maxEnd = s.end + snd.maxWin
@@ -354,10 +359,15 @@ func (c *tcpConn) pickup(s *tcpSeg, from int) {
 // section 5 drops an unacceptable ACK); the NAT changes nothing for it.
 func (c *tcpConn) inWindow(s *tcpSeg, from int) tcpVerdict {
 	snd, rcv := &c.peer[from], &c.peer[1-from]
-	if snd.flags&peerKnown != 0 && tcpAfter(s.seq, snd.maxEnd) {
+	if snd.flags&(peerKnown|peerEdgeUnknown) == peerKnown && tcpAfter(s.seq, snd.maxEnd) {
 		return tcpDrop
 	}
-	if rcv.maxWin != 0 && snd.flags&peerKnown != 0 && tcpBefore(s.end, snd.end-rcv.maxWin) {
+	// A picked-up inside host's own end may have been pushed ahead by an
+	// acknowledgement (its real end was unknown), so its segments are not
+	// judged as old by it: an outsider who forged that acknowledgement
+	// must not cut the host off. Outside segments stay bounded.
+	looseInside := from == tcpInside && snd.flags&peerLoose != 0
+	if rcv.maxWin != 0 && snd.flags&peerKnown != 0 && !looseInside && tcpBefore(s.end, snd.end-rcv.maxWin) {
 		return tcpDrop
 	}
 	if !s.hasAck() {
@@ -430,7 +440,8 @@ func (c *tcpConn) learn(s *tcpSeg, from int) {
 	if hasAck && rcv.flags&peerLoose != 0 && tcpAfter(ack, rcv.end) {
 		rcv.end = ack
 	}
-	if !tcpBefore(sack+win, rcv.maxEnd) {
+	if rcv.flags&peerEdgeUnknown != 0 || !tcpBefore(sack+win, rcv.maxEnd) {
+		rcv.flags &^= peerEdgeUnknown
 		rcv.maxEnd = sack + win
 		if win == 0 {
 			// A zero window: the receiver still takes a one-byte
@@ -443,6 +454,7 @@ func (c *tcpConn) learn(s *tcpSeg, from int) {
 // update learns an in-window segment and moves the state: handshake
 // acknowledgements, FINs and their acknowledgements.
 func (c *tcpConn) update(s *tcpSeg, from int) tcpVerdict {
+	frontier := c.peer[from].end
 	c.learn(s, from)
 	snd, rcv := &c.peer[from], &c.peer[1-from]
 	if s.hasAck() {
@@ -454,7 +466,17 @@ func (c *tcpConn) update(s *tcpSeg, from int) tcpVerdict {
 		}
 	}
 	bothFin := c.peer[0].flags&c.peer[1].flags&peerFin != 0
-	if s.flags&header.TCPFlagFin != 0 {
+	// A FIN counts only where the sender's stream ends: its segment starts
+	// at or before the highest sequence number seen from that side and
+	// reaches beyond it (or repeats the FIN already seen). Anywhere else in
+	// the window it is passed but changes no state: a blind attacker would
+	// have to hit the stream's end, not just the window, to move an idle
+	// connection to the transitory timer. A genuine FIN behind a gap is
+	// counted when it is retransmitted or answered by the other FIN.
+	fin := s.flags&header.TCPFlagFin != 0 &&
+		((!tcpAfter(s.seq, frontier) && tcpAfter(s.end, frontier)) ||
+			(snd.flags&peerFin != 0 && s.end == snd.finEnd) || snd.flags&peerLoose != 0)
+	if fin {
 		if snd.flags&peerFin == 0 || tcpAfter(s.end, snd.finEnd) {
 			snd.finEnd = s.end
 			snd.flags &^= peerFinAcked

@@ -388,3 +388,39 @@ func TestTCPConnFragments(t *testing.T) {
 		})
 	}
 }
+
+func TestTCPConnFINCountsOnlyAtTheStreamEnd(t *testing.T) {
+	in1, out1 := issIn+1, issOut+1
+	t.Run("a FIN inside the window but away from the sender's stream end passes and changes no state", func(t *testing.T) {
+		var c tcpConn
+		run(t, &c, join(handshakeIn(), []step{
+			o(in1, out1, ack, 1000, tcpAccept),
+			// Forged: in window (a retransmission's position), not where
+			// the outside's stream ends.
+			i(out1-30000, in1+1000, finAck, 0, tcpAccept),
+		}))
+		if c.state != tcpEstablished || c.peer[tcpOutside].flags&peerFin != 0 {
+			t.Errorf("state %v, outside FIN recorded %v: want established, no FIN", c.state, c.peer[tcpOutside].flags&peerFin != 0)
+		}
+	})
+	t.Run("control: the FIN at the stream end starts the close", func(t *testing.T) {
+		var c tcpConn
+		run(t, &c, join(handshakeIn(), []step{
+			o(in1, out1, ack, 1000, tcpAccept),
+			i(out1, in1+1000, finAck, 0, tcpAccept),
+		}))
+		if c.state == tcpEstablished {
+			t.Error("the genuine FIN did not move the connection out of established")
+		}
+	})
+	t.Run("a FIN carrying data across the stream end counts", func(t *testing.T) {
+		var c tcpConn
+		run(t, &c, join(handshakeIn(), []step{
+			o(in1, out1, ack, 1000, tcpAccept),
+			o(in1+500, out1, finAck, 800, tcpAccept), // a retransmission coalesced with new data and the FIN
+		}))
+		if c.peer[tcpInside].flags&peerFin == 0 {
+			t.Error("the inside's FIN was not recorded")
+		}
+	})
+}
