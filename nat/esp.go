@@ -16,12 +16,21 @@ import (
 //
 // As in the VPN Masquerade HOWTO: an outbound packet with an unseen SPI from
 // host L to remote R creates an entry waiting for its inbound SPI (L's
-// claim on R). While one entry to R waits, new outbound SPIs from other
-// hosts to R are held back (dropped; the hosts retransmit), so the binding
-// stays unambiguous. The waiting entry holds the remote for esp_wait
-// (2 min); the waiting host's retransmissions re-arm it at most esp_retries
-// (5) times, after which its SPI is squelched for esp_squelch (30 s) so that
-// others get a turn.
+// claim on R), and other hosts' new outbound SPIs to R are held back
+// (dropped; the hosts retransmit) while it claims R, so the binding stays
+// unambiguous. Unlike the HOWTO, whose claim held R for minutes whether or
+// not its host was still waiting, the claim lasts for the entry's reply
+// window: espReplyWindow (1 s) after L's last packet on that SPI. A
+// genuine reply comes one round trip after the packet it answers, so the
+// window covers it, and a host answered once that goes quiet (one query
+// over a new SA) releases R a second later instead of minutes. A host still
+// without its answer retransmits and so keeps its window open; its packet
+// on the waiting SPI while another host's window is open on R is held back
+// like a new SPI (its reply would be taken for the other host's), and
+// takes R once that window closed. At most for esp_wait (2 min): the
+// waiting host's retransmissions after that re-arm the wait at most
+// esp_retries (5) times, after which its SPI is squelched for esp_squelch
+// (30 s) so that others get a turn.
 //
 // Better than the HOWTO, an unknown inbound SPI also finds its host when
 // only one LAN host can own it: the one host with a live IKE session to R
@@ -36,9 +45,11 @@ import (
 //
 // Anyone on the WAN can send ESP from R's address with an SPI of its
 // choosing, so binding an unknown inbound SPI is tentative. An unknown SPI
-// from R goes, in this order, to: the host whose new outbound SPI to R
-// waits (its claim on R); the host whose claim on R was answered within
-// esp_wait, unless another host's IKE exchange with R is newer; the host
+// from R goes, in this order, to: the host whose new outbound SPI to R has
+// its reply window open (its claim on R); the host whose claim on R was
+// answered while the answered pair's reply window stays open (the host
+// keeps sending on it: its real reply may still come, see below; at most
+// esp_wait), unless another host's IKE exchange with R is newer; the host
 // IKE or ESP knowledge names (above). It is delivered to that host and
 // becomes a candidate of it, not yet its binding:
 //
@@ -57,24 +68,36 @@ import (
 //     candidates stay its candidates. Candidates idle out after esp_timeout
 //     like pairs: a quiet SA's second packet may come minutes after its
 //     first, and must still find its host.
-//   - While the waiting entry has no confirmed answer its claim on R stands:
-//     other hosts' new SPIs to R stay held back, and every unknown SPI from
-//     R is a candidate of the waiting host.
+//   - A candidate does not end the claim, nor does it prolong it: while
+//     the waiting host's reply window is open, other hosts' new SPIs to R
+//     stay held back and every unknown SPI from R is a candidate of the
+//     waiting host, answered or not; once it closed, other hosts may claim
+//     R while the candidates stay the waiting host's. The host's real SA
+//     is then confirmed by its own traffic whenever its second packet
+//     comes: its SPI is known, whoever claims R since.
 //   - SPIs kept while nobody could own them become candidates of the next
 //     host that sends a new outbound SPI to R; one confirmed while it was
 //     kept answers that host at once.
 //
 // Hence one forged packet can never bind a host's SA to another host: each
 // unknown SPI is attributed by the order above, and a forged packet changes
-// none of its inputs — it confirms nothing, ends no claim, is no ESP pair of
-// a host with R and no IKE contact (remote-started IKE sessions do not count
-// until the host answers, see ike.go). Two forged packets with increasing
-// sequence numbers can confirm a forged SPI and so answer the waiting
-// entry; that is why an answered claim lingers for esp_wait: the host's
-// real SPI arriving after the forgery is still its candidate and is
-// confirmed by its own traffic. What remains is the HOWTO's own ambiguity:
-// another host starting a new SA with R in that very moment (its newer
-// claim or IKE exchange takes the unknown SPIs from then on).
+// none of its inputs — it confirms nothing, ends no claim (reply windows
+// are opened and closed by LAN hosts' packets and time alone, never by
+// inbound ones), is no ESP pair of a host with R and no IKE contact
+// (remote-started IKE sessions do not count until the host answers, see
+// ike.go). That is why an answered-once candidate is not confirmed after a
+// quiet while: a forged packet racing the genuine reply would be one, and
+// if the genuine reply were late it would end the claim early. Two forged
+// packets with increasing sequence numbers can confirm a forged SPI and so
+// answer the waiting entry; that is why an answered claim lingers while
+// its host keeps sending on it (it got no real answer, so it retransmits):
+// the host's real SPI arriving after the forgery, a round trip after one of
+// those packets, is still its candidate and is confirmed by its own
+// traffic. What remains is the HOWTO's own ambiguity, now bounded by the
+// reply window: an unknown SPI from R arriving within a host's window
+// (another host's SA the remote starts sending on in that second, or a
+// reply slower than the window, which then goes by the rest of the order
+// or waits as an unowned SPI) is taken for that host's.
 //
 // Rekeys keep working: a CHILD_SA rekey started by either side, with either
 // side sending on the new SAs first, binds through the waiting entry or the
@@ -128,8 +151,9 @@ type espPair struct {
 	state         espState
 	created       int64
 	lastSeen      int64
-	waitDeadline  int64 // espWaiting: holds the remote until then
+	waitDeadline  int64 // espWaiting: its wait (esp_wait, re-armed by retransmissions) ends then
 	retries       int
+	lastOut       int64    // the host's last packet on outSPI: its reply window
 	firstSeq      uint32   // espTentative: sequence number of its first packet
 	claim         *espPair // espTentative: the waiting entry it may answer
 	linked        bool
@@ -156,10 +180,12 @@ type pendingInbound struct {
 	confirmed bool // a later packet had a higher sequence number
 }
 
-// recentClaim is a claim on a remote that was answered: it lingers for
-// esp_wait (see the header comment).
+// recentClaim is a claim on a remote that was answered: it lingers while
+// its host keeps sending on the answered pair, at most esp_wait (see the
+// header comment).
 type recentClaim struct {
 	host      [4]byte
+	pair      *espPair // the answered pair: the claim lingers while its reply window is open
 	at, until int64
 }
 
@@ -170,6 +196,28 @@ const (
 	espMaxCandidates  = 8
 	espMaxInboundOnly = 2 // per (host, remote): a rekey's, and one more
 )
+
+// espReplyWindow is how long after a host's packet on a new outbound SPI
+// an unknown inbound SPI from the remote is taken as its reply, and so
+// how long other hosts' new SPIs to that remote are held back after the
+// waiting host's last packet (see the header comment). A genuine reply
+// comes one round trip (plus the remote's turnaround) after the packet
+// it answers: tens of milliseconds on land, about 600 ms by
+// geostationary satellite, so 1 s covers them. It is also the pause a
+// host starting an SA right after another host's one waits at most
+// (each retransmission of its held-back packet is dropped until then):
+// N hosts starting together are served in about N-1 seconds, well
+// within what their retransmissions (TCP's first at 1 s, ping every
+// second) sit through. It is not configurable: shorter cuts off slow
+// genuine replies, longer holds other hosts back for nothing.
+const espReplyWindow = time.Second
+
+// replyOpen reports whether pr is a new outbound SPI whose reply window is
+// open: its host sent on it within espReplyWindow, and its wait (esp_wait,
+// re-armed by the host's retransmissions) has not run out.
+func (h *espHandler) replyOpen(pr *espPair, now int64) bool {
+	return pr != nil && pr.state == espWaiting && now <= pr.waitDeadline && now-pr.lastOut <= dur(espReplyWindow)
+}
 
 type espHandler struct {
 	e        *Engine
@@ -255,23 +303,31 @@ func (h *espHandler) Outbound(p *Packet, now int64) Result {
 		delete(h.squelch, k)
 	}
 	if pr := h.out[k]; pr != nil {
-		if pr.state == espWaiting && now > pr.waitDeadline {
-			pr.retries++
-			if pr.retries > h.cfg().ESPRetries {
-				h.unlink(pr)
-				if len(h.squelch) < h.cfg().MaxESP {
-					h.squelch[k] = now + dur(h.cfg().ESPSquelch)
+		if pr.state == espWaiting {
+			// A packet on a new SPI still waiting for its answer asks
+			// for a reply again: it (re)opens the host's reply window,
+			// which only one host may have open on a remote.
+			w := h.waiting[k.remote]
+			if now > pr.waitDeadline {
+				pr.retries++
+				if pr.retries > h.cfg().ESPRetries {
+					h.unlink(pr)
+					if len(h.squelch) < h.cfg().MaxESP {
+						h.squelch[k] = now + dur(h.cfg().ESPSquelch)
+					}
+					h.logBind(pr, "no inbound SPI after all retries: squelched")
+					return drop(DropESPSquelched)
 				}
-				h.logBind(pr, "no inbound SPI after all retries: squelched")
-				return drop(DropESPSquelched)
+				if w != pr && h.replyOpen(w, now) {
+					return drop(DropESPHeldBack) // another SPI's reply window is open on the remote
+				}
+				pr.waitDeadline = now + dur(h.cfg().ESPWait)
+			} else if w != pr && w != nil && w.host != pr.host && h.replyOpen(w, now) {
+				return drop(DropESPHeldBack) // its reply would be taken for the other host's
 			}
-			if w := h.waiting[k.remote]; w != nil && w != pr && now <= w.waitDeadline {
-				return drop(DropESPHeldBack) // another host's SPI holds the remote now
-			}
-			pr.waitDeadline = now + dur(h.cfg().ESPWait)
 			h.waiting[k.remote] = pr
 		}
-		pr.lastSeen = now
+		pr.lastSeen, pr.lastOut = now, now
 		return h.send(p)
 	}
 	return h.newOutbound(p, k, now)
@@ -284,15 +340,15 @@ func (h *espHandler) newOutbound(p *Packet, k espOutKey, now int64) Result {
 	// (confirmed) to this host: this is the other half.
 	if pr := h.newestInOnly(hr); pr != nil {
 		h.dropInOnly(pr)
-		pr.outSPI, pr.state, pr.lastSeen = k.spi, espEstablished, now
+		pr.outSPI, pr.state, pr.lastSeen, pr.lastOut = k.spi, espEstablished, now, now
 		h.link(pr)
 		// Its inbound SPI may be a forgery two packets confirmed: the new
 		// SPI's real answer may still come, so the host's claim lingers.
-		h.recent[k.remote] = recentClaim{host: k.host, at: now, until: now + dur(h.cfg().ESPWait)}
+		h.recent[k.remote] = recentClaim{host: k.host, pair: pr, at: now, until: now + dur(h.cfg().ESPWait)}
 		h.logBind(pr, "host's new outbound SPI completes the pair the remote started")
 		return h.send(p)
 	}
-	if w := h.waiting[k.remote]; w != nil && w.host != k.host && now <= w.waitDeadline {
+	if w := h.waiting[k.remote]; w != nil && w.host != k.host && h.replyOpen(w, now) {
 		h.e.log.Debug().Stringer("host", p.SrcAddr()).Stringer("remote", p.DstAddr()).
 			Hex("out_spi", u32(k.spi)).Stringer("waiting_host", endpoint{w.host, 0}.AddrPort().Addr()).
 			Msg("esp held back: another host's new SPI to this remote awaits its reply")
@@ -302,11 +358,11 @@ func (h *espHandler) newOutbound(p *Packet, k espOutKey, now int64) Result {
 		return Result{Verdict: VerdictDrop, Reason: why, Unreachable: true}
 	}
 	if w := h.waiting[k.remote]; w != nil {
-		// Its wait ran out (or it is this host's own older SPI): the
-		// remote is free for a new waiting entry.
+		// Its reply window closed (or it is this host's own older SPI):
+		// the remote is free for a new waiting entry.
 		delete(h.waiting, k.remote)
 	}
-	pr := &espPair{host: k.host, remote: k.remote, outSPI: k.spi, state: espWaiting, created: now, lastSeen: now,
+	pr := &espPair{host: k.host, remote: k.remote, outSPI: k.spi, state: espWaiting, created: now, lastSeen: now, lastOut: now,
 		waitDeadline: now + dur(h.cfg().ESPWait), charged: true}
 	h.link(pr)
 	h.waiting[k.remote] = pr
@@ -476,9 +532,9 @@ func (h *espHandler) Inbound(p *Packet, now int64) Result {
 			Msg("esp with a bound SPI from another address: dropped")
 		return drop(DropESPSpoofed)
 	}
-	if h.forward && h.waiting[p.Src] == nil {
-		// No LAN host's new SPI to this remote awaits its answer, so no
-		// pair claims this SPI: it is the IPsec server's.
+	if h.forward && !h.replyOpen(h.waiting[p.Src], now) {
+		// No LAN host's new SPI to this remote awaits its answer now, so
+		// no pair claims this SPI: it is the IPsec server's.
 		return h.deliver(p, h.forwardTo)
 	}
 	return h.newInbound(p, spi, seq, now)
@@ -488,8 +544,8 @@ func (h *espHandler) Inbound(p *Packet, now int64) Result {
 // as a candidate.
 func (h *espHandler) newInbound(p *Packet, spi, seq uint32, now int64) Result {
 	remote := p.Src
-	if w := h.waiting[remote]; w != nil {
-		h.addCandidate(w.host, remote, spi, seq, w, now, "unknown inbound SPI from the remote the host's new outbound SPI waits on")
+	if w := h.waiting[remote]; h.replyOpen(w, now) {
+		h.addCandidate(w.host, remote, spi, seq, w, now, "unknown inbound SPI from the remote within the reply window of the host's new outbound SPI")
 		return h.deliver(p, w.host)
 	}
 	if host, why, ok := h.owner(remote, now); ok {
@@ -549,7 +605,11 @@ func (h *espHandler) confirm(c *espPair, now int64, why string) {
 		if h.waiting[w.remote] == w {
 			delete(h.waiting, w.remote)
 		}
-		h.recent[w.remote] = recentClaim{host: w.host, at: now, until: now + dur(h.cfg().ESPWait)}
+		if now-w.lastOut <= dur(espReplyWindow) {
+			// (A claim confirmed after its host went quiet has no
+			// reply to wait for: it does not displace a newer one.)
+			h.recent[w.remote] = recentClaim{host: w.host, pair: w, at: now, until: now + dur(h.cfg().ESPWait)}
+		}
 		for _, o := range h.cands[hostRemote{w.host, w.remote}] {
 			if o.claim == w {
 				o.claim = nil
@@ -572,16 +632,17 @@ func (h *espHandler) confirm(c *espPair, now int64, why string) {
 }
 
 // owner finds the one LAN host an unknown inbound SPI from remote can
-// belong to when no new outbound SPI waits on it: the host whose claim on
-// the remote was just answered (unless another host's IKE exchange is
-// newer), else what IKE tracking and existing ESP pairs know.
+// belong to when no new outbound SPI's reply window is open on it: the
+// host whose claim on the remote was answered and still lingers (unless
+// another host's IKE exchange is newer), else what IKE tracking and
+// existing ESP pairs know.
 func (h *espHandler) owner(remote [4]byte, now int64) (host [4]byte, why string, ok bool) {
 	n, latest, latestAt := h.e.ike.hostsWith(remote, now)
 	if rc, ok := h.recent[remote]; ok {
-		if now > rc.until {
+		if !h.lingers(rc, now) {
 			delete(h.recent, remote)
 		} else if n == 0 || latest == rc.host || latestAt <= rc.at {
-			return rc.host, "the host whose new SPI to the remote was answered last (within esp_wait)", true
+			return rc.host, "the host whose new SPI to the remote was answered last (within its reply window)", true
 		}
 	}
 	if n == 1 {
@@ -601,6 +662,13 @@ func (h *espHandler) owner(remote [4]byte, now int64) (host [4]byte, why string,
 		}
 	}
 	return host, "", false
+}
+
+// lingers reports whether an answered claim still takes unknown SPIs: its
+// pair is there and its host sent on it within espReplyWindow, at most
+// esp_wait after the answer.
+func (h *espHandler) lingers(rc recentClaim, now int64) bool {
+	return now <= rc.until && rc.pair.linked && now-rc.pair.lastOut <= dur(espReplyWindow)
 }
 
 func (h *espHandler) livePending(remote [4]byte, now int64) []pendingInbound {
@@ -724,7 +792,7 @@ func (h *espHandler) expire(now int64) {
 		h.livePending(remote, now)
 	}
 	for remote, rc := range h.recent {
-		if now > rc.until {
+		if !h.lingers(rc, now) {
 			delete(h.recent, remote)
 		}
 	}

@@ -197,13 +197,16 @@ func TestESPAssociation(t *testing.T) {
 		l.espIn(remote2, 0x1b, lanB)
 		l.espIn(remote1, 0x1a, lanA)
 	})
-	t.Run("a wait that expires lets another host have the remote", func(t *testing.T) {
+	t.Run("a wait that expires lets another host have the remote even while the waiting host retransmits", func(t *testing.T) {
 		l, logs := newLoggingLab(t, Config{})
 		l.espOut(lanA, remote1, 0xa1) // never answered in time
 		l.espDrop(espPkt(lanB, remote1, 0xb1, 1), true, DropESPHeldBack)
-		l.advance(2*time.Minute - time.Second)
+		for range 239 { // lanA's retransmissions keep its reply window open
+			l.advance(500 * time.Millisecond)
+			l.espOut(lanA, remote1, 0xa1)
+		}
 		l.espDrop(espPkt(lanB, remote1, 0xb1, 2), true, DropESPHeldBack)
-		l.advance(2 * time.Second) // esp_wait is over
+		l.advance(501 * time.Millisecond) // esp_wait is over
 		l.espOut(lanB, remote1, 0xb1)
 		wantBind(t, logs, lanB, remote1, 0xb1, 0, "waiting", "waits")
 		l.espIn(remote1, 0x1b, lanB)

@@ -12,8 +12,10 @@ type IPsecConfig struct {
 	// ESPTimeout is how long an established SPI pair lives without
 	// traffic. Default 35 min.
 	ESPTimeout time.Duration
-	// ESPWait is how long a new outbound SPI holds its remote for its
-	// inbound SPI, holding back other hosts' new SPIs. Default 2 min.
+	// ESPWait is how long at most a new outbound SPI holds its remote for
+	// its inbound SPI, holding back other hosts' new SPIs, while its host
+	// keeps its reply window open by retransmitting (see esp.go).
+	// Default 2 min.
 	ESPWait time.Duration
 	// ESPRetries is how often the waiting host's retransmissions may
 	// re-arm the wait before its SPI is squelched. Default 5.

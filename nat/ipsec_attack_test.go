@@ -577,6 +577,83 @@ func TestOneForgedESPPacketChangesNoGenuinePacketsFate(t *testing.T) {
 	}
 }
 
+func TestForgedESPRacingTheGenuineAnswer(t *testing.T) {
+	const forgedSPI, realSPI = 0x0bad0001, 0x1a1a1a1a
+	for _, when := range []string{"", "before", "after"} {
+		name := "no forged packet (control)"
+		if when != "" {
+			name = "one forged packet just " + when + " the genuine answer"
+		}
+		t.Run(name+": the other host is released a reply window after the host's last packet and the real SA stays with its host", func(t *testing.T) {
+			l := newLab(t, Config{})
+			l.espPairSPIs(lanC, remote1, 0xc1, 0x1c) // another host with ESP to the gateway
+			l.advance(5 * time.Minute)
+			l.espOut(lanA, remote1, 0xa1)
+			if when == "before" {
+				l.espForged(remote1, forgedSPI, 1, lanA)
+			}
+			l.advance(20 * time.Millisecond) // one RTT
+			l.espIn(remote1, realSPI, lanA)
+			if when == "after" {
+				l.espForged(remote1, forgedSPI, 1, lanA)
+			}
+			// lanA got its answer and goes quiet; lanB starts an SA.
+			l.espDrop(espPkt(lanB, remote1, 0xb1, 1), true, DropESPHeldBack)
+			l.advance(espReplyWindow)
+			l.espOut(lanB, remote1, 0xb1)
+			l.espIn(remote1, 0x1b, lanB)
+			// Both SAs speak again, minutes later.
+			l.advance(time.Minute)
+			l.espIn(remote1, realSPI, lanA)
+			l.espIn(remote1, 0x1b, lanB)
+			l.espOut(lanA, remote1, 0xa1)
+			l.espOut(lanB, remote1, 0xb1)
+			for _, want := range []struct {
+				host    netip.Addr
+				out, in uint32
+			}{{lanA, 0xa1, realSPI}, {lanB, 0xb1, 0x1b}, {lanC, 0xc1, 0x1c}} {
+				if pr, ok := l.pairOf(want.host, want.out, 0); !ok || pr.InSPI != want.in || pr.State != "established" {
+					t.Errorf("%v's pair %+v (found %v), want inbound SPI %#x established", want.host, pr, ok, want.in)
+				}
+			}
+			if host, state := l.inboundHost(remote1, forgedSPI); host.IsValid() && (host != lanA || state != "tentative") {
+				t.Errorf("the forged SPI is bound to %v (%s)", host, state)
+			}
+		})
+	}
+	t.Run("one forged packet while a host waits and its answer comes after the reply window: every genuine packet fares as without it", func(t *testing.T) {
+		run := func(forge bool) []string {
+			l := newLab(t, Config{})
+			var fates []string
+			rec := func(r Result, p *Packet) {
+				if r.Verdict == VerdictDrop {
+					fates = append(fates, "drop "+r.Reason.String())
+				} else {
+					fates = append(fates, verdictName(r.Verdict)+" "+p.DstAddr().String())
+				}
+			}
+			rec(l.out(espPkt(lanA, remote1, 0xa1, 1)))
+			if forge {
+				l.in(espPkt(remote1, wanAddr, forgedSPI, 1))
+			}
+			rec(l.out(espPkt(lanB, remote1, 0xb1, 1)))
+			l.advance(espReplyWindow + time.Nanosecond)
+			rec(l.out(espPkt(lanB, remote1, 0xb1, 2)))
+			rec(l.in(espPkt(remote1, wanAddr, 0x1b, 1)))
+			rec(l.in(espPkt(remote1, wanAddr, 0x1b, 2)))
+			l.advance(espReplyWindow + time.Nanosecond)
+			rec(l.out(espPkt(lanA, remote1, 0xa1, 2)))
+			rec(l.in(espPkt(remote1, wanAddr, realSPI, 1)))
+			rec(l.in(espPkt(remote1, wanAddr, realSPI, 2)))
+			return fates
+		}
+		without, with := run(false), run(true)
+		if fmt.Sprint(without) != fmt.Sprint(with) {
+			t.Errorf("genuine packets without the forgery: %v; with it: %v", without, with)
+		}
+	})
+}
+
 func TestNATTFlowIsRefreshedFromTheInsideOnly(t *testing.T) {
 	// lanA keeps WAN:4500 towards remote1; then only the remote's side
 	// (or someone forging it) sends, every 10 s, past ike_timeout.
