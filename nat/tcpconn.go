@@ -80,16 +80,16 @@ const tcpMaxWin = 0xffff << header.MaxWndScale
 type tcpPeerFlags uint16
 
 const (
-	peerKnown    tcpPeerFlags = 1 << iota // end and maxEnd hold values (its own segments, or the other side's ACKs)
-	peerSeen                              // a segment from this side was tracked
-	peerSyn                               // its SYN was seen: iss holds its initial sequence number
-	peerWScale                            // its SYN carried the window scale option (RFC 7323 2.2)
-	peerLoose                             // its end may lag what it sent: picked up mid-stream, or sent a fragment
-	peerNoScale                           // its window scale is unknown: picked up mid-stream
-	peerSynAcked                          // the other side acknowledged its SYN
-	peerFin                               // it sent a FIN, in window
-	peerFinAcked                          // the other side acknowledged that FIN
-	peerEdgeUnknown                       // picked up: how far the other side lets it send is unknown until that side speaks
+	peerKnown       tcpPeerFlags = 1 << iota // end and maxEnd hold values (its own segments, or the other side's ACKs)
+	peerSeen                                 // a segment from this side was tracked
+	peerSyn                                  // its SYN was seen: iss holds its initial sequence number
+	peerWScale                               // its SYN carried the window scale option (RFC 7323 2.2)
+	peerLoose                                // its end may lag what it sent: picked up mid-stream, or sent a fragment
+	peerNoScale                              // its window scale is unknown: picked up mid-stream
+	peerSynAcked                             // the other side acknowledged its SYN
+	peerFin                                  // it sent a FIN, in window
+	peerFinAcked                             // the other side acknowledged that FIN
+	peerEdgeUnknown                          // picked up: how far the other side lets it send is unknown until that side speaks
 )
 
 // tcpPeer is one direction of a connection: conntrack's ip_ct_tcp_state.
