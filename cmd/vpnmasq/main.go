@@ -6,6 +6,7 @@
 //	vpnmasq run [--config FILE]    run the router (embedded default without a file)
 //	vpnmasq check --config FILE    validate a configuration (exit 2 on errors)
 //	vpnmasq status [--json]        print the running router's tables (admin socket)
+//	vpnmasq reload                 make the running router re-read its file (like SIGHUP)
 //	vpnmasq demo                   build a throwaway namespace lab and show it working
 //	vpnmasq version
 package main
@@ -27,6 +28,12 @@ commands:
   status [--json] [--socket PATH]
                         print the running router's mappings and VPN sessions through its
                         admin socket (default /run/vpnmasq/admin.sock; root)
+  reload [--socket PATH]
+                        make the running router re-read its configuration file, as
+                        SIGHUP does: timeouts, limits, forwards, no_nat, admin access,
+                        DNS upstreams and log level apply live, keeping every mapping;
+                        interfaces, addresses and the TUN need a restart; exit 1 when
+                        the file has problems (they are printed, nothing changes)
   demo                  build a throwaway network-namespace lab, route HTTP, UDP and
                         ping through the real router, print the NAT table, clean up
   version               print the version
@@ -45,6 +52,8 @@ func main() {
 		os.Exit(cmdCheck(args))
 	case "status":
 		os.Exit(cmdStatus(args))
+	case "reload":
+		os.Exit(cmdReload(args))
 	case "demo":
 		os.Exit(cmdDemo(args))
 	case "version", "--version":
