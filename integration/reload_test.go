@@ -227,7 +227,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		transfer.wait(t, reloaded)
 
 		// A broken file: exit 1 and the problem on stderr.
-		r.rewriteConfig(t, labConfig + "\n[ipsec]\nesp_timeout = \"soon\"\n")
+		r.rewriteConfig(t, labConfig+"\n[ipsec]\nesp_timeout = \"soon\"\n")
 		code, out = runVpnmasq(t, l.Router, 20*time.Second, "reload", "--socket", r.adminSocket())
 		if code != 1 || !strings.Contains(out, r.configPath()+":") || !strings.Contains(out, "ipsec.esp_timeout") {
 			t.Errorf("vpnmasq reload of a broken file: exit %d:\n%s", code, out)
@@ -248,7 +248,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 			r.stop()
 		}
 		if left := vpnmasqLeftovers(t, l.Router); len(left) > 0 {
-			t.Errorf("left after SIGTERM:\n%s", strings.Join(left, "\n"))
+			t.Errorf("left on the host:\n%s", strings.Join(left, "\n"))
 		}
 		assertSameState(t, before, snapshotRouter(t, l.Router))
 	})
