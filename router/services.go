@@ -80,7 +80,9 @@ func (r *Router) startServices() error {
 		st.Close()
 		return fmt.Errorf("admin socket %s: %w", cfg.AdminSocket, err)
 	}
+	r.reload.mu.Lock() // the socket already serves: a reload may look
 	r.services = sv
+	r.reload.mu.Unlock()
 	r.core.local = st.Deliver
 	dns := "off (no upstream)"
 	if len(upstreams) > 0 {
