@@ -131,6 +131,20 @@ func getPeer(t *testing.T, l *lab.Lab, port int) (string, int) {
 		"--connect-timeout", "3", "--max-time", "5", fmt.Sprintf("http://%s:%d/peer", lab.RouterWANAddr, port))
 }
 
+// guardHolds reports whether the router's nftables guard and hairpin sets
+// hold port.
+func guardHolds(t *testing.T, l *lab.Lab, port int) (guard, hairpin bool) {
+	t.Helper()
+	has := func(family, set string) bool {
+		out, code := runIn(t, l.Router, 10*time.Second, "nft", "list", "set", family, "vpnmasq_vpnmasq0", set)
+		if code != 0 {
+			t.Fatalf("nft list set %s %s: exit %d: %s", family, set, code, out)
+		}
+		return regexp.MustCompile(fmt.Sprintf(`\b%d\b`, port)).MatchString(out)
+	}
+	return has("ip", "nat_ports"), has("netdev", "hairpin_ports")
+}
+
 // labConfigPlus8081 is labConfig with a second forward, WAN 8081 to lan2:81.
 var labConfigPlus8081 = labConfig + `
 [[forward]]
@@ -180,6 +194,9 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		if out, code := getPeer(t, l, 8080); code != 0 {
 			t.Errorf("the old forward 8080 stopped working: exit %d: %s", code, out)
 		}
+		if guard, hairpin := guardHolds(t, l, 8081); !guard || !hairpin {
+			t.Errorf("port 8081 in the guard set: %v, in the hairpin set: %v; want both", guard, hairpin)
+		}
 		transfer.wait(t, reloaded)
 	})
 
@@ -220,6 +237,9 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		t.Logf("vpnmasq reload:\n%s", out)
 		if out, code := getPeer(t, l, 8081); code == 0 {
 			t.Errorf("the removed forward 8081 still answers: %s", out)
+		}
+		if guard, hairpin := guardHolds(t, l, 8081); guard || hairpin {
+			t.Errorf("port 8081 still in the guard set (%v) or the hairpin set (%v)", guard, hairpin)
 		}
 		if out, code := getPeer(t, l, 8080); code != 0 {
 			t.Errorf("forward 8080 stopped working: exit %d: %s", code, out)
