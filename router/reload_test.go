@@ -169,4 +169,28 @@ admin_port = 8081
 			t.Errorf("%d routed flows left", n)
 		}
 	})
+	t.Run("reloads race with nothing the packet loops read", func(t *testing.T) {
+		r := newRouter(t, reloadBase)
+		a := reloadConfig(t, reloadBase+"[routing]\nno_nat = [\"203.0.113.0/24\"]\n[limits]\nicmp_error_rate = 5\n")
+		b := reloadConfig(t, reloadBase+"[nat]\nudp_timeout = \"1m\"\n")
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := range 2000 {
+				r.core.noNAT.contains([4]byte{203, 0, 113, byte(i)})
+				r.core.routed.put(routedKey{proto: 17, lan: [4]byte{192, 168, 77, 10}, remote: [4]byte{203, 0, 113, byte(i)}}, int64(i))
+				r.core.icmp.allow([4]byte{198, 18, 0, byte(i)}, int64(i))
+			}
+		}()
+		for i := range 50 {
+			cfg := a
+			if i%2 == 1 {
+				cfg = b
+			}
+			if _, _, err := r.Reload(cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		<-done
+	})
 }
