@@ -23,7 +23,8 @@ const usage = `usage: vpnmasq <command> [flags]
 
 commands:
   run [--config FILE]   run the router (default file: /etc/vpnmasq/vpnmasq.toml when it
-                        exists, else the embedded default)
+                        exists, else the embedded default); SIGINT or SIGTERM stop it,
+                        SIGHUP re-reads the file (see reload)
   check --config FILE   validate a configuration file; exit 2 on errors
   status [--json] [--socket PATH]
                         print the running router's mappings and VPN sessions through its
