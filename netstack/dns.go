@@ -65,7 +65,7 @@ type DNSStats struct {
 
 type dnsServer struct {
 	s         *Stack
-	upstreams []netip.AddrPort
+	upstreams atomic.Pointer[[]netip.AddrPort] // replaced by SetDNSUpstreams
 	timeout   time.Duration
 	cache     *dnsCache
 
@@ -98,16 +98,16 @@ func (s *Stack) startDNS() (*dnsServer, error) {
 		return nil, fmt.Errorf("netstack: DNS on TCP port 53: %w", err)
 	}
 	d := &dnsServer{
-		s:         s,
-		upstreams: append([]netip.AddrPort(nil), s.cfg.DNSUpstreams...),
-		timeout:   s.cfg.DNSTimeout,
-		cache:     newDNSCache(s.cfg.DNSCacheSize, s.cfg.Now),
-		udp:       uc,
-		tcp:       tl,
-		udpSlots:  make(chan struct{}, maxUDPInFlight),
-		tcpSlots:  make(chan struct{}, maxTCPConns),
-		conns:     make(map[net.Conn]struct{}),
+		s:        s,
+		timeout:  s.cfg.DNSTimeout,
+		cache:    newDNSCache(s.cfg.DNSCacheSize, s.cfg.Now),
+		udp:      uc,
+		tcp:      tl,
+		udpSlots: make(chan struct{}, maxUDPInFlight),
+		tcpSlots: make(chan struct{}, maxTCPConns),
+		conns:    make(map[net.Conn]struct{}),
 	}
+	d.setUpstreams(s.cfg.DNSUpstreams)
 	d.wg.Add(2)
 	go d.serveUDP()
 	go d.serveTCP()
@@ -408,8 +408,9 @@ func (d *dnsServer) forward(q dns.Question, overTCP bool) (*dns.Msg, error) {
 	m.SetEdns0(upstreamUDPSize, false)
 
 	var truncated *dns.Msg
-	errs := make([]error, 0, len(d.upstreams))
-	for _, up := range d.upstreams {
+	upstreams := *d.upstreams.Load()
+	errs := make([]error, 0, len(upstreams))
+	for _, up := range upstreams {
 		r, err := d.ask(m, up, overTCP)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%v: %w", up, err))

@@ -25,7 +25,7 @@ import (
 type core struct {
 	nat     *nat.Engine
 	lan     prefixSet
-	noNAT   prefixSet
+	noNAT   *sharedPrefixSet // replaced by a reload
 	wanAddr [4]byte
 	service [4]byte
 	// local takes packets for the service address (the netstack); nil

@@ -58,7 +58,7 @@ type routedShard struct {
 // maps are sized up front, so it does not allocate per packet.
 type routedFlows struct {
 	shards  [routedShards]routedShard
-	timeout [256]int64 // per IP protocol, nanoseconds
+	timeout [256]int64 // per IP protocol, nanoseconds; read and changed under a shard's lock (all of them to change)
 }
 
 // RoutedTimeouts are the idle lifetimes of flows on no-NAT routes; the
@@ -68,26 +68,31 @@ type RoutedTimeouts struct {
 }
 
 func newRoutedFlows(t RoutedTimeouts) *routedFlows {
-	r := &routedFlows{}
-	for i := range r.timeout {
-		r.timeout[i] = int64(t.UDP)
-	}
-	r.timeout[nat.ProtoTCP] = int64(t.TCP)
-	r.timeout[nat.ProtoICMP] = int64(t.ICMP)
-	r.timeout[nat.ProtoESP] = int64(t.ESP)
-	r.timeout[nat.ProtoAH] = int64(t.ESP)
-	r.timeout[nat.ProtoGRE] = int64(t.GRE)
-	// The address pair outlives every flow that refreshes it.
-	var longest int64
-	for _, d := range r.timeout {
-		longest = max(longest, d)
-	}
-	r.timeout[0] = longest
+	r := &routedFlows{timeout: newRoutedFlowTimeouts(t)}
 	for i := range r.shards {
 		r.shards[i].flows = make(map[routedKey]int64, routedPerShard)
 		r.shards[i].lastSweep = -1 << 62
 	}
 	return r
+}
+
+// newRoutedFlowTimeouts is the per-protocol lifetime table for t.
+func newRoutedFlowTimeouts(t RoutedTimeouts) (out [256]int64) {
+	for i := range out {
+		out[i] = int64(t.UDP)
+	}
+	out[nat.ProtoTCP] = int64(t.TCP)
+	out[nat.ProtoICMP] = int64(t.ICMP)
+	out[nat.ProtoESP] = int64(t.ESP)
+	out[nat.ProtoAH] = int64(t.ESP)
+	out[nat.ProtoGRE] = int64(t.GRE)
+	// The address pair outlives every flow that refreshes it.
+	var longest int64
+	for _, d := range out {
+		longest = max(longest, d)
+	}
+	out[0] = longest
+	return out
 }
 
 func (r *routedFlows) shard(k routedKey) *routedShard {
@@ -100,9 +105,9 @@ func (r *routedFlows) shard(k routedKey) *routedShard {
 // full even after forgetting expired flows (swept at most once a second).
 func (r *routedFlows) put(k routedKey, now int64) bool {
 	s := r.shard(k)
-	deadline := now + r.timeout[k.proto]
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	deadline := now + r.timeout[k.proto] // under the lock: a reload may change it
 	if _, ok := s.flows[k]; !ok && len(s.flows) >= routedPerShard {
 		if now-s.lastSweep < int64(time.Second) {
 			return false

@@ -63,6 +63,7 @@ type Router struct {
 	wg       sync.WaitGroup
 	closing  chan struct{}
 	wanBad   uint64 // truncated+malformed captures already counted
+	reload   reloadState
 }
 
 // New prepares a router from a resolved configuration. It changes nothing on
@@ -169,7 +170,7 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 	r.core = core{
 		nat:      r.nat,
 		lan:      newPrefixSet(cfg.LAN.Prefixes),
-		noNAT:    newPrefixSet(cfg.Routing.NoNAT),
+		noNAT:    newSharedPrefixSet(cfg.Routing.NoNAT),
 		wanAddr:  cfg.WAN.Address.As4(),
 		service:  cfg.Services.Address.As4(),
 		wanMTU:   wanMTU,

@@ -30,6 +30,7 @@ type services struct {
 	stack     *netstack.Stack
 	http      *http.Server
 	unixClose func() error
+	lan       *lanAdmin // the admin server on the service address
 	started   time.Time
 
 	mu  sync.Mutex // serialises TUN writes of netstack output
@@ -64,8 +65,10 @@ func (r *Router) startServices() error {
 	}
 	// Addresses outside admin_allow are closed at accept, before any HTTP
 	// parsing; the handler checks them again, and the token.
-	sv.http = admin.NewServer(admin.NewHandler(r, admin.Options{Allow: cfg.AdminAllow, Token: cfg.AdminToken, Log: log}), admin.LANLimits)
-	lanLn := admin.Listener(admin.AllowListener(ln, cfg.AdminAllow, log), admin.LANLimits.MaxConns)
+	sv.lan = &lanAdmin{log: log}
+	sv.lan.set(r, cfg.AdminAllow, cfg.AdminToken)
+	sv.http = admin.NewServer(sv.lan, admin.LANLimits)
+	lanLn := admin.Listener(admin.AllowListenerFunc(ln, sv.lan.allowed, log), admin.LANLimits.MaxConns)
 	go func() {
 		if err := sv.http.Serve(lanLn); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			log.Error().Err(err).Msg("admin server")
@@ -77,7 +80,9 @@ func (r *Router) startServices() error {
 		st.Close()
 		return fmt.Errorf("admin socket %s: %w", cfg.AdminSocket, err)
 	}
+	r.reload.mu.Lock() // the socket already serves: a reload may look
 	r.services = sv
+	r.reload.mu.Unlock()
 	r.core.local = st.Deliver
 	dns := "off (no upstream)"
 	if len(upstreams) > 0 {

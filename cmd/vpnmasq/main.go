@@ -6,6 +6,7 @@
 //	vpnmasq run [--config FILE]    run the router (embedded default without a file)
 //	vpnmasq check --config FILE    validate a configuration (exit 2 on errors)
 //	vpnmasq status [--json]        print the running router's tables (admin socket)
+//	vpnmasq reload                 make the running router re-read its file (like SIGHUP)
 //	vpnmasq demo                   build a throwaway namespace lab and show it working
 //	vpnmasq version
 package main
@@ -22,11 +23,18 @@ const usage = `usage: vpnmasq <command> [flags]
 
 commands:
   run [--config FILE]   run the router (default file: /etc/vpnmasq/vpnmasq.toml when it
-                        exists, else the embedded default)
+                        exists, else the embedded default); SIGINT or SIGTERM stop it,
+                        SIGHUP re-reads the file (see reload)
   check --config FILE   validate a configuration file; exit 2 on errors
   status [--json] [--socket PATH]
                         print the running router's mappings and VPN sessions through its
                         admin socket (default /run/vpnmasq/admin.sock; root)
+  reload [--socket PATH]
+                        make the running router re-read its configuration file, as
+                        SIGHUP does: timeouts, limits, forwards, no_nat, admin access,
+                        DNS upstreams and log level apply live, keeping every mapping;
+                        interfaces, addresses and the TUN need a restart; exit 1 when
+                        the file has problems (they are printed, nothing changes)
   demo                  build a throwaway network-namespace lab, route HTTP, UDP and
                         ping through the real router, print the NAT table, clean up
   version               print the version
@@ -45,6 +53,8 @@ func main() {
 		os.Exit(cmdCheck(args))
 	case "status":
 		os.Exit(cmdStatus(args))
+	case "reload":
+		os.Exit(cmdReload(args))
 	case "demo":
 		os.Exit(cmdDemo(args))
 	case "version", "--version":

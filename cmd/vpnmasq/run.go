@@ -79,6 +79,8 @@ func cmdRun(args []string) int {
 	defer stop()
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP) // Go's default for SIGHUP is to exit without the teardown
 	if err := r.Start(); err != nil {
 		log.Error().Err(err).Msg("start failed; host left unchanged")
 		return 1
@@ -97,6 +99,7 @@ func cmdRun(args []string) int {
 			dumpTable(log, r)
 		}
 	}()
+	go reloadOnSIGHUP(hup, r, log)
 	if err := r.Run(ctx); err != nil {
 		log.Error().Err(err).Msg("router failed")
 		return 1
@@ -155,7 +158,10 @@ func newLogger(c config.Log, w *os.File) zerolog.Logger {
 			out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
 		}
 	}
-	return zerolog.New(out).Level(level).With().Timestamp().Logger()
+	// The level is the global one, so that a reload changes it for every
+	// logger derived from this one (see router.Reload).
+	zerolog.SetGlobalLevel(level)
+	return zerolog.New(out).With().Timestamp().Logger()
 }
 
 // printConfigErrors prints each configuration problem on its own line.

@@ -41,6 +41,8 @@ type Options struct {
 //	GET /api/v1/hosts     {"hosts":[...]}: the LAN hosts holding the most state
 //	GET /api/v1/vpn       {"ike":[...],"esp":[...],"pptp":[...],"ah":[...]}
 //	GET /                 the status page (HTML, refreshes itself)
+//	POST /api/v1/reload   re-read the configuration file (Trusted only: the
+//	                      unix socket, never the LAN; see Reloader)
 //
 // Other methods get 405 and other paths 404, but only after the access
 // checks, so a refused client learns nothing about the routes.
@@ -66,6 +68,9 @@ func NewHandler(src Source, opts Options) http.Handler {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+		if rl, ok := src.(Reloader); ok {
+			mux.HandleFunc("POST /api/v1/reload", h.reload(rl))
+		}
 	}
 	h.mux = mux
 	return h

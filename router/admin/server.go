@@ -73,13 +73,19 @@ func Listener(ln net.Listener, maxConns int) net.Listener {
 // an empty allow closes every connection. The refusals are logged at debug:
 // a scan must not flood the log.
 func AllowListener(ln net.Listener, allow []netip.Prefix, log zerolog.Logger) net.Listener {
+	return AllowListenerFunc(ln, func() []netip.Prefix { return allow }, log)
+}
+
+// AllowListenerFunc is AllowListener with the allow list asked for at each
+// accept, so that a reloaded configuration applies to the next connection.
+func AllowListenerFunc(ln net.Listener, allow func() []netip.Prefix, log zerolog.Logger) net.Listener {
 	return &allowListener{Listener: ln, allow: allow, log: log}
 }
 
 // allowListener closes connections from addresses outside allow at accept.
 type allowListener struct {
 	net.Listener
-	allow []netip.Prefix
+	allow func() []netip.Prefix
 	log   zerolog.Logger
 }
 
@@ -89,7 +95,7 @@ func (l *allowListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if a, ok := connAddr(c.RemoteAddr()); ok && allowed(l.allow, a) {
+		if a, ok := connAddr(c.RemoteAddr()); ok && allowed(l.allow(), a) {
 			return c, nil
 		}
 		l.log.Debug().Stringer("client", c.RemoteAddr()).Msg("admin: connection from an address not allowed, closed")

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/vpnmasq/vpnmasq/router/admin"
+)
+
+// reloadTimeout bounds the exchange: a reload reads the file and the
+// host's interfaces and updates a few nftables sets, well under a second.
+const reloadTimeout = 30 * time.Second
+
+// cmdReload implements `vpnmasq reload [--socket PATH]`.
+func cmdReload(args []string) int { return runReload(args, os.Stdout, os.Stderr) }
+
+// runReload asks the running router to re-read its configuration file
+// (POST /api/v1/reload on the admin unix socket; SIGHUP does the same) and
+// prints what it applied, what needs a restart, or the file's problems.
+// It returns 0 when the file was applied, 1 when it was refused or the
+// router could not be asked, 2 on usage errors.
+func runReload(args []string, stdout, stderr io.Writer) int {
+	flags := flag.NewFlagSet("reload", flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	socket := flags.String("socket", admin.DefaultSocket, "the router's admin unix socket `PATH`")
+	flags.Usage = func() {
+		fmt.Fprintf(stderr, "usage: vpnmasq reload [--socket PATH]\n\n"+
+			"Makes the running router re-read its configuration file, like SIGHUP.\n"+
+			"Timeouts, limits, forwards, routing.no_nat, the admin allow list and\n"+
+			"token, DNS upstreams and the log level apply at once, keeping every\n"+
+			"mapping; interfaces, addresses, the TUN, the service address and\n"+
+			"nat.port_range need a restart. A file with problems changes nothing.\n\n")
+		flags.PrintDefaults()
+	}
+	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if flags.NArg() > 0 {
+		fmt.Fprintf(stderr, "reload: unexpected argument %q\n", flags.Arg(0))
+		flags.Usage()
+		return 2
+	}
+	client := &http.Client{
+		Timeout: reloadTimeout,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", *socket)
+		}},
+	}
+	defer client.CloseIdleConnections()
+	resp, err := client.Post("http://unix/api/v1/reload", "application/json", nil)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) && ue.Timeout() {
+			fmt.Fprintf(stderr, "vpnmasq reload: the router at %s did not answer within %s\n", *socket, reloadTimeout)
+		} else {
+			fmt.Fprintf(stderr, "vpnmasq reload: %v\n", reachError(*socket, err))
+		}
+		return 1
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		fmt.Fprintf(stderr, "vpnmasq reload: reading the router's answer: %v\n", err)
+		return 1
+	}
+	var res admin.ReloadResult
+	if err := json.Unmarshal(body, &res); err != nil {
+		fmt.Fprintf(stderr, "vpnmasq reload: the router at %s answered %s: %s\n", *socket, resp.Status, body)
+		return 1
+	}
+	if len(res.Errors) > 0 {
+		fmt.Fprintf(stderr, "vpnmasq reload: %s refused; the running configuration stays:\n", res.Source)
+		for _, e := range res.Errors {
+			fmt.Fprintln(stderr, e)
+		}
+		return 1
+	}
+	fmt.Fprintf(stdout, "reloaded %s\n", res.Source)
+	if len(res.Applied) == 0 {
+		fmt.Fprintln(stdout, "applied: nothing changed")
+	}
+	for _, a := range res.Applied {
+		fmt.Fprintf(stdout, "applied: %s\n", a)
+	}
+	for _, n := range res.NeedsRestart {
+		fmt.Fprintf(stdout, "needs a restart: %s\n", n)
+	}
+	return 0
+}

@@ -1,0 +1,424 @@
+package router
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/rs/zerolog"
+
+	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/nat"
+	"github.com/vpnmasq/vpnmasq/router/admin"
+)
+
+// Live reconfiguration (SIGHUP, `vpnmasq reload`). A reload reads and
+// validates the whole file first; a file with any problem changes nothing.
+// A valid file is compared with the running configuration:
+//
+//   - applied live: the NAT's timeouts, filtering, limits and forwards
+//     (nat.Engine.Reconfigure, which keeps every mapping), the capture
+//     filter and nftables guard for the forwards' ports, routing.no_nat,
+//     the ICMP error rate, the admin allow list and token, the DNS
+//     upstreams, and the log level;
+//   - needs a restart: what the host plumbing or the sockets were built
+//     from (LAN and WAN interfaces and addresses, WAN MTU, the TUN's name,
+//     table and rule priority, the service address, admin port and socket,
+//     nat.port_range, log.format, and turning the DNS forwarder on or
+//     off). These are named, logged and left as they run.
+
+// reloadState is what reloads keep between them.
+type reloadState struct {
+	mu sync.Mutex
+	// cfg is the configuration running now: the start's, with the live
+	// settings of the last reload. nil until the first reload.
+	cfg *config.Config
+}
+
+// running returns the configuration in force. Call with reload.mu held.
+func (r *Router) running() *config.Config {
+	if r.reload.cfg != nil {
+		return r.reload.cfg
+	}
+	return r.cfg
+}
+
+// Reload applies a resolved configuration to the running router. It
+// returns what it applied and what differs but needs a restart; err means
+// nothing was applied.
+func (r *Router) Reload(cfg *config.Config) (applied, needsRestart []string, err error) {
+	r.reload.mu.Lock()
+	defer r.reload.mu.Unlock()
+	old := r.running()
+	needsRestart = restartChanges(old, cfg)
+	next := withRestartFields(cfg, old)
+	ncfg, ports, hairpinProtos, err := engineConfig(next)
+	if err != nil {
+		return nil, needsRestart, err
+	}
+
+	// The capture filter and the guard first: they can fail, and then
+	// nothing else has changed.
+	_, oldPorts, oldHairpin, _ := engineConfig(old)
+	if !slices.Equal(ports, oldPorts) || !slices.Equal(hairpinProtos, oldHairpin) {
+		if err := r.updateCapture(ports, hairpinProtos); err != nil {
+			return nil, needsRestart, err
+		}
+	}
+
+	res := r.nat.Reconfigure(ncfg)
+	for _, f := range res.Removed {
+		applied = append(applied, "forward removed: "+describeForward(f))
+	}
+	for _, f := range res.Added {
+		applied = append(applied, "forward added: "+describeForward(f))
+	}
+	if res.FlowsEnded > 0 {
+		applied = append(applied, fmt.Sprintf("flows ended by forward changes: %d", res.FlowsEnded))
+	}
+	changed := func(name string, differs bool) {
+		if differs {
+			applied = append(applied, name)
+		}
+	}
+	changed("nat.udp_timeout", old.NAT.UDPTimeout != next.NAT.UDPTimeout)
+	changed("nat.tcp_established_timeout", old.NAT.TCPEstablishedTimeout != next.NAT.TCPEstablishedTimeout)
+	changed("nat.tcp_transitory_timeout", old.NAT.TCPTransitoryTimeout != next.NAT.TCPTransitoryTimeout)
+	changed("nat.icmp_timeout", old.NAT.ICMPTimeout != next.NAT.ICMPTimeout)
+	changed("nat.udp_filtering", old.NAT.UDPFiltering != next.NAT.UDPFiltering)
+	changed("nat.max_mappings", old.NAT.MaxMappings != next.NAT.MaxMappings)
+	changed("nat.udp_inbound_refresh", old.NAT.UDPInboundRefresh != next.NAT.UDPInboundRefresh)
+	changed("limits", old.Limits != next.Limits)
+	changed("ipsec", old.IPsec != next.IPsec)
+	changed("pptp", old.PPTP != next.PPTP)
+
+	if !slices.Equal(old.Routing.NoNAT, next.Routing.NoNAT) {
+		set := newPrefixSet(next.Routing.NoNAT)
+		r.core.noNAT.store(set)
+		// Flows to networks that are masqueraded now are not routed
+		// flows any more: their return traffic must not come in.
+		r.core.routed.forget(func(remote [4]byte) bool { return !set.contains(remote) })
+		applied = append(applied, "routing.no_nat")
+	}
+	r.core.routed.setTimeouts(routedTimeouts(next))
+	if old.Limits.ICMPErrorRate != next.Limits.ICMPErrorRate || old.Limits.ICMPErrorBurst != next.Limits.ICMPErrorBurst {
+		r.core.icmp.setRate(next.Limits.ICMPErrorRate, next.Limits.ICMPErrorBurst)
+	}
+
+	if r.services != nil {
+		s, o := next.Services, old.Services
+		if !slices.Equal(s.AdminAllow, o.AdminAllow) || s.AdminToken != o.AdminToken {
+			r.services.lan.set(r, s.AdminAllow, s.AdminToken)
+			changed("services.admin_allow", !slices.Equal(s.AdminAllow, o.AdminAllow))
+			changed("services.admin_token", s.AdminToken != o.AdminToken)
+		}
+		if !slices.Equal(s.DNSUpstream, o.DNSUpstream) {
+			if err := r.services.stack.SetDNSUpstreams(upstreamAddrs(s.DNSUpstream)); err != nil {
+				// Turning the forwarder on or off is a restart
+				// (restartChanges); nothing else fails here.
+				r.log.Warn().Err(err).Msg("reload: dns upstreams")
+				next.Services.DNSUpstream = o.DNSUpstream
+			} else {
+				applied = append(applied, "services.dns_upstream")
+			}
+		}
+	}
+
+	if old.Log.Level != next.Log.Level {
+		if lvl, err := zerolog.ParseLevel(next.Log.Level); err == nil && next.Log.Level != "" {
+			zerolog.SetGlobalLevel(lvl)
+			applied = append(applied, "log.level")
+		}
+	}
+	r.reload.cfg = next
+	return applied, needsRestart, nil
+}
+
+// ReloadConfig re-reads the configuration file the router started from,
+// validates and resolves it against the host as it is now, and applies it
+// (Reload). Every problem, each "file:line: key: message", is logged at
+// error level and returned, and the running configuration stays. It is
+// what SIGHUP and POST /api/v1/reload on the admin socket do.
+func (r *Router) ReloadConfig() admin.ReloadResult {
+	path := r.cfg.Source
+	res := admin.ReloadResult{Source: path}
+	fail := func(errs []string) admin.ReloadResult {
+		for _, e := range errs {
+			r.log.Error().Str("config", path).Msg(e)
+		}
+		r.log.Error().Str("config", path).Int("problems", len(errs)).Msg("reload refused; the running configuration stays")
+		res.Errors = errs
+		return res
+	}
+	if path == "" || path == config.DefaultSource {
+		return fail([]string{config.DefaultSource + ": nothing to reload: vpnmasq runs on its embedded default; start it with --config FILE to reload that file"})
+	}
+	cfg, err := config.Load(path)
+	if err == nil {
+		var host *config.Host
+		if host, err = config.ReadHost(); err != nil {
+			err = fmt.Errorf("reading interfaces: %w", err)
+		} else {
+			err = cfg.Resolve(host)
+		}
+	}
+	if err != nil {
+		return fail(configErrorLines(err))
+	}
+	applied, restart, err := r.Reload(cfg)
+	res.Applied, res.NeedsRestart = applied, restart
+	for _, what := range restart {
+		r.log.Warn().Str("config", path).Str("setting", what).Msg("changed in the file, needs a restart: left as it runs")
+	}
+	if err != nil {
+		return fail([]string{path + ": " + err.Error()})
+	}
+	r.log.Info().Str("config", path).Strs("applied", applied).Strs("needs_restart", restart).Msg("configuration reloaded")
+	return res
+}
+
+var _ admin.Reloader = (*Router)(nil)
+
+// configErrorLines splits a Load or Resolve error into its problems.
+func configErrorLines(err error) []string {
+	var es *config.Errors
+	if errors.As(err, &es) {
+		out := make([]string, len(*es))
+		for i, e := range *es {
+			out[i] = e.Error()
+		}
+		return out
+	}
+	return []string{err.Error()}
+}
+
+// restartChanges names the settings that differ between the running
+// configuration and cfg and are only read at start.
+func restartChanges(old, cfg *config.Config) []string {
+	var out []string
+	diff := func(name string, differs bool, was, now any) {
+		if differs {
+			out = append(out, fmt.Sprintf("%s (%v → %v)", name, was, now))
+		}
+	}
+	diff("lan.interfaces", !slices.Equal(old.LAN.Interfaces, cfg.LAN.Interfaces), old.LAN.Interfaces, cfg.LAN.Interfaces)
+	diff("lan.prefixes", !slices.Equal(old.LAN.Prefixes, cfg.LAN.Prefixes), old.LAN.Prefixes, cfg.LAN.Prefixes)
+	diff("wan.interface", old.WAN.Interface != cfg.WAN.Interface, old.WAN.Interface, cfg.WAN.Interface)
+	diff("wan.address", old.WAN.Address != cfg.WAN.Address, old.WAN.Address, cfg.WAN.Address)
+	diff("wan.mtu", old.WAN.MTU != cfg.WAN.MTU, old.WAN.MTU, cfg.WAN.MTU)
+	diff("nat.port_range", old.NAT.PortRange != cfg.NAT.PortRange, old.NAT.PortRange, cfg.NAT.PortRange)
+	diff("tun.name", old.TUN.Name != cfg.TUN.Name, old.TUN.Name, cfg.TUN.Name)
+	diff("tun.table", old.TUN.Table != cfg.TUN.Table, old.TUN.Table, cfg.TUN.Table)
+	diff("tun.rule_priority", old.TUN.RulePriority != cfg.TUN.RulePriority, old.TUN.RulePriority, cfg.TUN.RulePriority)
+	diff("services.address", old.Services.Address != cfg.Services.Address, old.Services.Address, cfg.Services.Address)
+	diff("services.admin_port", old.Services.AdminPort != cfg.Services.AdminPort, old.Services.AdminPort, cfg.Services.AdminPort)
+	diff("services.admin_socket", old.Services.AdminSocket != cfg.Services.AdminSocket, old.Services.AdminSocket, cfg.Services.AdminSocket)
+	if (len(old.Services.DNSUpstream) == 0) != (len(cfg.Services.DNSUpstream) == 0) {
+		out = append(out, fmt.Sprintf("services.dns_upstream (the DNS forwarder turned %s)", map[bool]string{true: "on", false: "off"}[len(cfg.Services.DNSUpstream) > 0]))
+	}
+	diff("log.format", old.Log.Format != cfg.Log.Format, old.Log.Format, cfg.Log.Format)
+	return out
+}
+
+// withRestartFields returns a copy of cfg with the settings only read at
+// start taken from the running configuration: what the router runs after
+// the reload.
+func withRestartFields(cfg, old *config.Config) *config.Config {
+	next := *cfg
+	next.Source = old.Source
+	next.LAN = old.LAN
+	next.WAN = old.WAN
+	next.NAT.PortRange = old.NAT.PortRange
+	next.TUN = old.TUN
+	next.Services.Address = old.Services.Address
+	next.Services.AdminPort = old.Services.AdminPort
+	next.Services.AdminSocket = old.Services.AdminSocket
+	if (len(old.Services.DNSUpstream) == 0) != (len(cfg.Services.DNSUpstream) == 0) {
+		next.Services.DNSUpstream = old.Services.DNSUpstream
+	}
+	next.Log.Format = old.Log.Format
+	next.Forwards = slices.Clone(cfg.Forwards)
+	return &next
+}
+
+// engineConfig is the NAT engine's configuration for cfg, with the ports
+// and protocols the capture and guards must own: the mapping range, IKE and
+// NAT-T, and the forwards' (ports sorted, for comparison).
+func engineConfig(cfg *config.Config) (nc nat.Config, ports []config.PortRange, hairpinProtos []uint8, err error) {
+	var forwards []nat.Forward
+	ports = []config.PortRange{cfg.NAT.PortRange, {First: nat.PortIKE, Last: nat.PortIKE}, {First: nat.PortNATT, Last: nat.PortNATT}}
+	for _, f := range cfg.Forwards {
+		nf := nat.Forward{To: f.To, ToPort: f.ToPort, Ports: nat.PortRange{First: f.Port.First, Last: f.Port.Last}}
+		switch f.Proto {
+		case "tcp":
+			nf.Proto = nat.ProtoTCP
+			ports = append(ports, f.Port)
+		case "udp":
+			nf.Proto = nat.ProtoUDP
+			ports = append(ports, f.Port)
+		case "gre":
+			nf.Proto = nat.ProtoGRE
+			hairpinProtos = append(hairpinProtos, nf.Proto)
+		case "esp":
+			nf.Proto = nat.ProtoESP
+			hairpinProtos = append(hairpinProtos, nf.Proto)
+		default:
+			return nc, nil, nil, fmt.Errorf("forward: unknown proto %q", f.Proto)
+		}
+		forwards = append(forwards, nf)
+	}
+	ports = mergePortRanges(ports)
+	slices.Sort(hairpinProtos)
+	filtering := nat.AddressDependentFiltering
+	if cfg.NAT.UDPFiltering == "endpoint-independent" {
+		filtering = nat.EndpointIndependentFiltering
+	}
+	l := cfg.Limits
+	nc = nat.Config{
+		WANAddr:               cfg.WAN.Address,
+		Ports:                 nat.PortRange{First: cfg.NAT.PortRange.First, Last: cfg.NAT.PortRange.Last},
+		UDPTimeout:            cfg.NAT.UDPTimeout,
+		TCPEstablishedTimeout: cfg.NAT.TCPEstablishedTimeout,
+		TCPTransitoryTimeout:  cfg.NAT.TCPTransitoryTimeout,
+		ICMPTimeout:           cfg.NAT.ICMPTimeout,
+		UDPFiltering:          filtering,
+		MaxMappings:           cfg.NAT.MaxMappings,
+		UDPInboundRefresh:     cfg.NAT.UDPInboundRefresh,
+		Limits: nat.Limits{
+			MaxFlows: l.MaxFlows, MaxFlowsPerHost: l.MaxFlowsPerHost, MaxMappingsPerHost: l.MaxMappingsPerHost,
+			MaxESPPerHost: l.MaxESPPerHost, MaxIKEPerHost: l.MaxIKEPerHost, MaxRemoteIKE: l.MaxRemoteIKE,
+			RemoteIKETimeout: l.RemoteIKETimeout, MaxCallsPerHost: l.MaxCallsPerHost,
+			MaxFragmentsPerHost: l.MaxFragmentsPerHost, HostFlowRate: l.HostFlowRate, HostFlowBurst: l.HostFlowBurst,
+			ForwardFlowRate: l.ForwardFlowRate, ForwardFlowBurst: l.ForwardFlowBurst, UnrepliedTimeout: l.UnrepliedTimeout,
+		},
+		Forwards: forwards,
+		IPsec: nat.IPsecConfig{
+			IKETimeout: cfg.IPsec.IKETimeout, ESPTimeout: cfg.IPsec.ESPTimeout, ESPWait: cfg.IPsec.ESPWait,
+			ESPRetries: cfg.IPsec.ESPRetries, ESPSquelch: cfg.IPsec.ESPSquelch, MaxESP: cfg.IPsec.MaxESP,
+		},
+		PPTP: nat.PPTPConfig{
+			CallSetupTimeout: cfg.PPTP.CallSetupTimeout, TeardownGrace: cfg.PPTP.TeardownGrace,
+			GRETimeout: cfg.PPTP.GRETimeout, MaxCalls: cfg.PPTP.MaxCalls,
+		},
+	}
+	return nc, ports, hairpinProtos, nil
+}
+
+// routedTimeouts are the no-NAT flows' lifetimes for cfg.
+func routedTimeouts(cfg *config.Config) RoutedTimeouts {
+	return RoutedTimeouts{TCP: cfg.NAT.TCPEstablishedTimeout, UDP: cfg.NAT.UDPTimeout,
+		ICMP: cfg.NAT.ICMPTimeout, ESP: cfg.IPsec.ESPTimeout, GRE: cfg.PPTP.GRETimeout}
+}
+
+func upstreamAddrs(us []config.Upstream) []netip.AddrPort {
+	out := make([]netip.AddrPort, len(us))
+	for i, u := range us {
+		out[i] = u.AddrPort()
+	}
+	return out
+}
+
+// describeForward writes a forward for operators: "tcp 8080 → 10.0.0.2:80".
+func describeForward(f nat.Forward) string {
+	var b strings.Builder
+	switch f.Proto {
+	case nat.ProtoTCP:
+		b.WriteString("tcp ")
+	case nat.ProtoUDP:
+		b.WriteString("udp ")
+	case nat.ProtoGRE:
+		return "gre → " + f.To.String()
+	case nat.ProtoESP:
+		return "esp → " + f.To.String()
+	default:
+		return fmt.Sprintf("proto %d → %s", f.Proto, f.To)
+	}
+	fmt.Fprintf(&b, "%d", f.Ports.First)
+	if f.Ports.Last != f.Ports.First {
+		fmt.Fprintf(&b, "-%d", f.Ports.Last)
+	}
+	to := f.ToPort
+	if to == 0 {
+		to = f.Ports.First
+	}
+	fmt.Fprintf(&b, " → %s", netip.AddrPortFrom(f.To, to))
+	return b.String()
+}
+
+// updateCapture gives the WAN capture filter and the host's guards the
+// ports and hairpin protocols of the new forwards. On failure it puts the
+// old capture back.
+func (r *Router) updateCapture(ports []config.PortRange, hairpinProtos []uint8) error {
+	capture := r.spec.Capture
+	capture.Ports = ports
+	if sc, ok := r.wan.(interface{ SetCapture(Capture) error }); ok {
+		if err := sc.SetCapture(capture); err != nil {
+			return fmt.Errorf("updating the WAN capture filter: %w", err)
+		}
+	}
+	if r.host != nil {
+		if err := r.host.UpdateGuard(r.spec.TUN, ports, ports, hairpinProtos); err != nil {
+			if sc, ok := r.wan.(interface{ SetCapture(Capture) error }); ok {
+				_ = sc.SetCapture(r.spec.Capture)
+			}
+			return fmt.Errorf("updating the nftables guard: %w", err)
+		}
+	}
+	r.spec.Capture = capture
+	r.spec.HairpinPorts = ports
+	r.spec.HairpinProtocols = hairpinProtos
+	return nil
+}
+
+// sharedPrefixSet is a prefixSet the packet loops read while a reload may
+// replace it.
+type sharedPrefixSet struct{ p atomic.Pointer[prefixSet] }
+
+func newSharedPrefixSet(ps []netip.Prefix) *sharedPrefixSet {
+	s := &sharedPrefixSet{}
+	s.store(newPrefixSet(ps))
+	return s
+}
+
+func (s *sharedPrefixSet) store(set prefixSet) { s.p.Store(&set) }
+
+func (s *sharedPrefixSet) contains(a [4]byte) bool { return (*s.p.Load()).contains(a) }
+
+// forget drops the routed flows whose remote drop says.
+func (r *routedFlows) forget(drop func(remote [4]byte) bool) {
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.Lock()
+		for k := range s.flows {
+			if drop(k.remote) {
+				delete(s.flows, k)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// setTimeouts changes the routed flows' lifetimes; each flow keeps its
+// deadline until its next packet. Readers hold a shard's lock, so every
+// shard is held while the table changes.
+func (r *routedFlows) setTimeouts(t RoutedTimeouts) {
+	next := newRoutedFlowTimeouts(t)
+	for i := range r.shards {
+		r.shards[i].mu.Lock()
+	}
+	r.timeout = next
+	for i := range r.shards {
+		r.shards[i].mu.Unlock()
+	}
+}
+
+// setRate changes the per-destination rate and burst of ICMP errors.
+func (l *icmpLimiter) setRate(rate, burst int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rate, l.burst = int64(max(rate, 1)), int64(max(burst, 1))
+}
