@@ -120,7 +120,7 @@ func (r *Router) Snapshot() admin.Snapshot {
 	s := admin.Snapshot{
 		Time:        time.Now(),
 		Version:     Version,
-		WANAddr:     r.cfg.WAN.Address,
+		WANAddr:     netip.AddrFrom4(r.nat.WANAddr()),
 		WANIf:       r.cfg.WAN.Interface,
 		LANPrefixes: slices.Clone(r.cfg.LAN.Prefixes),
 		ServiceAddr: r.cfg.Services.Address,
