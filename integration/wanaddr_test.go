@@ -346,3 +346,39 @@ func TestWANAddrLinkDownAndUp(t *testing.T) {
 		}
 	})
 }
+
+func TestWANAddrPinnedAndLANChangesAreOnlyLogged(t *testing.T) {
+	l := newLab(t, lab.Options{})
+	config := strings.Replace(labConfig, "interface = \"rtr-wan\"\n", "interface = \"rtr-wan\"\naddress = \"198.18.0.1\"\n", 1)
+	r := startRouter(t, l, config)
+	from := r.log.len()
+
+	t.Run("a configured WAN address that disappears is logged loudly and kept", func(t *testing.T) {
+		must(t, l.Router, "sysctl", "-qw", "net.ipv4.conf."+lab.RouterWANIf+".promote_secondaries=1")
+		must(t, l.Router, "ip", "addr", "add", newWANAddr.String()+"/24", "dev", lab.RouterWANIf)
+		must(t, l.Router, "ip", "addr", "del", lab.RouterWANAddr.String()+"/24", "dev", lab.RouterWANIf)
+		line, ok := r.log.waitFor("the configured wan.address is no longer on the WAN interface; keeping it (remove wan.address from the configuration to follow the interface)", from, 2*time.Second, r.exited)
+		if !ok {
+			t.Fatal("no log line for the lost address")
+		}
+		if line.Level() != "error" || line.Str("wan_addr") != lab.RouterWANAddr.String() {
+			t.Errorf("log line %s", line.Raw)
+		}
+		if n := len(r.log.find("WAN address changed: mappings bound to the old address dropped, forwards kept")); n != 0 {
+			t.Errorf("the pinned address was changed")
+		}
+	})
+	t.Run("a LAN prefix that changes is logged loudly, not applied", func(t *testing.T) {
+		must(t, l.Router, "ip", "addr", "add", "192.168.78.1/24", "dev", lab.RouterLANIf)
+		line, ok := r.log.waitFor("LAN interface prefixes changed; not applied (routing and capture still use the old ones): restart vpnmasq", from, 2*time.Second, r.exited)
+		if !ok {
+			t.Fatal("no log line for the LAN change")
+		}
+		if line.Level() != "error" || !strings.Contains(line.Str("change"), "192.168.78.1/24") {
+			t.Errorf("log line %s", line.Raw)
+		}
+	})
+	if r.hasExited() {
+		t.Fatal("vpnmasq exited")
+	}
+}
