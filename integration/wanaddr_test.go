@@ -196,6 +196,21 @@ func TestWANAddrChangeWhileTrafficRuns(t *testing.T) {
 			t.Fatalf("forward echoed %q, %v", buf, err)
 		}
 	})
+	t.Run("a LAN host reaches the forward on the new address (hairpin)", func(t *testing.T) {
+		c, err := l.LAN2.Dial("tcp4", netip.AddrPortFrom(newWANAddr, 8080).String(), 2*time.Second)
+		if err != nil {
+			t.Fatalf("hairpin to the new address: %v", err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte("hairpin")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 7)
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "hairpin" {
+			t.Fatalf("hairpin echoed %q, %v", buf, err)
+		}
+	})
 	t.Run("the nftables guard and the capture name the new address", func(t *testing.T) {
 		out, _ := runIn(t, l.Router, 5*time.Second, "nft", "list", "table", "ip", "vpnmasq_vpnmasq0")
 		if !strings.Contains(out, newWANAddr.String()) || strings.Contains(out, lab.RouterWANAddr.String()) {
