@@ -181,6 +181,16 @@ func TestWANAddrChangeWhileTrafficRuns(t *testing.T) {
 			t.Errorf("log line %s", line.Raw)
 		}
 	})
+	// The engine moves first; the capture filter and the nftables rules
+	// follow within milliseconds, and the router says when it is done.
+	followed, ok := r.log.waitFor("WAN address followed: capture filter and nftables rules replaced", logFrom, 2*time.Second, r.exited)
+	if !ok {
+		t.Fatal("the router did not finish following the new address")
+	}
+	t.Logf("followed: %s", followed.Raw)
+	if followed.Str("ok") != "true" {
+		t.Errorf("following the new address failed: %s", followed.Raw)
+	}
 	t.Run("a forward answers on the new address", func(t *testing.T) {
 		c, err := l.WAN.Dial("tcp4", netip.AddrPortFrom(newWANAddr, 8080).String(), 2*time.Second)
 		if err != nil {
