@@ -181,8 +181,8 @@ func TestWANAddrChangeWhileTrafficRuns(t *testing.T) {
 			t.Errorf("log line %s", line.Raw)
 		}
 	})
-	// The engine moves first; the capture filter and the nftables rules
-	// follow within milliseconds, and the router says when it is done.
+	// The router says when the capture filter, the nftables rules and the
+	// engine all moved.
 	followed, ok := r.log.waitFor("WAN address followed: capture filter and nftables rules replaced", logFrom, 2*time.Second, r.exited)
 	if !ok {
 		t.Fatal("the router did not finish following the new address")

@@ -23,10 +23,10 @@ import (
 // default route again and compares them with what it runs on (planWAN):
 //
 //   - A new address on the WAN interface, when wan.address was not written
-//     in the configuration and the address in use is gone: the engine
-//     drops the state bound to the old address (nat.SetWANAddr), the
-//     capture filter and the nftables rules that name the address are
-//     replaced, and the next-hop cache is emptied. The core, the ICMP
+//     in the configuration and the address in use is gone: the capture
+//     filter and the nftables rules that name the address are replaced,
+//     the engine drops the state bound to the old address
+//     (nat.SetWANAddr), and the next-hop cache is emptied. The core, the ICMP
 //     errors and the admin snapshot read the address from the engine.
 //   - A configured wan.address that disappears: logged loudly and kept.
 //   - The WAN link going down and up: the state is kept; the capture
@@ -278,12 +278,13 @@ func (w *wanWatcher) check() {
 	}
 }
 
-// setWANAddr moves the router to a new WAN address: the engine first (the
-// core reads it), then the capture filter, the nftables rules and the
-// next-hop cache.
+// setWANAddr moves the router to a new WAN address: the capture filter and
+// the nftables rules first, so that the answers to the first packets from
+// the new address reach the engine rather than the host's stack (which
+// would reset them), then the engine (the core reads the address from it),
+// then the next-hop cache.
 func (r *Router) setWANAddr(a netip.Addr) error {
 	start := time.Now()
-	r.nat.SetWANAddr(a)
 	var errs []error
 	if s, ok := r.wan.(interface{ SetCaptureAddr(netip.Addr) error }); ok {
 		errs = append(errs, s.SetCaptureAddr(a))
@@ -293,6 +294,7 @@ func (r *Router) setWANAddr(a netip.Addr) error {
 		spec.Capture.Addr = a
 		errs = append(errs, r.host.setWANAddr(spec))
 	}
+	r.nat.SetWANAddr(a)
 	r.flushNexthops()
 	err := errors.Join(errs...)
 	r.log.Info().Stringer("wan_addr", a).Dur("took", time.Since(start)).Bool("ok", err == nil).
