@@ -37,6 +37,7 @@ func (c *Config) Resolve(h *Host) error {
 		fail("wan.interface", "not set, and this host has no IPv4 default route to take it from")
 	case name == "":
 		r.WAN.Interface = h.DefaultRouteInterface
+		r.WAN.InterfaceFromHost = true
 		fallthrough
 	default:
 		var ok bool
@@ -54,6 +55,7 @@ func (c *Config) Resolve(h *Host) error {
 			fail("wan.address", "interface %q has no IPv4 address", wan.Name)
 		case !r.WAN.Address.IsValid():
 			r.WAN.Address = wan.Prefixes[0].Addr()
+			r.WAN.AddressFromHost = true
 		case !slices.ContainsFunc(wan.Prefixes, func(p netip.Prefix) bool { return p.Addr() == r.WAN.Address }):
 			fail("wan.address", "%s is not an address of interface %q (it has %s)", r.WAN.Address, wan.Name, joinPrefixes(wan.Prefixes))
 		}

@@ -42,6 +42,12 @@ type WAN struct {
 	Interface string     `toml:"interface"` // default: interface of the IPv4 default route
 	Address   netip.Addr `toml:"address"`   // default: first IPv4 address of Interface
 	MTU       int        `toml:"mtu"`       // default: the interface's MTU; lower it to clamp
+	// AddressFromHost and InterfaceFromHost say that Resolve took Address
+	// and Interface from the host, not from the configuration: the router
+	// follows a new address of the interface, and reports a default route
+	// that moved to another interface.
+	AddressFromHost   bool `toml:"-"`
+	InterfaceFromHost bool `toml:"-"`
 }
 
 // NAT holds the masquerade's mapping range and timers.

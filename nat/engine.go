@@ -141,6 +141,10 @@ type Engine struct {
 	hosts    hostTable // per-LAN-host quotas and new-flow buckets
 	Drops    DropCounters
 	Limits   LimitCounters
+	// wanWord is wan for readers without the lock (WANAddr).
+	wanWord wanAddrWord
+	// WANChanges counts the WAN address changes followed (wanaddr.go).
+	WANChanges WANChangeCounters
 }
 
 // New builds an engine with the TCP, UDP and ICMP handlers and the static
@@ -177,6 +181,7 @@ func New(cfg Config) *Engine {
 		base:  cfg.Clock.Now(),
 		log:   cfg.Log,
 	}
+	e.wanWord.store(e.wan)
 	e.hosts.init()
 	e.table.init(e)
 	e.frags.init(e)
@@ -218,8 +223,9 @@ func (e *Engine) Register(proto uint8, h Handler) {
 	e.mu.Unlock()
 }
 
-// WANAddr is the address LAN hosts are masqueraded behind.
-func (e *Engine) WANAddr() [4]byte { return e.wan }
+// WANAddr is the address LAN hosts are masqueraded behind. It may be
+// called without the lock, concurrently with SetWANAddr.
+func (e *Engine) WANAddr() [4]byte { return e.wanWord.load() }
 
 // now is the engine's monotonic time in nanoseconds since New.
 func (e *Engine) now() int64 { return int64(e.clock.Now().Sub(e.base)) }

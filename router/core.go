@@ -26,7 +26,6 @@ type core struct {
 	nat     *nat.Engine
 	lan     prefixSet
 	noNAT   *sharedPrefixSet // replaced by a reload
-	wanAddr [4]byte
 	service [4]byte
 	// local takes packets for the service address (the netstack); nil
 	// until the services run.
@@ -88,6 +87,10 @@ type Stats struct {
 }
 
 func (c *core) drop(r nat.DropReason) { c.drops.Add(r) }
+
+// wan is the WAN address: the engine's, which follows the interface's
+// address when it changes (wanwatch_linux.go).
+func (c *core) wan() [4]byte { return c.nat.WANAddr() }
 
 // fromLAN handles one packet read from the TUN: buf holds it at
 // buf[offset:offset+n].
@@ -156,7 +159,7 @@ func (c *core) lanRoute(p *nat.Packet) lanRouteKind {
 // super-packet (sendWhole checked that its segments fit the WAN MTU) is
 // queued as one frame.
 func (c *core) routeOut(buf []byte, p *nat.Packet, o *outbox, masquerade, whole bool) {
-	tooBig := !whole && len(p.Buf) > c.wanMTU && p.Dst != c.wanAddr
+	tooBig := !whole && len(p.Buf) > c.wanMTU && p.Dst != c.wan()
 	if tooBig && p.IP.Flags()&header.IPv4FlagDontFragment != 0 {
 		c.drop(nat.DropTooBig)
 		c.answerLAN(p, o, header.ICMPv4DstUnreachable, header.ICMPv4FragmentationNeeded, uint16(c.wanMTU))
@@ -234,7 +237,7 @@ func (c *core) lanAddrFor(host [4]byte) [4]byte {
 	if len(c.lanAddrs) > 0 {
 		return c.lanAddrs[0].Addr().As4()
 	}
-	return c.wanAddr
+	return c.wan()
 }
 
 // fromWAN handles one packet captured on the WAN interface.
@@ -251,7 +254,7 @@ func (c *core) fromWANAs(buf []byte, n int, p *nat.Packet, o *outbox, whole bool
 	}
 	p.PartialChecksum = whole
 	switch {
-	case isMartianSource(p.Src) || p.Src == c.wanAddr:
+	case isMartianSource(p.Src) || p.Src == c.wan():
 		c.drop(nat.DropMartian)
 		return
 	case c.lan.contains(p.Src):
@@ -273,7 +276,7 @@ func (c *core) fromWANAs(buf []byte, n int, p *nat.Packet, o *outbox, whole bool
 		}
 		c.deliverLAN(buf, p, o, whole)
 		return
-	case p.Dst != c.wanAddr:
+	case p.Dst != c.wan():
 		c.drop(nat.DropMartian)
 		return
 	}
@@ -320,7 +323,7 @@ func (c *core) expiredFromWAN(orig []byte, o *outbox) {
 	if buf == nil {
 		return
 	}
-	n := buildICMPError(buf[c.offset:], c.wanAddr, orig, header.ICMPv4TimeExceeded, header.ICMPv4TTLExceeded, 0)
+	n := buildICMPError(buf[c.offset:], c.wan(), orig, header.ICMPv4TimeExceeded, header.ICMPv4TTLExceeded, 0)
 	c.stats.ICMPErrorsSent.Add(1)
 	o.toWAN(buf, n)
 }

@@ -44,7 +44,6 @@ func initTestCore(c *core, wanMTU int) {
 		nat:      e,
 		lan:      newPrefixSet([]netip.Prefix{netip.MustParsePrefix("192.168.77.0/24")}),
 		noNAT:    newSharedPrefixSet([]netip.Prefix{netip.MustParsePrefix("10.20.0.0/16")}),
-		wanAddr:  wanAddr,
 		service:  [4]byte{192, 0, 2, 53},
 		wanMTU:   wanMTU,
 		offset:   packetOffset,

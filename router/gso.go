@@ -96,7 +96,7 @@ func (c *core) sendWhole(buf []byte, n int, h vnetHdr, p *nat.Packet, o *outbox)
 		return false
 	}
 	route := c.lanRoute(p)
-	if (route != lanMasquerade && route != lanRouted) || p.Dst == c.wanAddr {
+	if (route != lanMasquerade && route != lanRouted) || p.Dst == c.wan() {
 		return false // local, service or hairpin: per segment
 	}
 	if ihl+int(header.TCP(p.L4).DataOffset())+int(h.gsoSize) > c.wanMTU {

@@ -115,24 +115,9 @@ func installNft(nsFd int, s nftSpec) (err error) {
 		Hooknum:  nftables.ChainHookInput,
 		Priority: nftables.ChainPriorityRef(nftPriorityGuardInput),
 	})
-	// iifname <wan> ip daddr <addr> tcp dport @nat_ports counter drop, the
-	// same for udp, and ip protocol @nat_protocols. ICMP is deliberately not
-	// guarded: the host keeps answering pings and receiving its own errors.
-	for _, proto := range []uint8{nat.ProtoTCP, nat.ProtoUDP} {
-		c.AddRule(&nftables.Rule{Table: ipTable, Chain: input, Exprs: slices.Concat(
-			matchIifname(s.wan),
-			matchDaddr(s.addr),
-			matchL4Proto(proto),
-			matchDportInSet(natPorts),
-			countAndDrop(),
-		)})
+	for _, exprs := range guardInputRules(s, natPorts, natProtos) {
+		c.AddRule(&nftables.Rule{Table: ipTable, Chain: input, Exprs: exprs})
 	}
-	c.AddRule(&nftables.Rule{Table: ipTable, Chain: input, Exprs: slices.Concat(
-		matchIifname(s.wan),
-		matchDaddr(s.addr),
-		matchProtocolInSet(natProtos),
-		countAndDrop(),
-	)})
 
 	prerouting := c.AddChain(&nftables.Chain{
 		Name:     nftChainGuardPrerouting,
@@ -177,9 +162,47 @@ func installNft(nsFd int, s nftSpec) (err error) {
 	// The hairpin rules forward into the TUN with "fwd ip to <addr> device
 	// <tun>", which google/nftables cannot express; they go in a second
 	// transaction (see addHairpinRules).
-	fwd, err := fwdToTUN(s.tunIndex, s.addr)
+	rules, err := hairpinRules(s, hpPorts, hpProtos)
 	if err != nil {
 		return err
+	}
+	for _, ch := range chains {
+		if err := addRawRules(nsFd, nftables.TableFamilyNetdev, name, ch, rules); err != nil {
+			return fmt.Errorf("adding hairpin rules to netdev %s %s: %w", name, ch, err)
+		}
+	}
+	return nil
+}
+
+// guardInputRules are the rules of guard_input, which name the WAN
+// address: iifname <wan> ip daddr <addr> tcp dport @nat_ports counter drop,
+// the same for udp, and ip protocol @nat_protocols. ICMP is deliberately
+// not guarded: the host keeps answering pings and receiving its own errors.
+func guardInputRules(s nftSpec, natPorts, natProtos *nftables.Set) [][]expr.Any {
+	var rules [][]expr.Any
+	for _, proto := range []uint8{nat.ProtoTCP, nat.ProtoUDP} {
+		rules = append(rules, slices.Concat(
+			matchIifname(s.wan),
+			matchDaddr(s.addr),
+			matchL4Proto(proto),
+			matchDportInSet(natPorts),
+			countAndDrop(),
+		))
+	}
+	return append(rules, slices.Concat(
+		matchIifname(s.wan),
+		matchDaddr(s.addr),
+		matchProtocolInSet(natProtos),
+		countAndDrop(),
+	))
+}
+
+// hairpinRules are the rules of each hairpin chain, marshalled, which name
+// the WAN address too.
+func hairpinRules(s nftSpec, hpPorts, hpProtos *nftables.Set) ([][][]byte, error) {
+	fwd, err := fwdToTUN(s.tunIndex, s.addr)
+	if err != nil {
+		return nil, err
 	}
 	var rules [][][]byte
 	for _, proto := range []uint8{nat.ProtoTCP, nat.ProtoUDP} {
@@ -191,7 +214,7 @@ func installNft(nsFd int, s nftSpec) (err error) {
 			[]expr.Any{&expr.Counter{}},
 		))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rules = append(rules, append(exprs, fwd...))
 	}
@@ -202,15 +225,9 @@ func installNft(nsFd int, s nftSpec) (err error) {
 		[]expr.Any{&expr.Counter{}},
 	))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	rules = append(rules, append(exprs, fwd...))
-	for _, ch := range chains {
-		if err := addRawRules(nsFd, nftables.TableFamilyNetdev, name, ch, rules); err != nil {
-			return fmt.Errorf("adding hairpin rules to netdev %s %s: %w", name, ch, err)
-		}
-	}
-	return nil
+	return append(rules, append(exprs, fwd...)), nil
 }
 
 // refuseExistingTables fails when a table of ours is already there: either

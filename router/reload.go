@@ -208,7 +208,12 @@ func restartChanges(old, cfg *config.Config) []string {
 	diff("lan.interfaces", !slices.Equal(old.LAN.Interfaces, cfg.LAN.Interfaces), old.LAN.Interfaces, cfg.LAN.Interfaces)
 	diff("lan.prefixes", !slices.Equal(old.LAN.Prefixes, cfg.LAN.Prefixes), old.LAN.Prefixes, cfg.LAN.Prefixes)
 	diff("wan.interface", old.WAN.Interface != cfg.WAN.Interface, old.WAN.Interface, cfg.WAN.Interface)
-	diff("wan.address", old.WAN.Address != cfg.WAN.Address, old.WAN.Address, cfg.WAN.Address)
+	// An address taken from the interface is followed as it changes
+	// (wanwatch_linux.go); only a pinned one, or a change between pinned
+	// and taken, needs a restart.
+	addrDiffers := old.WAN.AddressFromHost != cfg.WAN.AddressFromHost ||
+		(!cfg.WAN.AddressFromHost && old.WAN.Address != cfg.WAN.Address)
+	diff("wan.address", addrDiffers, old.WAN.Address, cfg.WAN.Address)
 	diff("wan.mtu", old.WAN.MTU != cfg.WAN.MTU, old.WAN.MTU, cfg.WAN.MTU)
 	diff("nat.port_range", old.NAT.PortRange != cfg.NAT.PortRange, old.NAT.PortRange, cfg.NAT.PortRange)
 	diff("tun.name", old.TUN.Name != cfg.TUN.Name, old.TUN.Name, cfg.TUN.Name)

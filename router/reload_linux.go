@@ -2,6 +2,7 @@ package router
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/google/nftables"
 	"golang.org/x/net/bpf"
@@ -14,6 +15,15 @@ import (
 // swaps the program atomically: every packet meets either the old filter or
 // the new one, none goes unfiltered.
 func (w *socketWAN) SetCapture(c Capture) error {
+	w.captureMu.Lock()
+	defer w.captureMu.Unlock()
+	c.Addr = w.capture.Addr // the address the watcher follows
+	return w.attachCapture(c)
+}
+
+// attachCapture builds the filter for c, swaps it in on the capture socket
+// and remembers c. Call with captureMu held.
+func (w *socketWAN) attachCapture(c Capture) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
@@ -37,8 +47,9 @@ func (w *socketWAN) SetCapture(c Capture) error {
 		return err
 	}
 	if serr != nil {
-		return fmt.Errorf("setsockopt SO_ATTACH_FILTER: %w", serr)
+		return fmt.Errorf("replacing the capture filter: %w", os.NewSyscallError("setsockopt SO_ATTACH_FILTER", serr))
 	}
+	w.capture = c
 	return nil
 }
 

@@ -64,6 +64,7 @@ type Router struct {
 	closing  chan struct{}
 	wanBad   uint64 // truncated+malformed captures already counted
 	reload   reloadState
+	watch    *wanWatcher
 }
 
 // New prepares a router from a resolved configuration. It changes nothing on
@@ -171,7 +172,6 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 		nat:      r.nat,
 		lan:      newPrefixSet(cfg.LAN.Prefixes),
 		noNAT:    newSharedPrefixSet(cfg.Routing.NoNAT),
-		wanAddr:  cfg.WAN.Address.As4(),
 		service:  cfg.Services.Address.As4(),
 		wanMTU:   wanMTU,
 		offset:   packetOffset,
@@ -201,6 +201,7 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 		HairpinProtocols: hairpinProtos,
 		Log:              log.With().Str("component", "host").Logger(),
 	}
+	r.watch = r.newWANWatcher(h)
 	return r, nil
 }
 
@@ -277,9 +278,10 @@ func (r *Router) Start() error {
 // Run moves packets until ctx is done, then tears everything down.
 func (r *Router) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
-	r.wg.Add(2)
+	r.wg.Add(3)
 	go func() { defer r.wg.Done(); errc <- r.tunLoop() }()
 	go func() { defer r.wg.Done(); errc <- r.wanLoop() }()
+	go func() { defer r.wg.Done(); r.watch.run(r.closing) }()
 	ticker := time.NewTicker(time.Second)
 	defer ticker.Stop()
 	var runErr error

@@ -125,7 +125,7 @@ func (r *Router) Snapshot() admin.Snapshot {
 	s := admin.Snapshot{
 		Time:        time.Now(),
 		Version:     Version,
-		WANAddr:     r.cfg.WAN.Address,
+		WANAddr:     netip.AddrFrom4(r.nat.WANAddr()),
 		WANIf:       r.cfg.WAN.Interface,
 		LANPrefixes: slices.Clone(r.cfg.LAN.Prefixes),
 		ServiceAddr: r.cfg.Services.Address,
@@ -176,6 +176,8 @@ func (r *Router) Snapshot() admin.Snapshot {
 	for _, l := range nat.AllLimits() {
 		s.Limits = append(s.Limits, admin.LimitCount{Limit: l.String(), Refused: r.nat.Limits.Refused(l), Evicted: r.nat.Limits.Evicted(l)})
 	}
+	s.WANChanges = admin.WANChanges{Changes: r.nat.WANChanges.Changes.Load(),
+		MappingsDropped: r.nat.WANChanges.MappingsDropped.Load(), FlowsDropped: r.nat.WANChanges.FlowsDropped.Load()}
 	s.ICMPErrors = admin.ICMPErrors{Sent: r.core.stats.ICMPErrorsSent.Load(), Suppressed: r.core.stats.ICMPErrorsSuppressed.Load()}
 	for _, k := range r.nat.IKESessions() {
 		s.VPN.IKE = append(s.VPN.IKE, admin.IKESession{LANHost: k.Host, Remote: k.Remote,

@@ -50,6 +50,8 @@ const wanRcvBuf = 4 << 20
 // is reused, nothing is allocated per packet, and a refused packet is
 // skipped and reported by index (WriteError) while the rest goes out.
 type socketWAN struct {
+	captureMu      sync.Mutex // guards capture and the filter attached to the socket
+	capture        Capture    // what the filter was built from (SetCapture, SetCaptureAddr)
 	rx, tx         *os.File
 	rxConn, txConn syscall.RawConn
 	closed         atomic.Bool
@@ -150,6 +152,7 @@ func OpenWAN(c Capture) (WAN, error) {
 		return nil, fmt.Errorf("raw IPv4 send socket: %w", err)
 	}
 	w := &socketWAN{
+		capture: c,
 		rx:      rx,
 		tx:      tx,
 		rxMsgs:  make([]unix.Mmsghdr, wanBatchSize),
@@ -316,6 +319,12 @@ func (w *socketWAN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		})
 		if err != nil {
 			return 0, w.ioError(err)
+		}
+		if errno == unix.ENETDOWN {
+			// The WAN link went down (the kernel reports it once on
+			// the socket). The socket stays bound and takes packets
+			// again when the link comes back: keep reading.
+			continue
 		}
 		if errno == unix.EINVAL {
 			// The kernel could not describe a packet's offload state in a

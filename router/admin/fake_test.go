@@ -73,6 +73,7 @@ func fakeSnapshot() Snapshot {
 			{Limit: "host_flow_rate"},
 		},
 		ICMPErrors: ICMPErrors{Sent: 12, Suppressed: 34},
+		WANChanges: WANChanges{Changes: 2, MappingsDropped: 17, FlowsDropped: 23},
 		VPN: VPN{
 			IKE: []IKESession{{LANHost: ap("192.168.77.20:500"), Remote: ap("198.18.2.1:500"), WANPort: 500,
 				InitiatorSPI: "0123456789abcdef", ResponderSPI: "fedcba9876543210", Age: 10, Idle: 2}},

@@ -46,6 +46,10 @@ var (
 	descICMPErrors = prometheus.NewDesc("vpnmasq_icmp_errors_total",
 		"ICMP errors the router built (Time Exceeded, Fragmentation Needed, Administratively Prohibited), by result: sent, or suppressed by the rate limits.",
 		[]string{"result"}, nil)
+	descWANChanges = prometheus.NewDesc("vpnmasq_wan_address_changes_total",
+		"WAN address changes the router followed.", nil, nil)
+	descWANDropped = prometheus.NewDesc("vpnmasq_wan_change_dropped_total",
+		"State dropped because it was bound to a WAN address that changed, by kind (mappings, flows).", []string{"kind"}, nil)
 	descUptime = prometheus.NewDesc("vpnmasq_uptime_seconds",
 		"Seconds since the router started.", nil, nil)
 	descBuild = prometheus.NewDesc("vpnmasq_build_info",
@@ -81,6 +85,9 @@ var (
 //	vpnmasq_dns_cache_hits_total              counter  queries answered from the cache
 //	vpnmasq_dns_upstream_failures_total       counter  upstream queries that failed or timed out
 //	vpnmasq_dns_upstream_ignored_total        counter  upstream datagrams ignored as not the answer
+//	vpnmasq_wan_address_changes_total         counter  WAN address changes followed (wan.address not set)
+//	vpnmasq_wan_change_dropped_total{kind}    counter  mappings and flows dropped with the old WAN address;
+//	                                                   kind is mappings or flows
 //	vpnmasq_uptime_seconds                    gauge    seconds since the router started
 //	vpnmasq_build_info{version}               gauge    always 1; the version is the label
 type Collector struct {
@@ -96,7 +103,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPackets, descBytes, descDrops, descMappings,
 		descPortsInUse, descPortsSize, descVPN, descDNSQueries, descDNSHits, descDNSFailures,
 		descDNSIgnored, descFlows, descLimitRefusals, descLimitEvictions, descICMPErrors,
-		descUptime, descBuild} {
+		descWANChanges, descWANDropped, descUptime, descBuild} {
 		ch <- d
 	}
 }
@@ -174,6 +181,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDNSHits, s.DNS.CacheHits)
 	counter(descDNSFailures, s.DNS.UpstreamFailures)
 	counter(descDNSIgnored, s.DNS.UpstreamIgnored)
+	counter(descWANChanges, s.WANChanges.Changes)
+	counter(descWANDropped, s.WANChanges.MappingsDropped, "mappings")
+	counter(descWANDropped, s.WANChanges.FlowsDropped, "flows")
 	gauge(descUptime, float64(s.Uptime))
 	gauge(descBuild, 1, s.Version)
 }

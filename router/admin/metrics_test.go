@@ -109,6 +109,9 @@ func TestMetrics(t *testing.T) {
 		{"vpnmasq_limit_evictions_total", []string{"limit=max_flows_per_host"}, counter, 0},
 		{"vpnmasq_icmp_errors_total", []string{"result=sent"}, counter, 12},
 		{"vpnmasq_icmp_errors_total", []string{"result=suppressed"}, counter, 34},
+		{"vpnmasq_wan_address_changes_total", nil, counter, 2},
+		{"vpnmasq_wan_change_dropped_total", []string{"kind=mappings"}, counter, 17},
+		{"vpnmasq_wan_change_dropped_total", []string{"kind=flows"}, counter, 23},
 		{"vpnmasq_uptime_seconds", nil, gauge, 3723.25},
 		{"vpnmasq_build_info", []string{"version=1.2.3"}, gauge, 1},
 	}

@@ -92,6 +92,17 @@ type Snapshot struct {
 	ICMPErrors ICMPErrors   `json:"icmp_errors"`
 	VPN        VPN          `json:"vpn"`
 	DNS        DNSStats     `json:"dns"`
+	// WANChanges counts the WAN address changes the router followed and
+	// the state they dropped.
+	WANChanges WANChanges `json:"wan_changes"`
+}
+
+// WANChanges count the WAN address changes followed since the start and
+// what they dropped (the mappings and flows bound to the old address).
+type WANChanges struct {
+	Changes         uint64 `json:"changes"`
+	MappingsDropped uint64 `json:"mappings_dropped"`
+	FlowsDropped    uint64 `json:"flows_dropped"`
 }
 
 // FlowCount is how many NAT flows of one protocol are in one state.
