@@ -103,7 +103,7 @@ func scriptedEngine(t testing.TB) (*pptpLab, *stateScript) {
 	s.espPairSPIs(lanA, remote1, sc.espOut, sc.espIn)
 	s.mustOut(espPkt(lanB, remote2, 0x6161, 1), VerdictToWAN)
 	s.mustIn(espPkt(remote2, wanAddr, 0x7171, espTestSeq.Add(1)), VerdictToLAN) // a candidate for lanB's waiting SPI
-	s.in(espPkt(netip.MustParseAddr("198.18.100.9"), wanAddr, 0x8181, 1))        // nobody's: pending
+	s.in(espPkt(netip.MustParseAddr("198.18.100.9"), wanAddr, 0x8181, 1))       // nobody's: pending
 	return s, sc
 }
 

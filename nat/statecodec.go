@@ -9,13 +9,13 @@ import (
 // stateWriter appends big-endian fields to a buffer.
 type stateWriter struct{ b []byte }
 
-func (w *stateWriter) u8(v uint8)    { w.b = append(w.b, v) }
-func (w *stateWriter) u16(v uint16)  { w.b = binary.BigEndian.AppendUint16(w.b, v) }
-func (w *stateWriter) u32(v uint32)  { w.b = binary.BigEndian.AppendUint32(w.b, v) }
-func (w *stateWriter) u64(v uint64)  { w.b = binary.BigEndian.AppendUint64(w.b, v) }
-func (w *stateWriter) i64(v int64)   { w.u64(uint64(v)) }
+func (w *stateWriter) u8(v uint8)     { w.b = append(w.b, v) }
+func (w *stateWriter) u16(v uint16)   { w.b = binary.BigEndian.AppendUint16(w.b, v) }
+func (w *stateWriter) u32(v uint32)   { w.b = binary.BigEndian.AppendUint32(w.b, v) }
+func (w *stateWriter) u64(v uint64)   { w.b = binary.BigEndian.AppendUint64(w.b, v) }
+func (w *stateWriter) i64(v int64)    { w.u64(uint64(v)) }
 func (w *stateWriter) addr(a [4]byte) { w.b = append(w.b, a[:]...) }
-func (w *stateWriter) ep(e endpoint) { w.addr(e.addr); w.u16(e.port) }
+func (w *stateWriter) ep(e endpoint)  { w.addr(e.addr); w.u16(e.port) }
 func (w *stateWriter) flag(v bool) {
 	if v {
 		w.u8(1)

@@ -63,6 +63,7 @@ type Router struct {
 	wg       sync.WaitGroup
 	closing  chan struct{}
 	wanBad   uint64 // truncated+malformed captures already counted
+	state    routerState
 }
 
 // New prepares a router from a resolved configuration. It changes nothing on
@@ -225,6 +226,7 @@ func (r *Router) Drops() map[string]uint64 {
 // opens the WAN transport and installs the host plumbing. On failure it
 // undoes what it did.
 func (r *Router) Start() error {
+	r.restoreState()
 	if err := CleanupStale(r.spec); err != nil {
 		return fmt.Errorf("removing leftovers of a previous run: %w", err)
 	}
@@ -279,6 +281,7 @@ func (r *Router) Run(ctx context.Context) error {
 	r.wg.Add(2)
 	go func() { defer r.wg.Done(); errc <- r.tunLoop() }()
 	go func() { defer r.wg.Done(); errc <- r.wanLoop() }()
+	r.startStateSaver()
 	ticker := time.NewTicker(time.Second)
 	defer ticker.Stop()
 	var runErr error
@@ -373,6 +376,7 @@ func (r *Router) Close() error {
 		errs = append(errs, r.tun.Close())
 	}
 	r.wg.Wait()
+	r.saveStateOnClose() // the loops stopped: the final state
 	return errors.Join(errs...)
 }
 
