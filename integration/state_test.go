@@ -1,0 +1,324 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vpnmasq/vpnmasq/integration/lab"
+)
+
+// stateConfig is labConfig with the NAT state in file, written every
+// 500 ms.
+// VPNMASQ_TEST_STATE_OFF=1 turns the state off, to see the tests fail as
+// they did before vpnmasq kept its state.
+func stateConfig(file string) string {
+	c := labConfig + fmt.Sprintf("\n[state]\nfile = %q\ninterval = \"500ms\"\n", file)
+	if os.Getenv("VPNMASQ_TEST_STATE_OFF") != "" {
+		c += "enabled = false\n"
+	}
+	return c
+}
+
+// restart ends r (SIGTERM, or SIGKILL when kill) and starts a new router
+// on config, returning it and how long the router was away: from the
+// signal to the new process's "router ready".
+func restart(t *testing.T, l *lab.Lab, r *router, config string, kill bool) (*router, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	if kill {
+		r.kill()
+	} else {
+		r.stop()
+	}
+	r2 := startRouter(t, l, config)
+	away := time.Since(start)
+	restored := r2.log.find("nat state restored")
+	if len(restored) == 0 {
+		t.Logf("new router restored no state:\n%s", r2.log)
+	} else {
+		t.Logf("restored: %s", restored[0].Raw)
+	}
+	t.Logf("router away %v (signal to \"router ready\"); new process ready %v after its start", away.Round(time.Millisecond), r2.ready.Fields["startup_ms"])
+	return r2, away
+}
+
+// udpGapProbe sends a datagram every 5 ms from lan1 to an echo server on
+// the WAN and records when answers arrive, to measure how long a restart
+// stops forwarding.
+type udpGapProbe struct {
+	mu      sync.Mutex
+	replies []time.Time
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+func startUDPGapProbe(t *testing.T, l *lab.Lab) *udpGapProbe {
+	t.Helper()
+	echo, err := lab.ServeUDPEcho(l.WAN, "198.18.0.2:7007")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { echo.Close() })
+	c, err := l.LAN1.Dial("udp4", "198.18.0.2:7007", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &udpGapProbe{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				return
+			}
+			p.mu.Lock()
+			p.replies = append(p.replies, time.Now())
+			p.mu.Unlock()
+		}
+	}()
+	go func() {
+		defer close(p.done)
+		defer c.Close()
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-tick.C:
+				_, _ = c.Write([]byte("probe"))
+			}
+		}
+	}()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *udpGapProbe) close() {
+	select {
+	case <-p.stop:
+	default:
+		close(p.stop)
+		<-p.done
+	}
+}
+
+// gap is the longest time without an answer between from and to.
+func (p *udpGapProbe) gap(from, to time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	last, longest := from, time.Duration(0)
+	for _, at := range p.replies {
+		if at.Before(from) || at.After(to) {
+			continue
+		}
+		longest = max(longest, at.Sub(last))
+		last = at
+	}
+	return max(longest, to.Sub(last))
+}
+
+// pausedServer is a TCP server on the WAN host that sends half of a blob,
+// waits until the test lets it go on, then sends the rest and reads the
+// client's "BYE". After a restart it speaks first, so a lost mapping
+// cannot hide behind the client re-creating it.
+type pausedServer struct {
+	ln     net.Listener
+	resume chan struct{}
+	bye    chan string
+}
+
+const pausedBlob = 4 << 20
+
+func servePaused(t *testing.T, l *lab.Lab, addr string) *pausedServer {
+	t.Helper()
+	ln, err := l.WAN.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &pausedServer{ln: ln, resume: make(chan struct{}), bye: make(chan string, 1)}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := br.ReadString('\n'); err != nil {
+			s.bye <- "no request: " + err.Error()
+			return
+		}
+		blob := lab.Blob(pausedBlob)
+		if _, err := io.CopyN(c, blob, pausedBlob/2); err != nil {
+			s.bye <- "first half: " + err.Error()
+			return
+		}
+		<-s.resume
+		if _, err := io.Copy(c, blob); err != nil {
+			s.bye <- "second half: " + err.Error()
+			return
+		}
+		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		line, err := br.ReadString('\n')
+		if err != nil {
+			s.bye <- "no BYE: " + err.Error()
+			return
+		}
+		s.bye <- line
+	}()
+	return s
+}
+
+// TestStateTCPAcrossRestart: two TCP connections through the router while
+// it restarts (SIGTERM, a new process): a download that runs on during
+// the restart, and one that pauses, where the WAN server sends first
+// after the restart. Both complete with the right SHA-256.
+func TestStateTCPAcrossRestart(t *testing.T) {
+	l := newLab(t, lab.Options{})
+	cfg := stateConfig(filepath.Join(t.TempDir(), "state.bin"))
+	r := startRouter(t, l, cfg)
+	probe := startUDPGapProbe(t, l)
+
+	// The running download: 24 MiB read at about 8 MiB/s.
+	srv, err := lab.ServeHTTP(l.WAN, "198.18.0.2:9101", "wan")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	const running = 24 << 20
+	runDone := make(chan error, 1)
+	go func() {
+		c, err := l.LAN1.Dial("tcp4", "198.18.0.2:9101", 5*time.Second)
+		if err != nil {
+			runDone <- err
+			return
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /blob?bytes=%d HTTP/1.1\r\nHost: wan\r\nConnection: close\r\n\r\n", running)
+		br := bufio.NewReader(c)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				runDone <- err
+				return
+			}
+			if line == "\r\n" {
+				break
+			}
+		}
+		h := newSHA256Counter()
+		buf := make([]byte, 64<<10)
+		for h.n < running {
+			_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			n, err := br.Read(buf)
+			h.Write(buf[:n])
+			if err != nil {
+				break
+			}
+			time.Sleep(8 * time.Millisecond) // 64 KiB per 8 ms
+		}
+		if h.n != running || h.Sum() != lab.BlobSHA256(running) {
+			runDone <- fmt.Errorf("running download: %d of %d bytes, SHA-256 match %v", h.n, running, h.Sum() == lab.BlobSHA256(running))
+			return
+		}
+		runDone <- nil
+	}()
+
+	// The paused connection.
+	ps := servePaused(t, l, "198.18.0.2:9102")
+	pc, err := l.LAN1.Dial("tcp4", "198.18.0.2:9102", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	fmt.Fprintf(pc, "GET\n")
+	h := newSHA256Counter()
+	_ = pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.CopyN(h, pc, pausedBlob/2); err != nil {
+		t.Fatalf("first half: %v", err)
+	}
+
+	time.Sleep(time.Second) // the download runs, a periodic snapshot passes
+	before := time.Now()
+	r, away := restart(t, l, r, cfg, false)
+	_ = r
+	time.Sleep(500 * time.Millisecond)
+	t.Logf("UDP forwarding gap across the restart: %v", probe.gap(before, time.Now()).Round(time.Millisecond))
+	t.Logf("router away for %v", away.Round(time.Millisecond))
+
+	// The WAN server speaks first.
+	close(ps.resume)
+	_ = pc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.CopyN(h, pc, pausedBlob/2); err != nil {
+		t.Fatalf("second half, sent first by the WAN server after the restart: %v (%d bytes)", err, h.n)
+	}
+	if h.Sum() != lab.BlobSHA256(pausedBlob) {
+		t.Fatal("paused connection: SHA-256 mismatch")
+	}
+	fmt.Fprintf(pc, "BYE\n")
+	select {
+	case line := <-ps.bye:
+		if line != "BYE\n" {
+			t.Fatalf("paused connection: server got %q", line)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("paused connection: no BYE at the server")
+	}
+	select {
+	case err := <-runDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("running download did not finish")
+	}
+}
+
+// TestStateKill9: after kill -9, the connections the last periodic
+// snapshot held survive; the WAN server speaks first after the restart.
+func TestStateKill9(t *testing.T) {
+	l := newLab(t, lab.Options{})
+	cfg := stateConfig(filepath.Join(t.TempDir(), "state.bin"))
+	r := startRouter(t, l, cfg)
+	ps := servePaused(t, l, "198.18.0.2:9103")
+	pc, err := l.LAN1.Dial("tcp4", "198.18.0.2:9103", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	fmt.Fprintf(pc, "GET\n")
+	h := newSHA256Counter()
+	_ = pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.CopyN(h, pc, pausedBlob/2); err != nil {
+		t.Fatalf("first half: %v", err)
+	}
+	time.Sleep(1500 * time.Millisecond) // at least two snapshots
+	r, _ = restart(t, l, r, cfg, true)
+	close(ps.resume)
+	_ = pc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.CopyN(h, pc, pausedBlob/2); err != nil {
+		t.Fatalf("second half after kill -9, sent first by the WAN server: %v (%d bytes)", err, h.n)
+	}
+	if h.Sum() != lab.BlobSHA256(pausedBlob) {
+		t.Fatal("SHA-256 mismatch")
+	}
+	fmt.Fprintf(pc, "BYE\n")
+	select {
+	case line := <-ps.bye:
+		if line != "BYE\n" {
+			t.Fatalf("server got %q", line)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no BYE at the server")
+	}
+	if got := r.log.find("nat state restored"); len(got) == 0 {
+		t.Fatal("nothing restored after kill -9")
+	}
+}
