@@ -7,11 +7,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/integration/pptppeer"
 )
 
 // stateConfig is labConfig with the NAT state in file, written every
@@ -320,5 +322,68 @@ func TestStateKill9(t *testing.T) {
 	}
 	if got := r.log.find("nat state restored"); len(got) == 0 {
 		t.Fatal("nothing restored after kill -9")
+	}
+}
+
+// TestStatePPTPAcrossRestart: a PPTP call's GRE flows again after a router
+// restart without a new call, the server sending first.
+func TestStatePPTPAcrossRestart(t *testing.T) {
+	l := newLab(t, lab.Options{})
+	file := filepath.Join(t.TempDir(), "state.bin")
+	cfg := strings.Replace(stateConfig(file), labConfig, pptpConfig, 1)
+	r := startRouter(t, l, cfg)
+	srv, err := pptppeer.StartServer(l.WAN, lab.WANAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	pc := &pptpClient{name: "lan1", addr: lab.LAN1Addr}
+	if pc.c, err = pptppeer.Dial(l.LAN1, pc.addr, lab.WANAddr, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.c.Abort() })
+	call, err := pc.c.Call(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.calls = []*pptppeer.Call{call}
+	pc.exchangeGRE(t, 2)
+	conns := srv.Conns()
+	if len(conns) != 1 || len(conns[0].Calls) != 1 {
+		t.Fatalf("server connections %+v", conns)
+	}
+	serverCall := conns[0].Calls[0].ID
+
+	r, _ = restart(t, l, r, cfg, false)
+
+	// The server's GRE first: it must reach the client's call.
+	if err := srv.SendGRE(serverCall, []byte("server first after the restart")); err != nil {
+		t.Fatal(err)
+	}
+	p, err := call.ReceiveGRE(time.Now().Add(5 * time.Second))
+	if err != nil {
+		t.Fatalf("GRE from the server after the restart: %v (router log:\n%s)", err, r.log)
+	}
+	if string(p.Payload) != "server first after the restart" || p.CallID != call.ID {
+		t.Fatalf("client got %q keyed %d", p.Payload, p.CallID)
+	}
+	// Then both ways, and the control connection goes on (its stream
+	// positions came back: an echo passes, a clear is translated).
+	pc.exchangeGRE(t, 2)
+	if err := pc.c.Echo(); err != nil {
+		t.Fatalf("control connection after the restart: %v", err)
+	}
+	if conns := srv.Conns(); len(conns) != 1 || len(conns[0].Calls) != 1 {
+		t.Fatalf("the server saw a new connection or call: %+v", conns)
+	}
+	lines := pptpCallLines(t, r)
+	if len(lines) != 1 || lines[0].Str("state") != "established" {
+		t.Fatalf("router's calls after the restart: %v", lines)
+	}
+	if err := call.Clear(); err != nil {
+		t.Fatalf("clearing the call after the restart: %v", err)
+	}
+	if err := pc.c.Close(); err != nil {
+		t.Fatalf("stopping the control connection: %v", err)
 	}
 }
