@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -385,5 +386,77 @@ func TestStatePPTPAcrossRestart(t *testing.T) {
 	}
 	if err := pc.c.Close(); err != nil {
 		t.Fatalf("stopping the control connection: %v", err)
+	}
+}
+
+// TestStateStrongSwanAcrossRestart: a strongSwan IKEv2 tunnel (NAT-T, ESP
+// in UDP 4500) keeps answering pings across a router restart, with no
+// rekey and a short gap; after the restart the gateway sends first.
+func TestStateStrongSwanAcrossRestart(t *testing.T) {
+	requireIPsecTools(t)
+	l := newLab(t, lab.Options{})
+	if err := lab.AddProtectedNet(l.WAN, "prot0", wanProtectedNet); err != nil {
+		t.Fatal(err)
+	}
+	cfg := stateConfig(filepath.Join(t.TempDir(), "state.bin"))
+	r := startRouter(t, l, cfg)
+	startCharon(t, l.WAN, "wan", swanctlConf("vips", wanVIPPool, ikeConnection{
+		Name: "rw", Version: 2, LocalAddrs: lab.WANAddr.String(),
+		LocalID: "wan.ipsec.test", Pool: "vips", LocalTS: wanProtectedNet.Masked().String(),
+	}))
+	home := startCharon(t, l.LAN1, "lan1", swanctlConf("", netip.Prefix{}, ikeConnection{
+		Name: "home", Version: 2, RemoteAddrs: lab.WANAddr.String(),
+		LocalID: "lan1.ipsec.test", RemoteID: "wan.ipsec.test", WantVIP: true,
+		RemoteTS: wanProtectedNet.Masked().String(),
+	}))
+	if err := home.initiate("home", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	sa, child, err := home.established()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("IKE_SA %s_i %s_r, CHILD_SA in %s out %s, virtual IP %s", sa.ISPI, sa.RSPI, child.SPIIn, child.SPIOut, sa.VIP)
+	ping := func(ns *lab.NS, from, to netip.Addr, n int) {
+		t.Helper()
+		out, code := runIn(t, ns, 30*time.Second, "ping", "-n", "-I", from.String(), "-c", fmt.Sprint(n), "-i", "0.2", "-W", "2", to.String())
+		if code != 0 || !strings.Contains(out, " 0% packet loss") {
+			t.Fatalf("ping %s -> %s: exit %d, want every answer:\n%s", from, to, code, out)
+		}
+	}
+	ping(l.LAN1, sa.VIP, wanProtectedAddr, 3)
+	ping(l.WAN, wanProtectedAddr, sa.VIP, 3)
+
+	// Pings through the tunnel every 20 ms while the router restarts.
+	type pingResult struct {
+		out  string
+		code int
+	}
+	across := make(chan pingResult, 1)
+	go func() {
+		out, code := runIn(t, l.LAN1, 30*time.Second, "ping", "-n", "-I", sa.VIP.String(), "-c", "150", "-i", "0.02", "-W", "1", wanProtectedAddr.String())
+		across <- pingResult{out, code}
+	}()
+	time.Sleep(time.Second)
+	r, away := restart(t, l, r, cfg, false)
+	_ = r
+	res := <-across
+	lines := strings.Split(strings.TrimSpace(res.out), "\n")
+	t.Logf("pings across the restart (router away %v): %s", away.Round(time.Millisecond), lines[len(lines)-2])
+	if !strings.Contains(res.out, " received") || strings.Contains(res.out, " 0 received") {
+		t.Fatalf("no answers across the restart:\n%s", res.out)
+	}
+
+	// The gateway speaks first after the restart, then the host.
+	ping(l.WAN, wanProtectedAddr, sa.VIP, 3)
+	ping(l.LAN1, sa.VIP, wanProtectedAddr, 3)
+
+	sa2, child2, err := home.established()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sa2.ISPI != sa.ISPI || sa2.RSPI != sa.RSPI || child2.SPIIn != child.SPIIn || child2.SPIOut != child.SPIOut {
+		t.Errorf("the tunnel was rebuilt or rekeyed: IKE_SA %s_i %s_r CHILD_SA in %s out %s, before %s_i %s_r in %s out %s",
+			sa2.ISPI, sa2.RSPI, child2.SPIIn, child2.SPIOut, sa.ISPI, sa.RSPI, child.SPIIn, child.SPIOut)
 	}
 }
