@@ -427,14 +427,16 @@ func TestStateStrongSwanAcrossRestart(t *testing.T) {
 	ping(l.LAN1, sa.VIP, wanProtectedAddr, 3)
 	ping(l.WAN, wanProtectedAddr, sa.VIP, 3)
 
-	// Pings through the tunnel every 20 ms while the router restarts.
+	// Pings through the tunnel every 20 ms while the router restarts,
+	// from the gateway's side: the LAN host only answers, so it cannot
+	// re-create a lost NAT-T mapping.
 	type pingResult struct {
 		out  string
 		code int
 	}
 	across := make(chan pingResult, 1)
 	go func() {
-		out, code := runIn(t, l.LAN1, 30*time.Second, "ping", "-n", "-I", sa.VIP.String(), "-c", "150", "-i", "0.02", "-W", "1", wanProtectedAddr.String())
+		out, code := runIn(t, l.WAN, 30*time.Second, "ping", "-n", "-I", wanProtectedAddr.String(), "-c", "150", "-i", "0.02", "-W", "1", sa.VIP.String())
 		across <- pingResult{out, code}
 	}()
 	time.Sleep(time.Second)
@@ -443,8 +445,9 @@ func TestStateStrongSwanAcrossRestart(t *testing.T) {
 	res := <-across
 	lines := strings.Split(strings.TrimSpace(res.out), "\n")
 	t.Logf("pings across the restart (router away %v): %s", away.Round(time.Millisecond), lines[len(lines)-2])
-	if !strings.Contains(res.out, " received") || strings.Contains(res.out, " 0 received") {
-		t.Fatalf("no answers across the restart:\n%s", res.out)
+	var sent, received int
+	if _, err := fmt.Sscanf(lines[len(lines)-2], "%d packets transmitted, %d received", &sent, &received); err != nil || sent-received > 25 {
+		t.Fatalf("more than 25 of 150 pings (0.5 s) lost across the restart:\n%s", res.out)
 	}
 
 	// The gateway speaks first after the restart, then the host.
