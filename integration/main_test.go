@@ -293,10 +293,20 @@ func launchRouter(t *testing.T, l *lab.Lab, config string) (*router, error) {
 		}
 		args = append(args, "--config", path)
 	}
-	if _, err := os.Stat(defaultStateFile); config == "" && errors.Is(err, fs.ErrNotExist) {
+	if config == "" {
 		// The embedded default keeps its state in /var/lib/vpnmasq: the
-		// test removes what its router wrote there.
-		t.Cleanup(func() { os.Remove(defaultStateFile) })
+		// test removes what its router wrote there (the directory too,
+		// when the router created it).
+		_, fileErr := os.Stat(defaultStateFile)
+		_, dirErr := os.Stat(filepath.Dir(defaultStateFile))
+		t.Cleanup(func() {
+			if errors.Is(fileErr, fs.ErrNotExist) {
+				os.Remove(defaultStateFile)
+			}
+			if errors.Is(dirErr, fs.ErrNotExist) {
+				os.Remove(filepath.Dir(defaultStateFile))
+			}
+		})
 	}
 	cmd := exec.Command(vpnmasqBin, args...)
 	r := &router{t: t, cmd: cmd, log: newRouterLog(), exited: make(chan struct{})}
