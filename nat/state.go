@@ -859,7 +859,8 @@ func decodeSection(r *stateReader, s *stateSnap, kind int) {
 				claim: int32(r.u32())}
 			fl := r.u8()
 			p.charged, p.waiting = fl&1 != 0, fl&2 != 0
-			ok := fl <= 3 && p.claim >= -1 && int(p.claim) < n && p.retries < 1<<20
+			ok := fl <= 3 && p.claim >= -1 && int(p.claim) < n && p.retries < 1<<20 &&
+				(!p.waiting || p.state == espWaiting)
 			switch p.state {
 			case espWaiting:
 				ok = ok && p.outSPI != 0 && p.inSPI == 0 && p.charged

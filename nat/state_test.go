@@ -414,6 +414,7 @@ func TestStateRejects(t *testing.T) {
 			"esp state":     func(s *stateSnap) { s.esp[0].state = 9 },
 			"esp spis":      func(s *stateSnap) { s.esp[0].outSPI, s.esp[0].inSPI = 0, 0 },
 			"esp claim":     func(s *stateSnap) { s.esp[0].claim = 1000 },
+			"esp waiting":   func(s *stateSnap) { s.esp[0].waiting = s.esp[0].state != espWaiting },
 			"pptp position": func(s *stateSnap) { s.pptp[0].dirs[0].length, s.pptp[0].dirs[0].have = 20, 30 },
 			"pending":       func(s *stateSnap) { s.pending[0].list = make([]pendingInbound, espMaxPending+1) },
 			"time":          func(s *stateSnap) { s.gre[0].expires = 1 << 62 },
