@@ -463,3 +463,57 @@ func TestStateStrongSwanAcrossRestart(t *testing.T) {
 			sa2.ISPI, sa2.RSPI, child2.SPIIn, child2.SPIOut, sa.ISPI, sa.RSPI, child.SPIIn, child.SPIOut)
 	}
 }
+
+// TestStateTCPServerSendingDuringRestart is a known limitation, skipped
+// unless VPNMASQ_TEST_STATE_GAP=1: a WAN server that sends while no
+// router runs (every 10 ms here) reaches the router namespace's own stack,
+// whose input guard left with the old process, and the kernel answers
+// with RST: the connection is reset although its state is restored.
+func TestStateTCPServerSendingDuringRestart(t *testing.T) {
+	if os.Getenv("VPNMASQ_TEST_STATE_GAP") == "" {
+		t.Skip("known limitation (see the README's NAT state section): set VPNMASQ_TEST_STATE_GAP=1 to run")
+	}
+	l := newLab(t, lab.Options{})
+	cfg := stateConfig(filepath.Join(t.TempDir(), "state.bin"))
+	r := startRouter(t, l, cfg)
+	ln, err := l.WAN.Listen("tcp4", "198.18.0.2:9200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const chunks, chunk = 400, 100
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for i := range chunks {
+			if _, err := c.Write(make([]byte, chunk)); err != nil {
+				t.Logf("server write %d: %v", i, err)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	c, err := l.LAN1.Dial("tcp4", "198.18.0.2:9200", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	done := make(chan error, 1)
+	go func() {
+		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		n, err := io.Copy(io.Discard, c)
+		if n != chunks*chunk {
+			done <- fmt.Errorf("client read %d of %d bytes: %v", n, chunks*chunk, err)
+			return
+		}
+		done <- nil
+	}()
+	time.Sleep(time.Second)
+	restart(t, l, r, cfg, false)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
