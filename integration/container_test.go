@@ -409,6 +409,10 @@ func TestContainerDeploymentAsTheREADMEShowsIt(t *testing.T) {
 		if len(d.routerLogLines(t, "router stopped")) != 1 {
 			t.Errorf("no \"router stopped\" in the router's log")
 		}
+		// The read-only container writes its NAT state on the volume.
+		if len(d.routerLogLines(t, "nat state saved")) != 1 {
+			t.Errorf("no \"nat state saved\" in the router's log")
+		}
 		for _, l := range d.routerLogLines(t, "") {
 			if l.Level() == "error" {
 				t.Errorf("error in the router's log: %s", l.Raw)

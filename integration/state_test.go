@@ -517,3 +517,61 @@ func TestStateTCPServerSendingDuringRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestStateRawESPAcrossRestart: a LAN host's raw ESP (IP protocol 50)
+// SPI pair survives a router restart; the gateway sends first after it.
+func TestStateRawESPAcrossRestart(t *testing.T) {
+	l := newLab(t, lab.Options{})
+	cfg := stateConfig(filepath.Join(t.TempDir(), "state.bin"))
+	r := startRouter(t, l, cfg)
+	host, err := l.LAN1.ListenESP(netip.Addr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	gw, err := l.WAN.ListenESP(netip.Addr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	const out, in = 0x5a5a0001, 0xa5a50001
+	receive := func(c *lab.ESPConn, spi uint32, what string) lab.ESPPacket {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			p, err := c.Receive(deadline)
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			if p.SPI == spi {
+				return p
+			}
+		}
+	}
+	if err := host.Send(lab.WANAddr, out, 1, []byte("host 1")); err != nil {
+		t.Fatal(err)
+	}
+	if p := receive(gw, out, "host's first ESP at the gateway"); p.Peer != lab.RouterWANAddr {
+		t.Fatalf("gateway got ESP from %s", p.Peer)
+	}
+	for seq := uint32(1); seq <= 2; seq++ { // the second confirms the binding
+		if err := gw.Send(lab.RouterWANAddr, in, seq, []byte("gateway")); err != nil {
+			t.Fatal(err)
+		}
+		receive(host, in, "gateway's ESP at the host before the restart")
+	}
+	r, _ = restart(t, l, r, cfg, false)
+	if err := gw.Send(lab.RouterWANAddr, in, 3, []byte("gateway first after the restart")); err != nil {
+		t.Fatal(err)
+	}
+	if p := receive(host, in, "gateway's ESP at the host, sent first after the restart"); string(p.Payload) != "gateway first after the restart" {
+		t.Fatalf("host got %q", p.Payload)
+	}
+	if err := host.Send(lab.WANAddr, out, 2, []byte("host 2")); err != nil {
+		t.Fatal(err)
+	}
+	receive(gw, out, "host's ESP at the gateway after the restart")
+	if got := r.log.find("nat state restored"); len(got) == 0 || got[0].Str("esp") != "1" {
+		t.Errorf("restored: %v", got)
+	}
+}
