@@ -369,6 +369,7 @@ func TestStateRejects(t *testing.T) {
 		{name: "foreign WAN", b: set(20, 198, 18, 0, 2), want: ErrStateForeign, msg: "WAN address"},
 		{name: "foreign LAN", b: good, lan: []netip.Prefix{netip.MustParsePrefix("10.0.1.0/24")}, want: ErrStateForeign, msg: "LAN prefixes"},
 		{name: "prefix length", b: set(29, 33), want: ErrStateCorrupt, msg: "prefix length"},
+		{name: "prefix not masked", b: set(25, 10, 0, 0, 1), want: ErrStateCorrupt, msg: "not masked"},
 		{name: "too old", b: good, maxAge: time.Minute, now: labEpoch.Add(time.Hour), want: ErrStateTooOld},
 		{name: "from the future", b: good, now: labEpoch.Add(-time.Hour), want: ErrStateCorrupt, msg: "future"},
 		{name: "body length", b: append(bytes.Clone(good), 0), want: ErrStateCorrupt, msg: "header says"},
@@ -418,6 +419,11 @@ func TestStateRejects(t *testing.T) {
 			"pptp position": func(s *stateSnap) { s.pptp[0].dirs[0].length, s.pptp[0].dirs[0].have = 20, 30 },
 			"pending":       func(s *stateSnap) { s.pending[0].list = make([]pendingInbound, espMaxPending+1) },
 			"time":          func(s *stateSnap) { s.gre[0].expires = 1 << 62 },
+			"max window":    func(s *stateSnap) { s.mappings[tcpMapping(s)].flows[0].tcp.peer[0].maxWin = tcpMaxWin + 1 },
+			"pending syn":   func(s *stateSnap) { s.mappings[tcpMapping(s)].flows[0].tcp.pending.ws = 15 },
+			"edit count":    func(s *stateSnap) { s.pptp[0].dirs[1].nEdits = 1 << 41 },
+			"esp retries":   func(s *stateSnap) { s.esp[0].retries = 1 << 21 },
+			"header length": func(s *stateSnap) { s.pptp[0].dirs[0].length, s.pptp[0].dirs[0].have = 0, pptpHeaderLen },
 		} {
 			c := *snap
 			c.mappings = cloneMappings(snap.mappings)
@@ -516,4 +522,79 @@ func FuzzStateDecode(f *testing.F) {
 		clock.Advance(time.Hour)
 		e.Expire()
 	})
+}
+
+// TestStateRejectsFlagBytes feeds sections with undefined flag bits to the
+// section decoder.
+func TestStateRejectsFlagBytes(t *testing.T) {
+	for name, tc := range map[string]struct {
+		kind  int
+		write func(w *stateWriter)
+	}{
+		"flow flags": {secMappings, func(w *stateWriter) {
+			w.u32(1)
+			w.u8(ProtoUDP)
+			w.flag(false)
+			w.ep(endpoint{})
+			w.u16(20000)
+			w.i64(0)
+			w.i64(0)
+			w.ep(endpoint{})
+			w.i64(0)
+			w.u32(1)
+			w.ep(endpoint{})
+			w.i64(1)
+			w.i64(0)
+			w.u8(8)
+		}},
+		"esp flags": {secESP, func(w *stateWriter) {
+			w.u32(1)
+			w.b = append(w.b, make([]byte, 8)...)
+			w.u32(1)
+			w.u32(0)
+			w.u8(uint8(espWaiting))
+			w.i64(0)
+			w.i64(0)
+			w.i64(0)
+			w.u32(0)
+			w.u32(0)
+			w.u32(^uint32(0))
+			w.u8(5)
+		}},
+		"pptp connection flags": {secPPTP, func(w *stateWriter) {
+			w.u32(1)
+			w.ep(endpoint{})
+			w.ep(endpoint{})
+			w.i64(0)
+			w.u8(4)
+			var d pptpStream
+			writeStream(w, &d)
+			writeStream(w, &d)
+			w.u32(0)
+		}},
+		"pptp call flags": {secPPTP, func(w *stateWriter) {
+			w.u32(1)
+			w.ep(endpoint{})
+			w.ep(endpoint{})
+			w.i64(0)
+			w.u8(0)
+			var d pptpStream
+			writeStream(w, &d)
+			writeStream(w, &d)
+			w.u32(1)
+			w.u16(1)
+			w.u16(2)
+			w.u16(3)
+			w.u8(4)
+			w.b = append(w.b, make([]byte, 32)...)
+		}},
+	} {
+		var w stateWriter
+		tc.write(&w)
+		r := stateReader{b: w.b}
+		decodeSection(&r, &stateSnap{}, tc.kind)
+		if r.err == nil || !strings.Contains(r.err.Error(), "flags") && !strings.Contains(r.err.Error(), "inconsistent") {
+			t.Errorf("%s: %v", name, r.err)
+		}
+	}
 }
