@@ -242,24 +242,55 @@ func cmpEP(a, b endpoint) int {
 
 func rel(t, now int64) int64 { return t - now }
 
-// snapshot copies the engine's state under its lock.
+// stateCopyBatch is how many flows snapshot copies per hold of the engine
+// lock: about as long a hold as one batch of Expire's sweep.
+const stateCopyBatch = 1024
+
+// flowCopy is a flow copied under the lock, with its mapping's identity.
+type flowCopy struct {
+	m *Mapping
+	f snapFlow
+}
+
+// snapshot copies the engine's state. The flows are copied in batches, each
+// under its own hold of the lock (each flow's times relative to the time of
+// its batch), so that a table of a million flows never stalls the packet
+// loops; the rest is copied under one hold at the end. A flow created
+// between batches may be missed, as a snapshot taken a moment earlier
+// would miss it.
 func (e *Engine) snapshot(lan []netip.Prefix) *stateSnap {
 	e.mu.Lock()
-	now := e.now()
-	s := &stateSnap{version: StateVersion, created: e.clock.Now(), wan: e.wan, lan: normPrefixes(lan)}
+	n, nm := len(e.table.flows), len(e.table.byExt)
+	e.mu.Unlock()
+	// Allocated outside the lock.
+	flows := make([]flowCopy, 0, n+n/8)
+	mappings := make([]*Mapping, 0, nm+nm/8)
+	mcopies := make([]snapMapping, 0, nm+nm/8)
+	e.mu.Lock()
 	t := &e.table
-	byMapping := make(map[*Mapping][]snapFlow, len(t.byExt))
+	s := &stateSnap{version: StateVersion, created: e.clock.Now(), wan: e.wan, lan: normPrefixes(lan)}
+	now := e.now()
+	i := 0
 	for _, f := range t.flows {
+		if i++; i%stateCopyBatch == 0 {
+			e.mu.Unlock()
+			e.mu.Lock()
+			now = e.now()
+		}
 		if f.dead || f.expires <= now {
 			continue
 		}
-		byMapping[f.m] = append(byMapping[f.m], snapFlow{remote: f.remote, expires: rel(f.expires, now),
-			lastSeen: rel(f.lastSeen, now), assured: f.assured, out: f.out, in: f.in, tcp: f.tcp})
+		flows = append(flows, flowCopy{f.m, snapFlow{remote: f.remote, expires: rel(f.expires, now),
+			lastSeen: rel(f.lastSeen, now), assured: f.assured, out: f.out, in: f.in, tcp: f.tcp}})
 	}
-	for m, flows := range byMapping {
-		s.mappings = append(s.mappings, snapMapping{proto: m.Proto, static: m.Static, in: m.Int, ext: m.Ext,
-			created: rel(m.created, now), lastUsed: rel(m.lastUsed, now), remote: m.remote,
-			expires: rel(m.expires, now), flows: flows})
+	now = e.now()
+	for _, m := range t.byExt {
+		if m.flows > 0 {
+			mappings = append(mappings, m)
+			mcopies = append(mcopies, snapMapping{proto: m.Proto, static: m.Static, in: m.Int, ext: m.Ext,
+				created: rel(m.created, now), lastUsed: rel(m.lastUsed, now), remote: m.remote,
+				expires: rel(m.expires, now)})
+		}
 	}
 	for _, x := range e.ike.byI {
 		if x.removed || e.ike.dead(x, now) {
@@ -327,6 +358,20 @@ func (e *Engine) snapshot(lan []netip.Prefix) *stateSnap {
 		}
 	}
 	e.mu.Unlock()
+	index := make(map[*Mapping]int, len(mappings))
+	for i, m := range mappings {
+		index[m] = i
+	}
+	for _, fc := range flows {
+		if i, ok := index[fc.m]; ok {
+			mcopies[i].flows = append(mcopies[i].flows, fc.f)
+		}
+	}
+	for _, m := range mcopies {
+		if len(m.flows) > 0 {
+			s.mappings = append(s.mappings, m)
+		}
+	}
 	for i := range s.squelch {
 		s.squelch[i].until = rel(s.squelch[i].until, now)
 	}
@@ -345,15 +390,15 @@ func (e *Engine) snapshot(lan []netip.Prefix) *stateSnap {
 		order[i] = i
 	}
 	slices.SortFunc(order, func(a, b int) int { return cmpESP(&esp[a], &esp[b]) })
-	index := make(map[*espPair]int32, len(pairs))
+	espIndex := make(map[*espPair]int32, len(pairs))
 	for newI, oldI := range order {
-		index[pairs[oldI]] = int32(newI)
+		espIndex[pairs[oldI]] = int32(newI)
 	}
 	s.esp = make([]snapESP, len(pairs))
 	for newI, oldI := range order {
 		s.esp[newI] = esp[oldI]
 		if c := claims[oldI]; c != nil {
-			if ci, ok := index[c]; ok {
+			if ci, ok := espIndex[c]; ok {
 				s.esp[newI].claim = ci
 			}
 		}
