@@ -26,7 +26,8 @@
 #              WAN interface.
 #   Root without other capabilities cannot override file permissions or
 #   leave the container's namespaces; --read-only and no-new-privileges
-#   take away the rest. /run (a tmpfs) holds the admin socket.
+#   take away the rest. /run (a tmpfs) holds the admin socket;
+#   /var/lib/vpnmasq (a volume) the NAT state that survives a restart.
 #   Docker mounts /proc/sys read-only: the --sysctl flags set what vpnmasq
 #   would otherwise write (forwarding, accept_local for the TUN, a reverse
 #   path filter that is not strict); vpnmasq checks them at start.
@@ -55,6 +56,9 @@ COPY --from=build /out/vpnmasq /usr/local/bin/vpnmasq
 COPY config/example.toml /etc/vpnmasq/vpnmasq.example.toml
 # An empty base sets no PATH; `docker exec <router> vpnmasq status` needs one.
 ENV PATH=/usr/local/bin:/usr/bin:/bin
+# The NAT state file ([state] file): a volume, so that a read-only
+# container can write it and a new container can restore it.
+VOLUME /var/lib/vpnmasq
 # Root on purpose: see "Why root" above.
 USER 0:0
 # docker stop sends SIGTERM: vpnmasq removes its TUN, routing rule, route

@@ -47,8 +47,8 @@ func TestExampleConfiguration(t *testing.T) {
 			t.Fatal(err)
 		}
 		d := Default()
-		got := []any{c.NAT, c.Services, c.TUN, c.Log}
-		want := []any{d.NAT, d.Services, d.TUN, d.Log}
+		got := []any{c.NAT, c.Services, c.TUN, c.State, c.Log}
+		want := []any{d.NAT, d.Services, d.TUN, d.State, d.Log}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("got %+v, want %+v", got, want)
 		}

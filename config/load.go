@@ -72,8 +72,9 @@ func Default() *Config {
 			AdminPort:   80,
 			AdminSocket: "/run/vpnmasq/admin.sock",
 		},
-		TUN: TUN{Name: "vpnmasq0", Table: 5353, RulePriority: 5353},
-		Log: Log{Level: "info", Format: "auto"},
+		TUN:   TUN{Name: "vpnmasq0", Table: 5353, RulePriority: 5353},
+		State: State{Enabled: true, File: "/var/lib/vpnmasq/state.bin", Interval: 5 * time.Second, MaxAge: 10 * time.Minute},
+		Log:   Log{Level: "info", Format: "auto"},
 	}
 }
 

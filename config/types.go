@@ -28,6 +28,7 @@ type Config struct {
 	PPTP     PPTP      `toml:"pptp"`
 	Services Services  `toml:"services"`
 	TUN      TUN       `toml:"tun"`
+	State    State     `toml:"state"`
 	Log      Log       `toml:"log"`
 }
 
@@ -164,6 +165,15 @@ type TUN struct {
 	Name         string `toml:"name"`          // default "vpnmasq0"
 	Table        int    `toml:"table"`         // policy routing table, default 5353
 	RulePriority int    `toml:"rule_priority"` // ip rule priority, default 5353
+}
+
+// State is where the NAT state is kept across restarts: written every
+// Interval and on shutdown, read back on start when younger than MaxAge.
+type State struct {
+	Enabled  bool          `toml:"enabled"`  // default true
+	File     string        `toml:"file"`     // default /var/lib/vpnmasq/state.bin
+	Interval time.Duration `toml:"interval"` // periodic snapshot, default 5s
+	MaxAge   time.Duration `toml:"max_age"`  // an older file is ignored, default 10m
 }
 
 // Log selects the zerolog level and output format.

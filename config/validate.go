@@ -51,6 +51,7 @@ func validate(c *Config, pos *positions) Errors {
 	v.routing()
 	v.services()
 	v.tun()
+	v.state()
 	v.log()
 	v.forwards()
 	return v.errs
@@ -312,6 +313,19 @@ func (v *validator) tun() {
 	// table's (32766), or it would never match.
 	if t.RulePriority < 1 || t.RulePriority > 32765 {
 		v.errorf("tun.rule_priority", "%d is outside 1-32765 (after the local table's rule 0, before main's 32766)", t.RulePriority)
+	}
+}
+
+func (v *validator) state() {
+	st := v.c.State
+	if st.File == "" || !strings.HasPrefix(st.File, "/") || strings.HasSuffix(st.File, "/") {
+		v.errorf("state.file", "must be an absolute file path, e.g. /var/lib/vpnmasq/state.bin")
+	}
+	if st.Interval < 100*time.Millisecond {
+		v.errorf("state.interval", "%s is below 100ms", st.Interval)
+	}
+	if st.MaxAge <= 0 {
+		v.errorf("state.max_age", "must be positive")
 	}
 }
 

@@ -42,7 +42,7 @@ var (
 		"--sysctl", "net.ipv4.ip_forward=1", "--sysctl", "net.ipv4.conf.all.accept_local=1",
 		"--sysctl", "net.ipv4.conf.all.rp_filter=2", "--sysctl", "net.ipv4.conf.default.rp_filter=2",
 		"--read-only", "--tmpfs", "/run", "--security-opt", "no-new-privileges",
-		"-v", "$PWD/vpnmasq.toml:/etc/vpnmasq/vpnmasq.toml:ro", "vpnmasq"}
+		"-v", "vpnmasq-state:/var/lib/vpnmasq", "-v", "$PWD/vpnmasq.toml:/etc/vpnmasq/vpnmasq.toml:ro", "vpnmasq"}
 	ctrConnect = []string{"docker", "network", "connect", "--ip", "192.168.88.2", "vpnmasq-lan", "vpnmasq"}
 	ctrStart   = []string{"docker", "start", "vpnmasq"}
 	ctrLogs    = []string{"docker", "logs", "vpnmasq"}
@@ -408,6 +408,10 @@ func TestContainerDeploymentAsTheREADMEShowsIt(t *testing.T) {
 		}
 		if len(d.routerLogLines(t, "router stopped")) != 1 {
 			t.Errorf("no \"router stopped\" in the router's log")
+		}
+		// The read-only container writes its NAT state on the volume.
+		if len(d.routerLogLines(t, "nat state saved")) != 1 {
+			t.Errorf("no \"nat state saved\" in the router's log")
 		}
 		for _, l := range d.routerLogLines(t, "") {
 			if l.Level() == "error" {

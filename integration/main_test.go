@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -285,11 +286,27 @@ func launchRouter(t *testing.T, l *lab.Lab, config string) (*router, error) {
 	args := []string{"run"} // no config: the embedded default
 	if config != "" {
 		config = withAdminSocket(config, filepath.Join(t.TempDir(), "admin.sock"))
+		config = withStateFile(config, filepath.Join(t.TempDir(), "state.bin"))
 		path := filepath.Join(t.TempDir(), "vpnmasq.toml")
 		if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 			return nil, err
 		}
 		args = append(args, "--config", path)
+	}
+	if config == "" {
+		// The embedded default keeps its state in /var/lib/vpnmasq: the
+		// test removes what its router wrote there (the directory too,
+		// when the router created it).
+		_, fileErr := os.Stat(defaultStateFile)
+		_, dirErr := os.Stat(filepath.Dir(defaultStateFile))
+		t.Cleanup(func() {
+			if errors.Is(fileErr, fs.ErrNotExist) {
+				os.Remove(defaultStateFile)
+			}
+			if errors.Is(dirErr, fs.ErrNotExist) {
+				os.Remove(filepath.Dir(defaultStateFile))
+			}
+		})
 	}
 	cmd := exec.Command(vpnmasqBin, args...)
 	r := &router{t: t, cmd: cmd, log: newRouterLog(), exited: make(chan struct{})}
@@ -338,6 +355,19 @@ func withAdminSocket(config, path string) string {
 		return config[:i] + line + config[i:]
 	}
 	return config + "\n[services]\n" + line
+}
+
+// defaultStateFile is [state] file's default.
+const defaultStateFile = "/var/lib/vpnmasq/state.bin"
+
+// withStateFile keeps the router's NAT state at path unless the
+// configuration has a [state] section, so that no two tests share the
+// default file and no test restores another's state.
+func withStateFile(config, path string) string {
+	if strings.Contains(config, "[state]") {
+		return config
+	}
+	return config + fmt.Sprintf("\n[state]\nfile = %q\n", path)
 }
 
 func (r *router) hasExited() bool {

@@ -65,6 +65,7 @@ type Router struct {
 	wanBad   uint64 // truncated+malformed captures already counted
 	reload   reloadState
 	watch    *wanWatcher
+	state    routerState
 }
 
 // New prepares a router from a resolved configuration. It changes nothing on
@@ -227,6 +228,7 @@ func (r *Router) Drops() map[string]uint64 {
 // opens the WAN transport and installs the host plumbing. On failure it
 // undoes what it did.
 func (r *Router) Start() error {
+	r.restoreState()
 	if err := CleanupStale(r.spec); err != nil {
 		return fmt.Errorf("removing leftovers of a previous run: %w", err)
 	}
@@ -282,6 +284,7 @@ func (r *Router) Run(ctx context.Context) error {
 	go func() { defer r.wg.Done(); errc <- r.tunLoop() }()
 	go func() { defer r.wg.Done(); errc <- r.wanLoop() }()
 	go func() { defer r.wg.Done(); r.watch.run(r.closing) }()
+	r.startStateSaver()
 	ticker := time.NewTicker(time.Second)
 	defer ticker.Stop()
 	var runErr error
@@ -376,6 +379,7 @@ func (r *Router) Close() error {
 		errs = append(errs, r.tun.Close())
 	}
 	r.wg.Wait()
+	r.saveStateOnClose() // the loops stopped: the final state
 	return errors.Join(errs...)
 }
 

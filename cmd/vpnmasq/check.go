@@ -112,6 +112,12 @@ func printSummary(out io.Writer, c *config.Config) {
 	row("pptp", fmt.Sprintf("call setup %s, teardown grace %s, gre %s, max calls %d",
 		shortDuration(pp.CallSetupTimeout), shortDuration(pp.TeardownGrace),
 		shortDuration(pp.GRETimeout), pp.MaxCalls))
+	if st := c.State; st.Enabled {
+		row("state", fmt.Sprintf("%s, every %s and on stop, restored when younger than %s",
+			st.File, shortDuration(st.Interval), shortDuration(st.MaxAge)))
+	} else {
+		row("state", "disabled (a restart drops every mapping)")
+	}
 	if len(c.Routing.NoNAT) > 0 {
 		row("routing.no_nat", joinStrings(c.Routing.NoNAT))
 	} else {

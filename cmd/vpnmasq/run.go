@@ -92,6 +92,7 @@ func cmdRun(args []string) int {
 		Strs("lan", cfg.LAN.Interfaces).
 		Str("prefixes", joinStrings(cfg.LAN.Prefixes)).
 		Stringer("port_range", cfg.NAT.PortRange).
+		Int64("startup_ms", router.SinceProcessStart().Milliseconds()). // a restart's gap, beyond the old process's stop
 		Msg("router ready")
 
 	go func() {

@@ -375,3 +375,33 @@ func (s *Server) Close() error {
 	s.wg.Wait()
 	return err
 }
+
+// SendGRE sends payload to the client of the server's call id, unprompted:
+// the server speaks first, as after a restart of a router between them.
+func (s *Server) SendGRE(id uint16, payload []byte) error {
+	s.mu.Lock()
+	call := s.activeCallLocked(id)
+	var to netip.Addr
+	for _, sc := range s.conns {
+		for _, c := range sc.calls {
+			if c == call {
+				to = sc.remote.Addr()
+			}
+		}
+	}
+	if call == nil || !to.IsValid() {
+		s.mu.Unlock()
+		return fmt.Errorf("no active call %d", id)
+	}
+	call.seq++
+	p := GREPacket{From: to, CallID: call.PeerID, Seq: call.seq, HasSeq: true, Payload: payload}
+	s.mu.Unlock()
+	if err := s.gre.Send(p.From, p.CallID, p.Seq, 0, p.Payload); err != nil {
+		return err
+	}
+	p.At = time.Now()
+	s.mu.Lock()
+	s.greSent = append(s.greSent, p)
+	s.mu.Unlock()
+	return nil
+}
