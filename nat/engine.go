@@ -150,30 +150,13 @@ type Engine struct {
 // New builds an engine with the TCP, UDP and ICMP handlers and the static
 // mappings of the port forwards.
 func New(cfg Config) *Engine {
-	if cfg.UDPTimeout <= 0 {
-		cfg.UDPTimeout = 5 * time.Minute
-	}
-	if cfg.TCPEstablishedTimeout <= 0 {
-		cfg.TCPEstablishedTimeout = 2*time.Hour + 4*time.Minute
-	}
-	if cfg.TCPTransitoryTimeout <= 0 {
-		cfg.TCPTransitoryTimeout = 4 * time.Minute
-	}
-	if cfg.ICMPTimeout <= 0 {
-		cfg.ICMPTimeout = 60 * time.Second
-	}
-	if cfg.MaxMappings <= 0 {
-		cfg.MaxMappings = 65536
-	}
+	cfg = cfg.withDefaults()
 	if cfg.Ports.First == 0 || cfg.Ports.Last < cfg.Ports.First {
 		cfg.Ports = PortRange{First: 20000, Last: 32767}
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = SystemClock{}
 	}
-	cfg.Limits = cfg.Limits.withDefaults()
-	cfg.IPsec = cfg.IPsec.withDefaults()
-	cfg.PPTP = cfg.PPTP.withDefaults()
 	e := &Engine{
 		cfg:   cfg,
 		wan:   cfg.WANAddr.As4(),

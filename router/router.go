@@ -77,80 +77,18 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 	}
 	r := &Router{cfg: cfg, log: log, closing: make(chan struct{})}
 
-	var forwards []nat.Forward
 	// The NAT owns its mapping range and, for IKE and NAT-T, UDP 500 and
-	// 4500 on the WAN address (a LAN host's IKE keeps port 500).
-	ports := []config.PortRange{cfg.NAT.PortRange, {First: nat.PortIKE, Last: nat.PortIKE}, {First: nat.PortNATT, Last: nat.PortNATT}}
+	// 4500 on the WAN address (a LAN host's IKE keeps port 500), and the
+	// forwards' ports; the capture and the guards follow (reload.go builds
+	// the same for a reload).
+	nc, ports, hairpinProtos, err := engineConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
 	protocols := []uint8{nat.ProtoGRE, nat.ProtoESP, nat.ProtoAH}
-	var hairpinProtos []uint8
-	for _, f := range cfg.Forwards {
-		nf := nat.Forward{To: f.To, ToPort: f.ToPort, Ports: nat.PortRange{First: f.Port.First, Last: f.Port.Last}}
-		switch f.Proto {
-		case "tcp":
-			nf.Proto = nat.ProtoTCP
-			ports = append(ports, f.Port)
-		case "udp":
-			nf.Proto = nat.ProtoUDP
-			ports = append(ports, f.Port)
-		case "gre":
-			nf.Proto = nat.ProtoGRE
-			hairpinProtos = append(hairpinProtos, nf.Proto)
-		case "esp":
-			nf.Proto = nat.ProtoESP
-			hairpinProtos = append(hairpinProtos, nf.Proto)
-		default:
-			return nil, fmt.Errorf("forward: unknown proto %q", f.Proto)
-		}
-		forwards = append(forwards, nf)
-	}
-	filtering := nat.AddressDependentFiltering
-	if cfg.NAT.UDPFiltering == "endpoint-independent" {
-		filtering = nat.EndpointIndependentFiltering
-	}
-	r.nat = nat.New(nat.Config{
-		WANAddr:               cfg.WAN.Address,
-		Ports:                 nat.PortRange{First: cfg.NAT.PortRange.First, Last: cfg.NAT.PortRange.Last},
-		UDPTimeout:            cfg.NAT.UDPTimeout,
-		TCPEstablishedTimeout: cfg.NAT.TCPEstablishedTimeout,
-		TCPTransitoryTimeout:  cfg.NAT.TCPTransitoryTimeout,
-		ICMPTimeout:           cfg.NAT.ICMPTimeout,
-		UDPFiltering:          filtering,
-		MaxMappings:           cfg.NAT.MaxMappings,
-		UDPInboundRefresh:     cfg.NAT.UDPInboundRefresh,
-		Limits: nat.Limits{
-			MaxFlows:            cfg.Limits.MaxFlows,
-			MaxFlowsPerHost:     cfg.Limits.MaxFlowsPerHost,
-			MaxMappingsPerHost:  cfg.Limits.MaxMappingsPerHost,
-			MaxESPPerHost:       cfg.Limits.MaxESPPerHost,
-			MaxIKEPerHost:       cfg.Limits.MaxIKEPerHost,
-			MaxRemoteIKE:        cfg.Limits.MaxRemoteIKE,
-			RemoteIKETimeout:    cfg.Limits.RemoteIKETimeout,
-			MaxCallsPerHost:     cfg.Limits.MaxCallsPerHost,
-			MaxFragmentsPerHost: cfg.Limits.MaxFragmentsPerHost,
-			HostFlowRate:        cfg.Limits.HostFlowRate,
-			HostFlowBurst:       cfg.Limits.HostFlowBurst,
-			ForwardFlowRate:     cfg.Limits.ForwardFlowRate,
-			ForwardFlowBurst:    cfg.Limits.ForwardFlowBurst,
-			UnrepliedTimeout:    cfg.Limits.UnrepliedTimeout,
-		},
-		Forwards: forwards,
-		IPsec: nat.IPsecConfig{
-			IKETimeout: cfg.IPsec.IKETimeout,
-			ESPTimeout: cfg.IPsec.ESPTimeout,
-			ESPWait:    cfg.IPsec.ESPWait,
-			ESPRetries: cfg.IPsec.ESPRetries,
-			ESPSquelch: cfg.IPsec.ESPSquelch,
-			MaxESP:     cfg.IPsec.MaxESP,
-		},
-		PPTP: nat.PPTPConfig{
-			CallSetupTimeout: cfg.PPTP.CallSetupTimeout,
-			TeardownGrace:    cfg.PPTP.TeardownGrace,
-			GRETimeout:       cfg.PPTP.GRETimeout,
-			MaxCalls:         cfg.PPTP.MaxCalls,
-		},
-		Clock: nat.SystemClock{},
-		Log:   log.With().Str("component", "nat").Logger(),
-	})
+	nc.Clock = nat.SystemClock{}
+	nc.Log = log.With().Str("component", "nat").Logger()
+	r.nat = nat.New(nc)
 
 	var lanAddrs []netip.Prefix
 	tunMTU := wanIf.MTU
