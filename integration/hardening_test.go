@@ -117,18 +117,28 @@ type apiMapping struct {
 	Idle   float64 `json:"idle"`
 }
 
+// mappings returns every mapping, page by page (the API gives at most
+// 1000 a page: one page would undercount a host that holds thousands).
 func (a *adminAPI) mappings() ([]apiMapping, error) {
-	body, err := a.get("/api/v1/mappings")
-	if err != nil {
-		return nil, err
+	var all []apiMapping
+	for offset := 0; ; {
+		body, err := a.get(fmt.Sprintf("/api/v1/mappings?offset=%d&limit=1000", offset))
+		if err != nil {
+			return nil, err
+		}
+		var resp struct {
+			Mappings   []apiMapping `json:"mappings"`
+			NextOffset *int         `json:"next_offset"`
+		}
+		if err := json.Unmarshal([]byte(body), &resp); err != nil {
+			return nil, fmt.Errorf("/api/v1/mappings: %w", err)
+		}
+		all = append(all, resp.Mappings...)
+		if resp.NextOffset == nil {
+			return all, nil
+		}
+		offset = *resp.NextOffset
 	}
-	var resp struct {
-		Mappings []apiMapping `json:"mappings"`
-	}
-	if err := json.Unmarshal([]byte(body), &resp); err != nil {
-		return nil, fmt.Errorf("/api/v1/mappings: %w", err)
-	}
-	return resp.Mappings, nil
 }
 
 // findMapping returns the mapping of proto for the LAN endpoint lan.
