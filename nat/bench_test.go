@@ -3,6 +3,7 @@ package nat
 import (
 	"net/netip"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 )
@@ -184,19 +185,24 @@ func BenchmarkExpire(b *testing.B) {
 		fillFlows(b, l, flows)
 		l.clock.Advance(6 * time.Minute)
 		b.StartTimer()
-		var longest time.Duration
+		var holds []time.Duration
 		start := time.Now()
 		for {
 			t0 := time.Now()
 			l.e.mu.Lock()
 			more := l.e.table.expireSome(l.e.now())
 			l.e.mu.Unlock()
-			longest = max(longest, time.Since(t0))
+			holds = append(holds, time.Since(t0))
 			if !more {
 				break
 			}
 		}
-		b.ReportMetric(float64(longest.Microseconds()), "µs-max-lock-hold")
+		// The longest hold includes any garbage collection that ran during
+		// it (a million freed flows make the collector assist): p99 is
+		// the lock's own cost.
+		slices.Sort(holds)
+		b.ReportMetric(float64(holds[len(holds)*99/100].Microseconds()), "µs-p99-lock-hold")
+		b.ReportMetric(float64(holds[len(holds)-1].Microseconds()), "µs-max-lock-hold")
 		b.ReportMetric(float64(time.Since(start).Milliseconds()), "ms-total")
 		if n := len(l.e.table.flows); n != 0 {
 			b.Fatalf("%d flows left after the sweep", n)
