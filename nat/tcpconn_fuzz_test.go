@@ -261,6 +261,10 @@ func FuzzTCPConn(f *testing.F) {
 	f.Add([]byte{2, 9, 9, 9, 9, 8, 8, 8, 8, 3, 0x90, 0, 0x40, 0, 0x40, 0, 0x20, 4, 0, 6, 0, 0, 0x30, 2, 0, 0, 4, 1, 0x10, 5, 0, 2, 0, 1, 3, 0, 1, 10, 0x80, 0, 0, 0})
 	f.Add([]byte{4, 1, 2, 3, 4, 5, 6, 7, 8, 0x80, 0x80, 0x10, 0, 0x10, 0, 0x80, 0, 0x10, 0, 0, 0x10, 1, 0, 1, 0, 1, 1, 1, 1, 1, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8})
 	f.Add([]byte{5, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 2, 9, 0, 0x20, 0xff, 0xff, 0x80, 0, 0x10, 0x82, 0, 1, 0, 0, 1, 0, 1, 2, 0, 1, 1, 0x86, 1, 1, 1})
+	// Found by this target: a pickup whose first segment advertises a zero
+	// window, then more data from that side (its edge was taken from its
+	// own window).
+	f.Add([]byte("6000000000\x00\x0000070080070020028"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in := &fzInput{data}
 		mode := in.byte()
