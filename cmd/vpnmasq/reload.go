@@ -1,15 +1,12 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"time"
 
@@ -52,28 +49,9 @@ func runReload(args []string, stdout, stderr io.Writer) int {
 		flags.Usage()
 		return 2
 	}
-	client := &http.Client{
-		Timeout: reloadTimeout,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", *socket)
-		}},
-	}
-	defer client.CloseIdleConnections()
-	resp, err := client.Post("http://unix/api/v1/reload", "application/json", nil)
+	resp, body, err := askRouter(*socket, http.MethodPost, "/api/v1/reload", reloadTimeout)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) && ue.Timeout() {
-			fmt.Fprintf(stderr, "vpnmasq reload: the router at %s did not answer within %s\n", *socket, reloadTimeout)
-		} else {
-			fmt.Fprintf(stderr, "vpnmasq reload: %v\n", reachError(*socket, err))
-		}
-		return 1
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		fmt.Fprintf(stderr, "vpnmasq reload: reading the router's answer: %v\n", err)
+		fmt.Fprintf(stderr, "vpnmasq reload: %v\n", err)
 		return 1
 	}
 	var res admin.ReloadResult

@@ -88,6 +88,20 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 // fetch GETs a path of the admin API over the unix socket. Its errors read
 // as the rest of a sentence after "vpnmasq status: ".
 func fetch(socket, path string, timeout time.Duration) ([]byte, error) {
+	resp, body, err := askRouter(socket, http.MethodGet, path, timeout)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("the router at %s answered %s: %s", socket, resp.Status,
+			strings.TrimSpace(string(bytes.ToValidUTF8(body, []byte("?")))))
+	}
+	return body, nil
+}
+
+// askRouter sends one request to the router's admin unix socket and reads
+// the whole answer, whatever its status; errors say which socket and why.
+func askRouter(socket, method, path string, timeout time.Duration) (*http.Response, []byte, error) {
 	client := &http.Client{
 		Timeout: timeout,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -96,24 +110,24 @@ func fetch(socket, path string, timeout time.Duration) ([]byte, error) {
 		}},
 	}
 	defer client.CloseIdleConnections()
-	resp, err := client.Get("http://unix" + path)
+	req, err := http.NewRequest(method, "http://unix"+path, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) && ue.Timeout() {
-			return nil, fmt.Errorf("the router at %s did not answer within %s", socket, timeout)
+			return nil, nil, fmt.Errorf("the router at %s did not answer within %s", socket, timeout)
 		}
-		return nil, reachError(socket, err)
+		return nil, nil, reachError(socket, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, fmt.Errorf("reading the router's answer from %s: %v", socket, err)
+		return nil, nil, fmt.Errorf("reading the router's answer from %s: %v", socket, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("the router at %s answered %s: %s", socket, resp.Status,
-			strings.TrimSpace(string(bytes.ToValidUTF8(body, []byte("?")))))
-	}
-	return body, nil
+	return resp, body, nil
 }
 
 // reachError explains a failed request. The dial error alone ("connect: no
