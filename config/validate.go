@@ -327,6 +327,11 @@ func (v *validator) state() {
 	if st.MaxAge <= 0 {
 		v.errorf("state.max_age", "must be positive")
 	}
+	// A hold longer than the state is kept would block the LAN for a
+	// state the next start ignores.
+	if st.Hold < 0 || (st.MaxAge > 0 && st.Hold > st.MaxAge) {
+		v.errorf("state.hold", "%s is outside 0s-%s (state.max_age)", st.Hold, st.MaxAge)
+	}
 }
 
 func (v *validator) log() {

@@ -362,12 +362,15 @@ const defaultStateFile = "/var/lib/vpnmasq/state.bin"
 
 // withStateFile keeps the router's NAT state at path unless the
 // configuration has a [state] section, so that no two tests share the
-// default file and no test restores another's state.
+// default file and no test restores another's state. It also turns the
+// hold off: tests that stop the router check that it leaves nothing, and
+// a hold would carry over to the next test's start in the same lab. The
+// state tests, which give their own [state], run with the hold.
 func withStateFile(config, path string) string {
 	if strings.Contains(config, "[state]") {
 		return config
 	}
-	return config + fmt.Sprintf("\n[state]\nfile = %q\n", path)
+	return config + fmt.Sprintf("\n[state]\nfile = %q\nhold = \"0s\"\n", path)
 }
 
 func (r *router) hasExited() bool {

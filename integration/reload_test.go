@@ -50,6 +50,13 @@ func (r *router) adminSocket() string {
 func (r *router) rewriteConfig(t *testing.T, text string) {
 	t.Helper()
 	text = withAdminSocket(text, r.adminSocket())
+	// The [state] that launchRouter gave the router stays: it is only read
+	// at start, and a reload would report any change of it.
+	if old, err := os.ReadFile(r.configPath()); err == nil && !strings.Contains(text, "[state]") {
+		if i := strings.Index(string(old), "\n[state]\n"); i >= 0 {
+			text += string(old[i:])
+		}
+	}
 	if err := os.WriteFile(r.configPath(), []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}

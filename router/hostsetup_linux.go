@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/vishvananda/netlink"
@@ -202,19 +203,7 @@ func (h *Host) setup(s HostSpec) error {
 	}
 	h.log.Debug().Str("object", "link "+s.TUN+" up").Msg("set")
 
-	capture := s.Capture
-	if err := installNft(int(h.ns), nftSpec{
-		tun:              s.TUN,
-		tunIndex:         tun.Attrs().Index,
-		wan:              s.WANInterface,
-		addr:             capture.Addr,
-		ports:            capture.Ports,
-		protocols:        capture.Protocols,
-		prefixes:         capture.Prefixes,
-		lans:             s.LANInterfaces,
-		hairpinPorts:     s.HairpinPorts,
-		hairpinProtocols: s.HairpinProtocols,
-	}); err != nil {
+	if err := installNft(int(h.ns), s.nft(tun.Attrs().Index)); err != nil {
 		return fmt.Errorf("host: %w", err)
 	}
 	h.added("nftables tables ip+netdev "+nftTableName(s.TUN), func() error { return removeNft(int(h.ns), s.TUN) })
@@ -237,6 +226,46 @@ func (h *Host) setup(s HostSpec) error {
 		})
 	}
 	return nil
+}
+
+// nft is the description of the instance's nftables objects.
+func (s HostSpec) nft(tunIndex int) nftSpec {
+	return nftSpec{
+		tun:              s.TUN,
+		tunIndex:         tunIndex,
+		wan:              s.WANInterface,
+		addr:             s.Capture.Addr,
+		ports:            s.Capture.Ports,
+		protocols:        s.Capture.Protocols,
+		prefixes:         s.Capture.Prefixes,
+		lans:             s.LANInterfaces,
+		hairpinPorts:     s.HairpinPorts,
+		hairpinProtocols: s.HairpinProtocols,
+	}
+}
+
+// Hold installs the hold (nfthold_linux.go) for d: called by a stop that
+// leaves state for a successor, before Close removes the guards, so that
+// no packet finds neither.
+func (h *Host) Hold(s HostSpec, d time.Duration) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.done {
+		return errors.New("host: already closed")
+	}
+	return installHold(int(h.ns), holdSpec{nftSpec: s.nft(0), hold: d})
+}
+
+// ReleaseHold deletes a hold a previous stop left, once this instance's
+// guards are in place; it reports whether there was one.
+func (h *Host) ReleaseHold(tun string) (bool, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	present, err := holdPresent(int(h.ns), tun)
+	if err != nil || !present {
+		return false, err
+	}
+	return true, removeHold(int(h.ns), tun)
 }
 
 // Close removes everything SetupHost added, newest first, and keeps going

@@ -366,12 +366,9 @@ func intervalElements(ranges []addrRange, width int) []nftables.SetElement {
 // Expression building blocks. Register 1 holds the value under test.
 
 func matchIifname(name string) []expr.Any {
-	// The kernel compares the whole IFNAMSIZ buffer, NUL padded.
-	padded := make([]byte, unix.IFNAMSIZ)
-	copy(padded, name)
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: padded},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameKey(name)},
 	}
 }
 

@@ -28,8 +28,8 @@ import (
 //   - needs a restart: what the host plumbing or the sockets were built
 //     from (LAN and WAN interfaces and addresses, WAN MTU, the TUN's name,
 //     table and rule priority, the service address, admin port and socket,
-//     nat.port_range, log.format, and turning the DNS forwarder on or
-//     off). These are named, logged and left as they run.
+//     nat.port_range, log.format, [state], and turning the DNS forwarder
+//     on or off). These are named, logged and left as they run.
 
 // reloadState is what reloads keep between them.
 type reloadState struct {
@@ -226,6 +226,7 @@ func restartChanges(old, cfg *config.Config) []string {
 		out = append(out, fmt.Sprintf("services.dns_upstream (the DNS forwarder turned %s)", map[bool]string{true: "on", false: "off"}[len(cfg.Services.DNSUpstream) > 0]))
 	}
 	diff("log.format", old.Log.Format != cfg.Log.Format, old.Log.Format, cfg.Log.Format)
+	diff("state", old.State != cfg.State, fmt.Sprintf("%+v", old.State), fmt.Sprintf("%+v", cfg.State))
 	return out
 }
 
@@ -246,6 +247,7 @@ func withRestartFields(cfg, old *config.Config) *config.Config {
 		next.Services.DNSUpstream = old.Services.DNSUpstream
 	}
 	next.Log.Format = old.Log.Format
+	next.State = old.State
 	next.Forwards = slices.Clone(cfg.Forwards)
 	return &next
 }

@@ -206,6 +206,12 @@ func (r *Router) Start() error {
 		r.tun.Close()
 		return fmt.Errorf("setting up host routing: %w", err)
 	}
+	// Our guards are in: the previous stop's hold has done its job.
+	if released, err := r.host.ReleaseHold(r.spec.TUN); err != nil {
+		r.log.Warn().Err(err).Str("table", "ip "+nftHoldTableName(r.spec.TUN)).Msg("hold of the previous stop not removed")
+	} else if released {
+		r.log.Info().Str("table", "ip "+nftHoldTableName(r.spec.TUN)).Msg("hold of the previous stop released")
+	}
 	if err := r.startServices(); err != nil {
 		r.host.Close()
 		r.wan.Close()
@@ -308,6 +314,7 @@ func (r *Router) Close() error {
 		errs = append(errs, r.services.close())
 	}
 	if r.host != nil {
+		r.holdForSuccessor()
 		errs = append(errs, r.host.Close())
 	}
 	if r.wan != nil {

@@ -95,6 +95,24 @@ func (r *Router) startStateSaver() {
 	}()
 }
 
+// holdForSuccessor installs the hold before the guards go, when the stop
+// leaves state for a next start. A failure is logged: the teardown goes on.
+func (r *Router) holdForSuccessor() {
+	r.reload.mu.Lock()
+	spec, d := r.spec, r.running().State.Hold
+	r.reload.mu.Unlock()
+	// running().State is the start's: [state] is only read at start.
+	if !r.state.on || d <= 0 {
+		return
+	}
+	table := "ip " + nftHoldTableName(spec.TUN)
+	if err := r.host.Hold(spec, d); err != nil {
+		r.log.Warn().Err(err).Str("table", table).Msg("no hold for the next start: its restored connections may be reset")
+		return
+	}
+	r.log.Info().Str("table", table).Stringer("hold", d).Msg("hold installed until the next start")
+}
+
 // saveStateOnClose writes the final state once the packet loops stopped. A
 // failure is logged, not returned: the teardown went well, and the next
 // start falls back on the last periodic snapshot.

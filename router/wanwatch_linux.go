@@ -342,19 +342,7 @@ func (h *Host) setWANAddr(s HostSpec) error {
 	if err != nil {
 		return fmt.Errorf("TUN %s: %w", s.TUN, err)
 	}
-	spec := nftSpec{
-		tun:              s.TUN,
-		tunIndex:         tun.Attrs().Index,
-		wan:              s.WANInterface,
-		addr:             s.Capture.Addr,
-		ports:            s.Capture.Ports,
-		protocols:        s.Capture.Protocols,
-		prefixes:         s.Capture.Prefixes,
-		lans:             s.LANInterfaces,
-		hairpinPorts:     s.HairpinPorts,
-		hairpinProtocols: s.HairpinProtocols,
-	}
-	return replaceNftAddr(int(h.ns), spec)
+	return replaceNftAddr(int(h.ns), s.nft(tun.Attrs().Index))
 }
 
 // replaceNftAddr rewrites the rules that name the WAN address in the
