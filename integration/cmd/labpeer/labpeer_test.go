@@ -170,6 +170,24 @@ func TestServersAndClientsOverLoopback(t *testing.T) {
 		if !strings.Contains(log.String(), fmt.Sprintf("%d bytes sent", size)) {
 			t.Errorf("http-server log lacks the blob: %s", log)
 		}
+		t0 := time.Now()
+		if got := sha256.Sum256(get(fmt.Sprintf("/blob?bytes=%d&over=500ms", size))); got != lab.BlobSHA256(size) {
+			t.Errorf("GET /blob&over=500ms: SHA-256 differs from lab.BlobSHA256(%d)", size)
+		}
+		// Five 64 KiB chunks: the last one is due at 4/5 of 500 ms.
+		if took := time.Since(t0); took < 400*time.Millisecond || took > 5*time.Second {
+			t.Errorf("GET /blob&over=500ms took %v, want about 400 ms", took)
+		}
+		for _, q := range []string{"over=soon", "over=-1s", "over=11m"} {
+			resp, err := client.Get("http://" + addr + "/blob?bytes=1&" + q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("GET /blob?bytes=1&%s: status %d, want 400", q, resp.StatusCode)
+			}
+		}
 	})
 	t.Run("pptp-client makes a call with GRE both ways and clears it; the server logs the call", func(t *testing.T) {
 		// 127.0.0.2: the PPTP port is fixed, and loopback's 127.0.0.1 is

@@ -4,7 +4,8 @@
 // installed:
 //
 //	labpeer http-server ADDR           GET / answers the client's address as seen here,
-//	                                   GET /blob?bytes=N answers N bytes of lab.Blob
+//	                                   GET /blob?bytes=N answers N bytes of lab.Blob,
+//	                                   GET /blob?bytes=N&over=D the same spread over D (e.g. 4s)
 //	labpeer udp-echo ADDR              sends every datagram back to its sender
 //	labpeer udp-client SERVER MESSAGE  sends MESSAGE to SERVER (host:port), prints the echo
 //	labpeer pptp-server ADDR           a PPTP server (PAC) on ADDR:1723 that echoes the
@@ -34,7 +35,7 @@ import (
 
 const usage = `usage: labpeer <command> [args]
 
-  http-server ADDR           serve GET / (client address) and GET /blob?bytes=N
+  http-server ADDR           serve GET / (client address) and GET /blob?bytes=N[&over=D]
   udp-echo ADDR              echo UDP datagrams
   udp-client SERVER MESSAGE  send one datagram, print the echo
   pptp-server ADDR           PPTP server on ADDR:1723 echoing its calls' GRE
