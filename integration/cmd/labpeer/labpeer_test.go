@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -215,6 +216,59 @@ func TestServersAndClientsOverLoopback(t *testing.T) {
 			if !regexp.MustCompile(re).MatchString(log.String()) {
 				t.Errorf("server log lacks %s:\n%s", re, log)
 			}
+		}
+	})
+	t.Run("pptp-hold holds its call until the server sends GRE unasked on SIGUSR1", func(t *testing.T) {
+		// 127.0.0.4: a server of its own, with no call of the test above.
+		_, log := startServer(t, "pptp-server", "127.0.0.4")
+		stdout, stderr := &syncBuffer{}, &syncBuffer{}
+		done := make(chan int, 1)
+		go func() {
+			done <- run(context.Background(), []string{"pptp-hold", "127.0.0.4", "0x4343"}, stdout, stderr)
+		}()
+		waitOutput := func(what string, buf *syncBuffer, want string) {
+			t.Helper()
+			deadline := time.Now().Add(5 * time.Second)
+			for !strings.Contains(buf.String(), want) {
+				select {
+				case code := <-done:
+					t.Fatalf("pptp-hold exited %d before %s: %s%s", code, what, stdout, stderr)
+				case <-time.After(10 * time.Millisecond):
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no %s within 5s: %s", what, buf)
+				}
+			}
+		}
+		waitOutput("waiting line", stdout, "waiting for the server's GRE")
+		time.Sleep(300 * time.Millisecond)
+		if strings.Contains(log.String(), "cleared") {
+			t.Fatalf("pptp-hold cleared its call before the server's GRE:\n%s", log)
+		}
+		if err := syscall.Kill(os.Getpid(), syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Fatalf("pptp-hold exited %d: %s\nserver log:\n%s", code, stderr, log)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("pptp-hold still running 10s after SIGUSR1: %s\nserver log:\n%s", stdout, log)
+		}
+		for _, want := range []string{
+			`pptp-hold: call 0x4343: the server's GRE "labpeer server gre 1" received`,
+			"pptp-hold: call 0x4343 to 127.0.0.4 (server call 0x5000): 3 GRE packets each way echoed, " +
+				"the server's GRE received first, 3 more each way echoed, call cleared, control connection stopped",
+		} {
+			if !strings.Contains(stdout.String(), want) {
+				t.Errorf("pptp-hold printed %q, want %q", stdout, want)
+			}
+		}
+		waitOutput("cleared call in the server's log", log, "cleared")
+		re := `pptp call 0x5000 cleared: client call 0x4343 from 127\.0\.0\.1:\d+, GRE from 127\.0\.0\.1: 6 in, 6 echoed, 1 sent first`
+		if !regexp.MustCompile(re).MatchString(log.String()) {
+			t.Errorf("server log lacks %s:\n%s", re, log)
 		}
 	})
 	t.Run("pptp-client fails with the reason when no server answers", func(t *testing.T) {
