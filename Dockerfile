@@ -57,7 +57,10 @@ COPY config/example.toml /etc/vpnmasq/vpnmasq.example.toml
 # An empty base sets no PATH; `docker exec <router> vpnmasq status` needs one.
 ENV PATH=/usr/local/bin:/usr/bin:/bin
 # The NAT state file ([state] file): a volume, so that a read-only
-# container can write it and a new container can restore it.
+# container can write it and a new container can restore it. Mounted as a
+# named volume (README.md), it keeps the LAN's connections across
+# docker restart, docker stop and start, and an upgrade (a new container
+# on the same volume).
 VOLUME /var/lib/vpnmasq
 # Root on purpose: see "Why root" above.
 USER 0:0

@@ -58,8 +58,10 @@ var (
 	ctrDumpTable  = []string{"docker", "kill", "--signal", "USR1", "vpnmasq"}
 	ctrHealth     = []string{"docker", "inspect", "--format", "{{.State.Health.Status}}", "vpnmasq"}
 	ctrStop       = []string{"docker", "stop", "vpnmasq"}
+	ctrRestart    = []string{"docker", "restart", "vpnmasq"}
 	ctrREADMECmds = [][]string{ctrBuild, ctrWANNetwork, ctrLANNetwork, ctrCheck, ctrCreate, ctrConnect, ctrStart, ctrLogs,
-		ctrLANHost, ctrWANHost, ctrPing, ctrWget, ctrWANLogs, ctrHealthz, ctrStatus, ctrDumpTable, ctrHealth, ctrStop}
+		ctrLANHost, ctrWANHost, ctrPing, ctrWget, ctrWANLogs, ctrHealthz, ctrStatus, ctrDumpTable, ctrHealth, ctrStop,
+		ctrRestart}
 )
 
 // Addresses and names the README uses, and the test's own WAN peer.
@@ -84,6 +86,10 @@ const (
 	ctrHostImage = "busybox"
 	// ctrBlobSize is what the LAN host downloads through the router.
 	ctrBlobSize = 16 << 20
+	// ctrPacedSize is downloaded over ctrPacedOver while the router
+	// restarts.
+	ctrPacedSize = 6 << 20
+	ctrPacedOver = 4 * time.Second
 	// ctrCapsWant are the effective capabilities of vpnmasq in the
 	// container: CAP_NET_ADMIN (12) and CAP_NET_RAW (13), nothing else.
 	ctrCapsWant = 1<<12 | 1<<13
@@ -100,8 +106,12 @@ const ctrInstallHint = "apt-get install -y --no-install-recommends docker.io bus
 // HTTP, UDP and a PPTP call (control exchange and GRE both ways) through the
 // router with the WAN side seeing only the router's WAN address, the
 // router's TUN, policy routing and input guard in its namespace, its
-// status, health check and log, and a clean exit on `docker stop` that
-// leaves nothing of vpnmasq in the namespace.
+// status, health check and log, that `docker restart` and `docker stop`
+// with `docker start` keep the LAN host's connections (a held TCP
+// connection and a PPTP call, the WAN side speaking first after the
+// restart; with VPNMASQ_TEST_STATE_GAP=1 also a download running across
+// it, a known limitation), and a clean exit on `docker stop` that leaves
+// nothing of vpnmasq in the namespace.
 func TestContainerDeploymentAsTheREADMEShowsIt(t *testing.T) {
 	start := time.Now()
 	t.Run("the README shows the commands this test runs", func(t *testing.T) {
@@ -395,6 +405,22 @@ func TestContainerDeploymentAsTheREADMEShowsIt(t *testing.T) {
 		})
 	})
 
+	// Every start of the router container logs one "router ready" and,
+	// at its stop, one "router stopped" and one "nat state saved".
+	runs := 1
+	for i, rs := range []struct {
+		how  string
+		cmds [][]string
+	}{
+		{"docker restart", [][]string{ctrRestart}},
+		{"docker stop and docker start", [][]string{ctrStop, ctrStart}},
+	} {
+		t.Run(rs.how+" keeps the LAN host's connections, the WAN side speaking first after it", func(t *testing.T) {
+			ctrRestartKeepsConnections(t, d, netnsName, runs, rs.cmds, 9001+i, 0x4343+i)
+		})
+		runs++
+	}
+
 	t.Run("docker stop ends the router cleanly and leaves nothing of vpnmasq in its namespace", func(t *testing.T) {
 		t0 := time.Now()
 		d.mustRun(t, 30*time.Second, "", ctrStop...)
@@ -406,12 +432,13 @@ func TestContainerDeploymentAsTheREADMEShowsIt(t *testing.T) {
 		if strings.TrimSpace(state) != "exited 0 false" {
 			t.Errorf("router container state %q, want \"exited 0 false\"", strings.TrimSpace(state))
 		}
-		if len(d.routerLogLines(t, "router stopped")) != 1 {
-			t.Errorf("no \"router stopped\" in the router's log")
+		// One of each per start of the container.
+		if n := len(d.routerLogLines(t, "router stopped")); n != runs {
+			t.Errorf("%d \"router stopped\" in the router's log, want %d", n, runs)
 		}
 		// The read-only container writes its NAT state on the volume.
-		if len(d.routerLogLines(t, "nat state saved")) != 1 {
-			t.Errorf("no \"nat state saved\" in the router's log")
+		if n := len(d.routerLogLines(t, "nat state saved")); n != runs {
+			t.Errorf("%d \"nat state saved\" in the router's log, want %d", n, runs)
 		}
 		for _, l := range d.routerLogLines(t, "") {
 			if l.Level() == "error" {
@@ -424,6 +451,308 @@ func TestContainerDeploymentAsTheREADMEShowsIt(t *testing.T) {
 		t.Logf("docker stop took %v", took.Round(time.Millisecond))
 	})
 	t.Logf("container test body took %v", time.Since(start).Round(time.Second))
+}
+
+// ctrRestartKeepsConnections restarts the router container with cmds
+// (`docker restart`, or `docker stop` and `docker start`) while the LAN
+// host holds three things through it, and checks that each goes on:
+//
+//   - a TCP connection (busybox nc on both sides, over `docker exec -i`),
+//     idle across the restart; after it the WAN side sends first and the
+//     LAN host receives, then the other way. A LAN host speaking first
+//     would re-create a lost mapping and hide it.
+//   - a PPTP call (labpeer pptp-hold, Call ID callID), held across the
+//     restart; after it the WAN peer sends GRE first (SIGUSR1), then GRE
+//     goes both ways and the call is cleared over the control connection.
+//   - with VPNMASQ_TEST_STATE_GAP=1, a download of ctrPacedSize bytes,
+//     paced over ctrPacedOver, running while the router is away: it should
+//     complete with the right SHA-256, and does not (a known limitation,
+//     skipped by default like TestStateTCPServerSendingDuringRestart): the
+//     old process takes its input guard down at SIGTERM, and until Docker
+//     removes the namespace, its kernel answers the WAN server's next
+//     segment with a RST. The download was reset in 10 runs of 10, both
+//     ways of restarting; a capture showed the RST about 55 ms after the
+//     restart began, before the old process logged "router stopped".
+//
+// runs is the number of the router's starts so far. The router comes back
+// in a new network namespace (Docker makes a new sandbox at every start);
+// netnsName is re-attached to it, so the final checks look at the router's
+// current namespace.
+func ctrRestartKeepsConnections(t *testing.T, d *ctrDaemon, netnsName string, runs int, cmds [][]string, port, callID int) {
+	// The held TCP connection: the WAN side listens, the LAN host
+	// connects, a line each way.
+	wan := d.startPipe(t, "docker", "exec", "-i", ctrPeerName, "nc", "-l", "-p", strconv.Itoa(port))
+	ctrWaitFor(t, fmt.Sprintf("the WAN peer's nc listening on port %d", port), 15*time.Second, func() (bool, string) {
+		out, err := d.run(10*time.Second, "", "docker", "exec", ctrPeerName, "netstat", "-ltn")
+		return err == nil && strings.Contains(out, fmt.Sprintf(":%d ", port)), out
+	})
+	lan := d.startPipe(t, "docker", "exec", "-i", "lan-host", "nc", ctrPeerIP.String(), strconv.Itoa(port))
+	lan.send(t, "LAN before the restart")
+	wan.expect(t, "LAN before the restart", 10*time.Second)
+	wan.send(t, "WAN before the restart")
+	lan.expect(t, "WAN before the restart", 10*time.Second)
+
+	// The held PPTP call.
+	id := fmt.Sprintf("%#04x", callID)
+	call := d.startPipe(t, "docker", "exec", "lan-host", "labpeer", "pptp-hold", ctrPeerIP.String(), id)
+	waiting := call.expect(t, "waiting for the server's GRE", 30*time.Second)
+	m := regexp.MustCompile(`server call (0x[0-9a-f]+)`).FindStringSubmatch(waiting)
+	if m == nil {
+		t.Fatalf("pptp-hold names no server call: %q", waiting)
+	}
+	serverCall := m[1]
+
+	// The running download.
+	type download struct {
+		out  string
+		err  error
+		took time.Duration
+	}
+	dl := make(chan download, 1)
+	gap := os.Getenv("VPNMASQ_TEST_STATE_GAP") != ""
+	if gap {
+		go func() {
+			file := fmt.Sprintf("/tmp/paced-%d", port)
+			t0 := time.Now()
+			// timeout rather than wget -T, which crashes Debian's busybox
+			// 1.35 (exit 139).
+			out, err := d.run(time.Minute, "", "docker", "exec", "lan-host", "sh", "-c", fmt.Sprintf(
+				`timeout 30 wget -qO %[1]s "http://%[2]s/blob?bytes=%[3]d&over=%[4]v"; echo "wget exit $?"; wc -c <%[1]s; sha256sum <%[1]s; rm -f %[1]s`,
+				file, ctrPeerIP, ctrPacedSize, ctrPacedOver))
+			dl <- download{out, err, time.Since(t0)}
+		}()
+		time.Sleep(time.Second)
+	}
+
+	// The restart.
+	oldNetNS := ctrRouterNetNS(t, d)
+	oldMAC := d.mustRun(t, 30*time.Second, "", "docker", "inspect", "--format",
+		`{{range $n, $e := .NetworkSettings.Networks}}{{$n}}={{$e.MacAddress}} {{end}}`, ctrRouterName)
+	t0 := time.Now()
+	var how []string
+	for _, argv := range cmds {
+		d.mustRun(t, 30*time.Second, "", argv...)
+		how = append(how, ctrShellLine(argv))
+	}
+	took := time.Since(t0)
+	ready := d.waitRouterLogNth(t, "router ready", runs+1, 30*time.Second)
+	back := time.Since(t0)
+	restored := d.routerLogLines(t, "nat state restored")
+	if len(restored) != runs {
+		t.Fatalf("%d \"nat state restored\" in the router's log after %d restarts; log:\n%s", len(restored), runs, d.logs(ctrRouterName))
+	}
+	t.Logf("%s took %v, router ready %v after it began (startup_ms %v): %s",
+		strings.Join(how, " && "), took.Round(time.Millisecond), back.Round(time.Millisecond), ready.Fields["startup_ms"], restored[runs-1].Raw)
+
+	// Docker gives the restarted container a new network namespace (with
+	// the same addresses; Docker 20.10 derives the MAC addresses from them,
+	// so those stay too): the test's name for it follows.
+	newNetNS := ctrRouterNetNS(t, d)
+	newMAC := d.mustRun(t, 30*time.Second, "", "docker", "inspect", "--format",
+		`{{range $n, $e := .NetworkSettings.Networks}}{{$n}}={{$e.MacAddress}} {{end}}`, ctrRouterName)
+	t.Logf("router's network namespace %s before, %s after; MAC addresses %s before, %s after",
+		oldNetNS.id, newNetNS.id, strings.TrimSpace(oldMAC), strings.TrimSpace(newMAC))
+	if out, err := exec.Command("ip", "netns", "delete", netnsName).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns delete %s: %v: %s", netnsName, err, out)
+	}
+	if out, err := exec.Command("ip", "netns", "attach", netnsName, newNetNS.pid).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns attach %s %s: %v: %s", netnsName, newNetNS.pid, err, out)
+	}
+	left := vpnmasqLeftovers(t, &lab.NS{Name: netnsName})
+	for _, kind := range []string{"link: ", "rule: ", "route: ", "nft: "} {
+		if !slices.ContainsFunc(left, func(l string) bool { return strings.HasPrefix(l, kind) }) {
+			t.Errorf("no %s of vpnmasq in the restarted router's namespace; found %q", strings.TrimSuffix(kind, ": "), left)
+		}
+	}
+
+	t.Run("the held TCP connection: the WAN side's data reaches the LAN host, then the LAN host's the WAN side", func(t *testing.T) {
+		wan.send(t, "WAN first after the restart")
+		lan.expect(t, "WAN first after the restart", 20*time.Second)
+		lan.send(t, "LAN after the restart")
+		wan.expect(t, "LAN after the restart", 20*time.Second)
+		// The LAN host closes; the WAN side sees the end and closes too.
+		lan.closeInput(t)
+		wan.wait(t, 10*time.Second)
+		lan.wait(t, 10*time.Second)
+	})
+
+	t.Run("the held PPTP call: the WAN peer's GRE reaches the LAN host, then GRE both ways and the call is cleared", func(t *testing.T) {
+		// GRE is a datagram: the signal is repeated until one arrives.
+		for try := 1; ; try++ {
+			d.mustRun(t, 30*time.Second, "", "docker", "kill", "--signal", "USR1", ctrPeerName)
+			if _, ok := call.next("the server's GRE", 2*time.Second); ok {
+				break
+			}
+			if try == 5 {
+				t.Fatalf("the WAN peer's GRE did not reach the held call after %d tries; WAN peer's log:\n%s", try, d.logs(ctrPeerName))
+			}
+		}
+		call.expect(t, "call cleared, control connection stopped", 30*time.Second)
+		call.wait(t, 10*time.Second)
+		re := regexp.MustCompile(`pptp call ` + serverCall + ` cleared: client call 0x[0-9a-f]+ from ` + regexp.QuoteMeta(ctrRouterWAN.String()) +
+			`:\d+, GRE from ` + regexp.QuoteMeta(ctrRouterWAN.String()) + `: 6 in, 6 echoed, [1-5] sent first`)
+		if log := d.logs(ctrPeerName); !re.MatchString(log) {
+			t.Errorf("the WAN peer's log shows no call %s cleared with 6 GRE packets each way and GRE sent first:\n%s", serverCall, log)
+		}
+	})
+
+	t.Run("the download running across the restart completes with the right SHA-256", func(t *testing.T) {
+		if !gap {
+			t.Skip("known limitation (see the README's NAT state section): set VPNMASQ_TEST_STATE_GAP=1 to run")
+		}
+		var r download
+		select {
+		case r = <-dl:
+		case <-time.After(time.Minute):
+			t.Fatal("the download did not end within a minute")
+		}
+		want := lab.BlobSHA256(ctrPacedSize)
+		f := strings.Fields(r.out)
+		if r.err != nil || len(f) < 5 || f[2] != "0" || f[3] != strconv.Itoa(ctrPacedSize) || f[4] != hex.EncodeToString(want[:]) {
+			t.Errorf("download of %d bytes across the restart: %q (%v); want wget exit 0, %d bytes, SHA-256 %x; WAN peer's log:\n%s",
+				ctrPacedSize, r.out, r.err, ctrPacedSize, want, d.logs(ctrPeerName))
+		}
+		t.Logf("%d bytes paced over %v downloaded across the restart in %v", ctrPacedSize, ctrPacedOver, r.took.Round(time.Millisecond))
+	})
+}
+
+// ctrNetNS is the router process and its network namespace.
+type ctrNetNS struct{ pid, id string }
+
+// ctrRouterNetNS returns the router container's process and its network
+// namespace ("net:[inode]").
+func ctrRouterNetNS(t *testing.T, d *ctrDaemon) ctrNetNS {
+	t.Helper()
+	pid := strings.TrimSpace(d.mustRun(t, time.Minute, "", "docker", "inspect", "--format", "{{.State.Pid}}", ctrRouterName))
+	id, err := os.Readlink(filepath.Join("/proc", pid, "ns", "net"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctrNetNS{pid, id}
+}
+
+// ctrPipe is a command in a container (`docker exec`) whose standard
+// input the test writes and whose standard output it reads line by line.
+type ctrPipe struct {
+	line   string // the command line, for messages
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  chan string // closed at the end of standard output
+	stderr *syncBuffer
+	done   chan struct{} // closed when the command ended; then err is set
+	err    error
+}
+
+// startPipe starts the command; it is ended (the docker CLI killed) when
+// the test ends, if it has not by then.
+func (d *ctrDaemon) startPipe(t *testing.T, argv ...string) *ctrPipe {
+	t.Helper()
+	t.Logf("$ %s", ctrShellLine(argv))
+	p := &ctrPipe{line: ctrShellLine(argv), lines: make(chan string, 64), stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(d.cli, argv[1:]...)
+	p.cmd.Env = d.env
+	p.cmd.Dir = d.work
+	p.cmd.Stderr = p.stderr
+	var err error
+	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("%s: %v", p.line, err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = p.cmd.Process.Kill()
+			for range p.lines {
+			}
+			<-p.done
+		}
+	})
+	return p
+}
+
+// send writes one line to the command's standard input.
+func (p *ctrPipe) send(t *testing.T, line string) {
+	t.Helper()
+	if _, err := io.WriteString(p.stdin, line+"\n"); err != nil {
+		t.Fatalf("%s: writing %q: %v", p.line, line, err)
+	}
+}
+
+// next reads lines until one contains want, for at most timeout; false if
+// none did (the lines read are gone).
+func (p *ctrPipe) next(want string, timeout time.Duration) (string, bool) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				return "", false
+			}
+			if strings.Contains(l, want) {
+				return l, true
+			}
+		case <-timer.C:
+			return "", false
+		}
+	}
+}
+
+// expect is next that fails the test, saying whether the command ended.
+func (p *ctrPipe) expect(t *testing.T, want string, timeout time.Duration) string {
+	t.Helper()
+	l, ok := p.next(want, timeout)
+	if ok {
+		return l
+	}
+	select {
+	case <-p.done:
+		t.Fatalf("%s ended (%v; stderr %q) without printing %q", p.line, p.err, p.stderr, want)
+	default:
+		t.Fatalf("%s printed no %q within %v; stderr %q", p.line, want, timeout, p.stderr)
+	}
+	return ""
+}
+
+// closeInput closes the command's standard input.
+func (p *ctrPipe) closeInput(t *testing.T) {
+	t.Helper()
+	if err := p.stdin.Close(); err != nil {
+		t.Fatalf("%s: closing its input: %v", p.line, err)
+	}
+}
+
+// wait waits for the command to end with exit status 0.
+func (p *ctrPipe) wait(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	go func() {
+		for range p.lines { // unread output must not hold the command up
+		}
+	}()
+	select {
+	case <-p.done:
+		if p.err != nil {
+			t.Errorf("%s: %v; stderr %q", p.line, p.err, p.stderr)
+		}
+	case <-time.After(timeout):
+		t.Errorf("%s still running %v after the test expected its end", p.line, timeout)
+	}
 }
 
 // ctrStatusJSON is the part of `vpnmasq status --json` the test checks.
@@ -787,10 +1116,17 @@ func (d *ctrDaemon) routerLogLines(t *testing.T, message string) []logLine {
 // test when the container exits or the timeout passes first.
 func (d *ctrDaemon) waitRouterLog(t *testing.T, message string, timeout time.Duration) logLine {
 	t.Helper()
+	return d.waitRouterLogNth(t, message, 1, timeout)
+}
+
+// waitRouterLogNth is waitRouterLog for the nth line with the message: the
+// log of a restarted container holds those of its earlier runs.
+func (d *ctrDaemon) waitRouterLogNth(t *testing.T, message string, n int, timeout time.Duration) logLine {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		if lines := d.routerLogLines(t, message); len(lines) > 0 {
-			return lines[0]
+		if lines := d.routerLogLines(t, message); len(lines) >= n {
+			return lines[n-1]
 		}
 		state, _ := d.run(10*time.Second, "", "docker", "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", ctrRouterName)
 		if !strings.HasPrefix(state, "running") {

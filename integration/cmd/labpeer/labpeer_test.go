@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -170,6 +171,24 @@ func TestServersAndClientsOverLoopback(t *testing.T) {
 		if !strings.Contains(log.String(), fmt.Sprintf("%d bytes sent", size)) {
 			t.Errorf("http-server log lacks the blob: %s", log)
 		}
+		t0 := time.Now()
+		if got := sha256.Sum256(get(fmt.Sprintf("/blob?bytes=%d&over=500ms", size))); got != lab.BlobSHA256(size) {
+			t.Errorf("GET /blob&over=500ms: SHA-256 differs from lab.BlobSHA256(%d)", size)
+		}
+		// Five 64 KiB chunks: the last one is due at 4/5 of 500 ms.
+		if took := time.Since(t0); took < 400*time.Millisecond || took > 5*time.Second {
+			t.Errorf("GET /blob&over=500ms took %v, want about 400 ms", took)
+		}
+		for _, q := range []string{"over=soon", "over=-1s", "over=11m"} {
+			resp, err := client.Get("http://" + addr + "/blob?bytes=1&" + q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("GET /blob?bytes=1&%s: status %d, want 400", q, resp.StatusCode)
+			}
+		}
 	})
 	t.Run("pptp-client makes a call with GRE both ways and clears it; the server logs the call", func(t *testing.T) {
 		// 127.0.0.2: the PPTP port is fixed, and loopback's 127.0.0.1 is
@@ -197,6 +216,59 @@ func TestServersAndClientsOverLoopback(t *testing.T) {
 			if !regexp.MustCompile(re).MatchString(log.String()) {
 				t.Errorf("server log lacks %s:\n%s", re, log)
 			}
+		}
+	})
+	t.Run("pptp-hold holds its call until the server sends GRE unasked on SIGUSR1", func(t *testing.T) {
+		// 127.0.0.4: a server of its own, with no call of the test above.
+		_, log := startServer(t, "pptp-server", "127.0.0.4")
+		stdout, stderr := &syncBuffer{}, &syncBuffer{}
+		done := make(chan int, 1)
+		go func() {
+			done <- run(context.Background(), []string{"pptp-hold", "127.0.0.4", "0x4343"}, stdout, stderr)
+		}()
+		waitOutput := func(what string, buf *syncBuffer, want string) {
+			t.Helper()
+			deadline := time.Now().Add(5 * time.Second)
+			for !strings.Contains(buf.String(), want) {
+				select {
+				case code := <-done:
+					t.Fatalf("pptp-hold exited %d before %s: %s%s", code, what, stdout, stderr)
+				case <-time.After(10 * time.Millisecond):
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no %s within 5s: %s", what, buf)
+				}
+			}
+		}
+		waitOutput("waiting line", stdout, "waiting for the server's GRE")
+		time.Sleep(300 * time.Millisecond)
+		if strings.Contains(log.String(), "cleared") {
+			t.Fatalf("pptp-hold cleared its call before the server's GRE:\n%s", log)
+		}
+		if err := syscall.Kill(os.Getpid(), syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Fatalf("pptp-hold exited %d: %s\nserver log:\n%s", code, stderr, log)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("pptp-hold still running 10s after SIGUSR1: %s\nserver log:\n%s", stdout, log)
+		}
+		for _, want := range []string{
+			`pptp-hold: call 0x4343: the server's GRE "labpeer server gre 1" received`,
+			"pptp-hold: call 0x4343 to 127.0.0.4 (server call 0x5000): 3 GRE packets each way echoed, " +
+				"the server's GRE received first, 3 more each way echoed, call cleared, control connection stopped",
+		} {
+			if !strings.Contains(stdout.String(), want) {
+				t.Errorf("pptp-hold printed %q, want %q", stdout, want)
+			}
+		}
+		waitOutput("cleared call in the server's log", log, "cleared")
+		re := `pptp call 0x5000 cleared: client call 0x4343 from 127\.0\.0\.1:\d+, GRE from 127\.0\.0\.1: 6 in, 6 echoed, 1 sent first`
+		if !regexp.MustCompile(re).MatchString(log.String()) {
+			t.Errorf("server log lacks %s:\n%s", re, log)
 		}
 	})
 	t.Run("pptp-client fails with the reason when no server answers", func(t *testing.T) {

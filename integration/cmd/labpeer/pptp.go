@@ -7,8 +7,12 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vpnmasq/vpnmasq/integration/pptppeer"
@@ -26,6 +30,11 @@ const (
 	greTries = 3
 	// firstServerCallID is the server's first own Call ID.
 	firstServerCallID = 0x5000
+	// holdTimeout bounds how long pptp-hold waits for the server's GRE.
+	holdTimeout = 2 * time.Minute
+	// serverFirstPrefix starts the payload of the GRE packets the server
+	// sends unasked, on SIGUSR1.
+	serverFirstPrefix = "labpeer server gre "
 )
 
 // parseCallID reads a Call ID in decimal or 0x hex; 0 means "none" in
@@ -114,7 +123,14 @@ func result(m pptppeer.Message) error {
 // Connection, Outgoing-Call with Call ID callID, greCount GRE packets each
 // echoed by the server on the client's Call ID, Call-Clear-Request answered
 // by Call-Disconnect-Notify, Stop-Control-Connection, close.
-func pptpClient(server string, callID uint16, w io.Writer) error {
+//
+// With hold (pptp-hold), the call stays up after the first greCount
+// packets: the client prints a line saying it waits, and sends nothing
+// until a GRE packet that the server sent unasked (serverFirstPrefix)
+// arrives on the call, for at most holdTimeout; then greCount more packets
+// each way, and the call is cleared as above. Across a NAT restart this is
+// the server speaking first on the call.
+func pptpClient(server string, callID uint16, hold bool, w io.Writer) error {
 	srv, err := netip.ParseAddr(server)
 	if err != nil || !srv.Is4() {
 		return fmt.Errorf("server %q: want an IPv4 address", server)
@@ -159,27 +175,53 @@ func pptpClient(server string, callID uint16, w io.Writer) error {
 	serverID, _ := m.CallID()
 
 	var seq, lastRcvd uint32
-	for i := 1; i <= greCount; i++ {
-		payload := fmt.Sprintf("labpeer gre %d", i)
-		var echo pptppeer.GREPacket
-		for try := 1; ; try++ {
-			seq++
-			b, err := pptppeer.MarshalGRE(serverID, seq, lastRcvd, []byte(payload))
-			if err != nil {
-				return err
+	// exchange sends the packets numbered from..to, each until its echo
+	// arrives.
+	exchange := func(from, to int) error {
+		for i := from; i <= to; i++ {
+			payload := fmt.Sprintf("labpeer gre %d", i)
+			echo := pptppeer.EchoPrefix + payload
+			var p pptppeer.GREPacket
+			for try := 1; ; try++ {
+				seq++
+				b, err := pptppeer.MarshalGRE(serverID, seq, lastRcvd, []byte(payload))
+				if err != nil {
+					return err
+				}
+				if _, err := gre.WriteToIP(b, &net.IPAddr{IP: srv.AsSlice()}); err != nil {
+					return fmt.Errorf("sending GRE to %s: %w", srv, err)
+				}
+				p, err = receiveGRE(gre, srv, callID, fmt.Sprintf("echo %q", echo),
+					func(b []byte) bool { return string(b) == echo }, time.Now().Add(pptpTimeout/greTries))
+				if err == nil {
+					break
+				}
+				if try == greTries {
+					return fmt.Errorf("GRE packet %d of call %#04x (server call %#04x): %w", i, callID, serverID, err)
+				}
 			}
-			if _, err := gre.WriteToIP(b, &net.IPAddr{IP: srv.AsSlice()}); err != nil {
-				return fmt.Errorf("sending GRE to %s: %w", srv, err)
-			}
-			echo, err = receiveGRE(gre, srv, callID, pptppeer.EchoPrefix+payload, time.Now().Add(pptpTimeout/greTries))
-			if err == nil {
-				break
-			}
-			if try == greTries {
-				return fmt.Errorf("GRE packet %d of call %#04x (server call %#04x): %w", i, callID, serverID, err)
-			}
+			lastRcvd = p.Seq
 		}
-		lastRcvd = echo.Seq
+		return nil
+	}
+	if err := exchange(1, greCount); err != nil {
+		return err
+	}
+	held := ""
+	if hold {
+		fmt.Fprintf(w, "pptp-hold: call %#04x to %s (server call %#04x) up, %d GRE packets each way echoed; waiting for the server's GRE\n",
+			callID, srv, serverID, greCount)
+		p, err := receiveGRE(gre, srv, callID, "GRE sent first by the server",
+			func(b []byte) bool { return strings.HasPrefix(string(b), serverFirstPrefix) }, time.Now().Add(holdTimeout))
+		if err != nil {
+			return fmt.Errorf("call %#04x (server call %#04x): %w", callID, serverID, err)
+		}
+		lastRcvd = p.Seq
+		fmt.Fprintf(w, "pptp-hold: call %#04x: the server's GRE %q received\n", callID, p.Payload)
+		if err := exchange(greCount+1, 2*greCount); err != nil {
+			return err
+		}
+		held = fmt.Sprintf(", the server's GRE received first, %d more each way echoed", greCount)
 	}
 
 	if err := cc.send(pptppeer.NewCCRQ(callID)); err != nil {
@@ -203,14 +245,19 @@ func pptpClient(server string, callID uint16, w io.Writer) error {
 	if err := result(m); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "pptp-client: call %#04x to %s (server call %#04x): %d GRE packets each way echoed, call cleared, control connection stopped\n",
-		callID, srv, serverID, greCount)
+	name := "pptp-client"
+	if hold {
+		name = "pptp-hold"
+	}
+	fmt.Fprintf(w, "%s: call %#04x to %s (server call %#04x): %d GRE packets each way echoed%s, call cleared, control connection stopped\n",
+		name, callID, srv, serverID, greCount, held)
 	return nil
 }
 
 // receiveGRE waits until deadline for a GRE packet from server, keyed with
-// callID, carrying payload; other GRE is skipped and named in the error.
-func receiveGRE(gre *net.IPConn, server netip.Addr, callID uint16, payload string, deadline time.Time) (pptppeer.GREPacket, error) {
+// callID, whose payload match accepts (what names it in the error); other
+// GRE is skipped and named in the error.
+func receiveGRE(gre *net.IPConn, server netip.Addr, callID uint16, what string, match func([]byte) bool, deadline time.Time) (pptppeer.GREPacket, error) {
 	if err := gre.SetReadDeadline(deadline); err != nil {
 		return pptppeer.GREPacket{}, err
 	}
@@ -219,7 +266,7 @@ func receiveGRE(gre *net.IPConn, server netip.Addr, callID uint16, payload strin
 	for {
 		n, from, err := gre.ReadFromIP(buf)
 		if err != nil {
-			return pptppeer.GREPacket{}, fmt.Errorf("no echo %q: %w; skipped %v", payload, err, skipped)
+			return pptppeer.GREPacket{}, fmt.Errorf("no %s: %w; skipped %v", what, err, skipped)
 		}
 		src, _ := netip.AddrFromSlice(from.IP)
 		p, err := pptppeer.ParseGRE(buf[:n])
@@ -227,7 +274,7 @@ func receiveGRE(gre *net.IPConn, server netip.Addr, callID uint16, payload strin
 		switch {
 		case err != nil:
 			skipped = append(skipped, fmt.Sprintf("from %s: %v", p.From, err))
-		case p.From != server || p.CallID != callID || string(p.Payload) != payload:
+		case p.From != server || p.CallID != callID || !match(p.Payload):
 			skipped = append(skipped, p.String())
 		default:
 			return p, nil
@@ -255,11 +302,13 @@ type srvCall struct {
 	greFrom  netip.Addr
 	seq      uint32 // last GRE sequence number sent
 	in, out  int
+	first    int // GRE packets sent unasked (SIGUSR1)
 	cleared  bool
 }
 
 // pptpServer serves control connections on addr:1723 and GRE on addr until
-// ctx ends.
+// ctx ends. On SIGUSR1 it sends one GRE packet unasked on every active call
+// (sendFirst).
 func pptpServer(ctx context.Context, addr string, w io.Writer) error {
 	a, err := netip.ParseAddr(addr)
 	if err != nil || !a.Is4() {
@@ -296,6 +345,23 @@ func pptpServer(ctx context.Context, addr string, w io.Writer) error {
 	}
 	stop := context.AfterFunc(ctx, shutdown)
 	defer stop()
+	// Registered before the "listening" line: a SIGUSR1 after it never
+	// takes the default action (ending the process).
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	usr1Done := make(chan struct{})
+	defer close(usr1Done)
+	go func() {
+		for {
+			select {
+			case <-usr1:
+				s.sendFirst()
+			case <-usr1Done:
+				return
+			}
+		}
+	}()
 	s.out.printf("pptp-server listening on %s:%d", a, pptppeer.Port)
 	for {
 		c, err := l.AcceptTCP()
@@ -379,6 +445,9 @@ func (s *pptpSrv) serveConn(c *net.TCPConn) {
 				call.cleared = true
 				line = fmt.Sprintf("pptp call %#04x cleared: client call %#04x from %s, GRE from %s: %d in, %d echoed",
 					call.id, call.peer, remote, call.greFrom, call.in, call.out)
+				if call.first > 0 {
+					line += fmt.Sprintf(", %d sent first", call.first)
+				}
 			}
 			s.mu.Unlock()
 			if call == nil {
@@ -405,6 +474,42 @@ func (s *pptpSrv) allocLocked() uint16 {
 		s.nextID = 1
 	}
 	return id
+}
+
+// sendFirst sends one GRE packet unasked on every active call whose GRE
+// has arrived (which gives the client's address): keyed with the client's
+// Call ID, payload serverFirstPrefix and a count, acknowledging nothing.
+// A pptp-hold client waits for it.
+func (s *pptpSrv) sendFirst() {
+	type packet struct {
+		id uint16
+		to netip.Addr
+		b  []byte
+	}
+	var packets []packet
+	s.mu.Lock()
+	for _, call := range s.calls {
+		if call.cleared || !call.greFrom.IsValid() {
+			continue
+		}
+		call.seq++
+		call.first++
+		b, err := pptppeer.MarshalGRE(call.peer, call.seq, 0, fmt.Appendf(nil, "%s%d", serverFirstPrefix, call.first))
+		if err == nil {
+			packets = append(packets, packet{call.id, call.greFrom, b})
+		}
+	}
+	s.mu.Unlock()
+	if len(packets) == 0 {
+		s.out.printf("pptp SIGUSR1: no active call with GRE to send on")
+	}
+	for _, p := range packets {
+		if _, err := s.gre.WriteToIP(p.b, &net.IPAddr{IP: p.to.AsSlice()}); err != nil {
+			s.out.printf("pptp call %#04x: GRE to %s sent first: %v", p.id, p.to, err)
+			continue
+		}
+		s.out.printf("pptp call %#04x: GRE sent first to %s", p.id, p.to)
+	}
 }
 
 // serveGRE echoes every GRE packet with a payload on an active call: back

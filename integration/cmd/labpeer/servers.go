@@ -27,10 +27,18 @@ func (p *printer) printf(format string, args ...any) {
 	fmt.Fprintf(p.w, format+"\n", args...)
 }
 
+// maxOver bounds the pacing of a blob, so that a typo cannot hold a
+// connection open for hours.
+const maxOver = 10 * time.Minute
+
 // httpServer serves until ctx ends:
 //
 //	GET /              the client's address as this server sees it ("ip:port")
 //	GET /blob?bytes=N  N bytes of lab.Blob, whose SHA-256 the test knows
+//	GET /blob?bytes=N&over=D
+//	                   the same bytes spread evenly over the duration D (Go
+//	                   syntax, e.g. 4s; at most maxOver), so that the
+//	                   download is in flight that long
 func httpServer(ctx context.Context, addr string, w io.Writer) error {
 	out := &printer{w: w}
 	l, err := net.Listen("tcp4", addr)
@@ -49,9 +57,17 @@ func httpServer(ctx context.Context, addr string, w io.Writer) error {
 			out.printf("http GET %s from %s: bad request", r.URL, r.RemoteAddr)
 			return
 		}
+		var over time.Duration
+		if v := r.URL.Query().Get("over"); v != "" {
+			if over, err = time.ParseDuration(v); err != nil || over < 0 || over > maxOver {
+				http.Error(rw, fmt.Sprintf("over must be a duration in 0..%v", maxOver), http.StatusBadRequest)
+				out.printf("http GET %s from %s: bad request", r.URL, r.RemoteAddr)
+				return
+			}
+		}
 		rw.Header().Set("Content-Type", "application/octet-stream")
 		rw.Header().Set("Content-Length", strconv.FormatInt(n, 10))
-		sent, err := io.Copy(rw, lab.Blob(n))
+		sent, err := pacedCopy(rw, lab.Blob(n), n, over)
 		if err != nil {
 			out.printf("http GET /blob from %s: %d of %d bytes sent: %v", r.RemoteAddr, sent, n, err)
 			return
@@ -70,6 +86,33 @@ func httpServer(ctx context.Context, addr string, w io.Writer) error {
 		<-done
 		return nil
 	}
+}
+
+// pacedCopy copies n bytes from src to w in 64 KiB chunks, chunk i of k
+// written no earlier than over*i/k after the start, so that the stream
+// takes at least over. After a stall (a full window, a retransmission) it
+// catches up with the schedule, never gets ahead of it.
+func pacedCopy(w http.ResponseWriter, src io.Reader, n int64, over time.Duration) (int64, error) {
+	if over == 0 {
+		return io.Copy(w, src)
+	}
+	const chunk = 64 << 10
+	flusher, _ := w.(http.Flusher)
+	k := max(1, (n+chunk-1)/chunk)
+	start := time.Now()
+	var sent int64
+	for i := int64(0); sent < n; i++ {
+		time.Sleep(time.Until(start.Add(time.Duration(int64(over) * i / k))))
+		m, err := io.CopyN(w, src, min(chunk, n-sent))
+		sent += m
+		if err != nil {
+			return sent, err
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	return sent, nil
 }
 
 // udpEcho sends every datagram back to its sender until ctx ends.
