@@ -20,8 +20,9 @@
 // 5780's hairpinning test sends from a socket the target never sent to).
 // In every other way it is held to what a WAN packet is: it creates no
 // mapping, reaches TCP only through forwards and existing connections,
-// opens flows on the unreplied timer within the target's share, and never
-// refreshes the target's mapping.
+// opens flows on the unreplied timer within the target's share, never
+// refreshes the target's mapping, and each flow it opens takes a token of
+// its sender's new-flow rate.
 //
 // The state is hardened against an off-path attacker on the WAN, who can
 // forge any source address but cannot see the traffic, and against a LAN
@@ -236,7 +237,8 @@ func (e *Engine) now() int64 { return int64(e.clock.Now().Sub(e.base)) }
 // REQ-9), and delivered to the LAN from the sender's external endpoint.
 // On the way in it is filtered as from a LAN host, not from the WAN (see
 // the package comment): a UDP mapping admits it as endpoint-independent
-// filtering would, whatever udp_filtering says.
+// filtering would, whatever udp_filtering says, and a flow it opens takes a
+// token of its sender's new-flow rate.
 func (e *Engine) Outbound(p *Packet) Result {
 	e.mu.Lock()
 	defer e.mu.Unlock()

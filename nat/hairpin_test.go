@@ -127,3 +127,82 @@ func TestHairpinnedUDPReachesMappingsAsEndpointIndependentFilteringWould(t *test
 		})
 	}
 }
+
+func TestHairpinnedFlowsAreHeldToTheLimits(t *testing.T) {
+	tests := []struct {
+		name   string
+		limits Limits
+		run    func(t *testing.T, l *lab)
+	}{
+		{"each flow a hairpinned datagram opens takes a token of its sender's new-flow rate", Limits{HostFlowRate: 1, HostFlowBurst: 2},
+			func(t *testing.T, l *lab) {
+				ext := stunMapped(l, 6000)
+				// Out through lanA's new mapping, in through lanB's: two flows.
+				l.mustOut(udpPkt(ap(lanA, 5000), ap(wanAddr, ext), "one"), VerdictToLAN)
+				r, _ := l.out(udpPkt(ap(lanA, 5001), ap(wanAddr, ext), "two"))
+				wantDrop(t, r, DropRateLimited)
+			}},
+		{"control: a host's new flows within its rate pass", Limits{HostFlowRate: 1, HostFlowBurst: 4},
+			func(t *testing.T, l *lab) {
+				ext := stunMapped(l, 6000)
+				l.mustOut(udpPkt(ap(lanA, 5000), ap(wanAddr, ext), "one"), VerdictToLAN)
+				l.mustOut(udpPkt(ap(lanA, 5001), ap(wanAddr, ext), "two"), VerdictToLAN)
+			}},
+		{"a flow that timed out is opened again only with a new token", Limits{HostFlowRate: 1, HostFlowBurst: 2},
+			func(t *testing.T, l *lab) {
+				ext := stunMapped(l, 6000)
+				l.mustOut(udpPkt(ap(lanA, 5000), ap(wanAddr, ext), "one"), VerdictToLAN)
+				l.clock.Advance(DefaultUnrepliedTimeout + time.Second) // the bucket refills: 2 tokens
+				l.e.Expire()
+				// lanA's outbound flow lives on; the hairpinned one expired.
+				l.mustOut(udpPkt(ap(lanA, 5001), ap(remote2, 53), "spend"), VerdictToWAN)
+				l.mustOut(udpPkt(ap(lanA, 5002), ap(remote2, 53), "spend"), VerdictToWAN)
+				r, _ := l.out(udpPkt(ap(lanA, 5000), ap(wanAddr, ext), "again"))
+				wantDrop(t, r, DropRateLimited)
+			}},
+		{"the hairpinned flow counts against the target's max_flows_per_host", Limits{MaxFlowsPerHost: 1},
+			func(t *testing.T, l *lab) {
+				ext := stunMapped(l, 6000) // lanB's one flow, answered: not evictable
+				r, _ := l.out(udpPkt(ap(lanA, 5000), ap(wanAddr, ext), "one too many"))
+				wantDrop(t, r, DropHostQuota)
+				if r.Unreachable {
+					t.Error("the sender is told with ICMP about a packet already translated")
+				}
+			}},
+		{"a WAN packet forged with the WAN address as its source is held to a WAN source's rate", Limits{ForwardFlowRate: 10, ForwardFlowBurst: 20},
+			func(t *testing.T, l *lab) {
+				passed := 0
+				for i := range 100 {
+					if r, _ := l.in(udpPkt(ap(wanAddr, 1024+uint16(i)), ap(wanAddr, 5353), "forged")); r.Verdict == VerdictToLAN {
+						passed++
+					}
+				}
+				if passed != 20 {
+					t.Errorf("%d forged flows passed, want the burst of 20: only the engine's own hairpinning is exempt", passed)
+				}
+			}},
+		{"a hairpinned flow lives on the unreplied timer until the target answers", Limits{},
+			func(t *testing.T, l *lab) {
+				ext := stunMapped(l, 6000)
+				l.mustOut(udpPkt(ap(lanA, 5000), ap(wanAddr, ext), "hello"), VerdictToLAN)
+				before := l.e.Stats().Flows
+				l.advance(DefaultUnrepliedTimeout + time.Second)
+				if n := l.e.Stats().Flows; n != before-1 {
+					t.Errorf("%d flows after the unreplied timeout, want %d (the hairpinned one gone)", n, before-1)
+				}
+			}},
+	}
+	for _, mode := range filteringModes {
+		t.Run("udp_filtering="+mode.name, func(t *testing.T) {
+			for _, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) {
+					tc.run(t, newLab(t, Config{
+						UDPFiltering: mode.f,
+						Limits:       tc.limits,
+						Forwards:     []Forward{{Proto: ProtoUDP, Ports: PortRange{First: 5353, Last: 5353}, To: lanA}},
+					}))
+				})
+			}
+		})
+	}
+}

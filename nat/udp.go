@@ -8,9 +8,10 @@ package nat
 // address cannot keep a silent host's mapping alive.
 //
 // A flow the outside opens (a port forward, or a new remote endpoint that
-// filtering admits) counts against the source's new-flow rate and lives on
-// the unreplied timer until the inside sends on it; then it is assured and
-// gets the full timer.
+// filtering admits) counts against the source's new-flow rate (for a
+// hairpinned packet, its sending LAN host's) and lives on the unreplied
+// timer until the inside sends on it; then it is assured and gets the full
+// timer.
 type udpHandler struct{ e *Engine }
 
 func (h *udpHandler) Outbound(p *Packet, now int64) Result {
