@@ -11,6 +11,19 @@
 // errors translated in both directions including their embedded headers
 // (RFC 5508), only when they quote a live flow.
 //
+// Hairpinning (RFC 4787 REQ-9): a LAN host's packet to the WAN address goes
+// out through the sender's mapping and straight back in through the
+// target's, arriving from the sender's external endpoint. On the way in it
+// is a LAN host's packet, not the WAN's, and the LAN host could reach the
+// target directly anyway; so a live UDP mapping admits it as
+// endpoint-independent filtering would, whatever udp_filtering says (RFC
+// 5780's hairpinning test sends from a socket the target never sent to).
+// In every other way it is held to what a WAN packet is: it creates no
+// mapping, reaches TCP only through forwards and existing connections,
+// opens flows on the unreplied timer within the target's share, never
+// refreshes the target's mapping, and each flow it opens takes a token of
+// its sender's new-flow rate.
+//
 // The state is hardened against an off-path attacker on the WAN, who can
 // forge any source address but cannot see the traffic, and against a LAN
 // host that misbehaves: TCP is followed by sequence window in each
@@ -145,6 +158,12 @@ type Engine struct {
 	wanWord wanAddrWord
 	// WANChanges counts the WAN address changes followed (wanaddr.go).
 	WANChanges WANChangeCounters
+	// hairpinning is set while Outbound takes a hairpinned packet back
+	// in; hairpinFrom is the LAN host that sent it. Only the engine sets
+	// them, so a packet from the WAN never passes for a hairpinned one,
+	// whatever its source address.
+	hairpinning bool
+	hairpinFrom [4]byte
 }
 
 // New builds an engine with the TCP, UDP and ICMP handlers and the static
@@ -215,14 +234,21 @@ func (e *Engine) now() int64 { return int64(e.clock.Now().Sub(e.base)) }
 
 // Outbound masquerades a packet from a LAN host. A packet to the WAN address
 // itself is hairpinned: translated out and straight back in (RFC 4787
-// REQ-9), and delivered to the LAN.
+// REQ-9), and delivered to the LAN from the sender's external endpoint.
+// On the way in it is filtered as from a LAN host, not from the WAN (see
+// the package comment): a UDP mapping admits it as endpoint-independent
+// filtering would, whatever udp_filtering says, and a flow it opens takes a
+// token of its sender's new-flow rate.
 func (e *Engine) Outbound(p *Packet) Result {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.now()
+	src := p.Src
 	r := e.outbound(p, now)
 	if r.Verdict == VerdictToWAN && p.Dst == e.wan {
+		e.hairpinning, e.hairpinFrom = true, src
 		r = e.inbound(p, now)
+		e.hairpinning = false
 		if r.Verdict == VerdictHost {
 			r = drop(DropLANtoWANAddr)
 		}

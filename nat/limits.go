@@ -45,12 +45,14 @@ type Limits struct {
 	// Default 256 (the table holds 4096).
 	MaxFragmentsPerHost int
 	// HostFlowRate is how many new flows per second a LAN host may open,
-	// with bursts of HostFlowBurst. Defaults 1000 and 2000.
+	// with bursts of HostFlowBurst; a flow its hairpinned packet opens on
+	// the way back in counts too. Defaults 1000 and 2000.
 	HostFlowRate  int
 	HostFlowBurst int
 	// ForwardFlowRate is how many new flows per second one WAN source may
 	// open through port forwards (and endpoint-independent filtering),
-	// with bursts of ForwardFlowBurst. Defaults 50 and 100.
+	// with bursts of ForwardFlowBurst; hairpinned packets are their LAN
+	// host's, under HostFlowRate. Defaults 50 and 100.
 	ForwardFlowRate  int
 	ForwardFlowBurst int
 	// UnrepliedTimeout is how long a flow created from the WAN lives until

@@ -237,10 +237,7 @@ func (t *table) outboundFlow(proto uint8, in, remote endpoint, now int64) (f *Fl
 	}
 	// A new flow: the host's rate first, so that a host over its rate
 	// takes no port either.
-	if !t.e.hosts.get(in.addr).bucket.take(now, t.e.cfg.Limits.HostFlowRate, t.e.cfg.Limits.HostFlowBurst) {
-		// The host's entry stays even if it holds nothing: its drained
-		// bucket is what limits the rate (swept in Expire once full).
-		t.e.Limits.refuse(LimitHostRate)
+	if !t.hostRateAdmit(in.addr, now) {
 		return nil, false, drop(DropRateLimited)
 	}
 	m, r := t.mapOutbound(proto, in, now)
@@ -255,14 +252,36 @@ func (t *table) outboundFlow(proto uint8, in, remote endpoint, now int64) (f *Fl
 	return f, true, Result{}
 }
 
+// hostRateAdmit takes a new-flow token of a LAN host, or counts the
+// refusal.
+func (t *table) hostRateAdmit(host [4]byte, now int64) bool {
+	if t.e.hosts.get(host).bucket.take(now, t.e.cfg.Limits.HostFlowRate, t.e.cfg.Limits.HostFlowBurst) {
+		return true
+	}
+	// The host's entry stays even if it holds nothing: its drained
+	// bucket is what limits the rate (swept in Expire once full).
+	t.e.Limits.refuse(LimitHostRate)
+	return false
+}
+
 // inboundFlow opens a flow from the outside through a mapping that admits
-// it (a port forward, or UDP filtering): the source's rate, then the
-// bounds. The flow lives on the unreplied timer until the inside answers;
-// the caller sets it.
+// it (a port forward, or UDP filtering): the opener's rate, then the
+// bounds, which are the mapping's host's (a forward's target's). The flow
+// lives on the unreplied timer until the inside answers; the caller sets
+// it.
 func (t *table) inboundFlow(m *Mapping, remote endpoint, now int64) (*Flow, Result) {
-	// Hairpinned flows come from the WAN address itself: their LAN host's
-	// own rate applied on the way out.
-	if remote.addr != t.e.wan && !t.sourceAdmit(remote.addr, now) {
+	if t.e.hairpinning {
+		// A hairpinned flow is opened by the LAN host that sent the
+		// packet: it takes a token of that host's new-flow rate, as its
+		// flows out do. Not of a WAN source's: every hairpinned packet
+		// comes from the WAN address, so all LAN hosts would share one
+		// bucket. Nor is the token taken on the way out enough: the
+		// sender's outbound flow may be older than this one (a
+		// hairpinned flow that timed out unanswered is opened again).
+		if !t.hostRateAdmit(t.e.hairpinFrom, now) {
+			return nil, drop(DropRateLimited)
+		}
+	} else if !t.sourceAdmit(remote.addr, now) {
 		t.e.Limits.refuse(LimitForwardRate)
 		return nil, drop(DropRateLimited)
 	}

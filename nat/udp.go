@@ -1,15 +1,17 @@
 package nat
 
 // udpHandler masquerades UDP per RFC 4787: endpoint-independent mapping,
-// filtering by configuration (address-dependent by default), a 5-minute
+// filtering by configuration (address-dependent by default; hairpinned
+// packets, which come from the LAN, as endpoint-independent), a 5-minute
 // timer refreshed by outbound traffic (REQ-6) — and by inbound traffic only
 // when udp_inbound_refresh is set, so that an outsider who forges a remote's
 // address cannot keep a silent host's mapping alive.
 //
 // A flow the outside opens (a port forward, or a new remote endpoint that
-// filtering admits) counts against the source's new-flow rate and lives on
-// the unreplied timer until the inside sends on it; then it is assured and
-// gets the full timer.
+// filtering admits) counts against the source's new-flow rate (for a
+// hairpinned packet, its sending LAN host's) and lives on the unreplied
+// timer until the inside sends on it; then it is assured and gets the full
+// timer.
 type udpHandler struct{ e *Engine }
 
 func (h *udpHandler) Outbound(p *Packet, now int64) Result {
@@ -48,8 +50,15 @@ func (h *udpHandler) Inbound(p *Packet, now int64) Result {
 	case f == nil:
 		// Flows that timed out but were not swept yet count as gone, and
 		// so does a mapping whose own (outbound) timer ran out.
+		//
+		// A hairpinned packet comes from a LAN host, which could reach
+		// the mapping's host directly: it passes as under
+		// endpoint-independent filtering, whatever the setting (RFC 4787
+		// REQ-9; RFC 5780's hairpinning test sends from a socket the
+		// mapping never sent to).
+		eif := h.e.cfg.UDPFiltering == EndpointIndependentFiltering || h.e.hairpinning
 		allowed := m.Static ||
-			(h.e.cfg.UDPFiltering == EndpointIndependentFiltering && m.expires > now) ||
+			(eif && m.expires > now) ||
 			t.seenRemoteAddr(m, p.Src, now)
 		if !allowed {
 			return drop(DropUnsolicited)
