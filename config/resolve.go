@@ -25,7 +25,8 @@ import (
 func (c *Config) Resolve(h *Host) error {
 	r := c.clone()
 	var es Errors
-	fail := func(key, format string, args ...any) { es.add(c.Source, 0, key, format, args...) }
+	pos := c.positions()
+	fail := func(key, format string, args ...any) { es.add(c.Source, pos.line(key), key, format, args...) }
 	if h == nil {
 		fail("", "no host information to resolve against")
 		return es.orNil()
@@ -111,7 +112,7 @@ func (c *Config) Resolve(h *Host) error {
 		r.Services.AdminAllow = slices.Clone(r.LAN.Prefixes)
 	}
 
-	es = append(es, validate(r, forwardPositions(r))...)
+	es = append(es, validate(r, pos)...)
 	if err := es.orNil(); err != nil {
 		return err
 	}
