@@ -21,6 +21,9 @@ type Config struct {
 	// that Resolve's problems name their line too; nil for the embedded
 	// default and for configurations built in code.
 	pos *positions
+	// Warnings are what Resolve found worth a look on this host without
+	// refusing it (see CheckEphemeral); vpnmasq run logs them.
+	Warnings Errors `toml:"-"`
 
 	LAN      LAN       `toml:"lan"`
 	WAN      WAN       `toml:"wan"`
