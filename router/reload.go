@@ -169,6 +169,9 @@ func (r *Router) ReloadConfig() admin.ReloadResult {
 	if err != nil {
 		return fail(configErrorLines(err))
 	}
+	for _, w := range cfg.Warnings {
+		r.log.Warn().Str("config", path).Msg(w.Error())
+	}
 	applied, restart, err := r.Reload(cfg)
 	res.Applied, res.NeedsRestart = applied, restart
 	for _, what := range restart {

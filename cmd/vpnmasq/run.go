@@ -54,6 +54,9 @@ func cmdRun(args []string) int {
 		return 2
 	}
 	log := newLogger(cfg.Log, os.Stderr)
+	for _, w := range cfg.Warnings {
+		log.Warn().Str("config", cfg.Source).Msg(w.Error())
+	}
 	router.Version = version
 	r, err := router.New(cfg, host, log)
 	if err != nil {
