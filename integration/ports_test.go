@@ -144,6 +144,9 @@ func TestNATPortsStayApartFromTheHostsEphemeralPorts(t *testing.T) {
 		if code != 0 || !regexp.MustCompile(wantWarning).MatchString(out) {
 			t.Errorf("check: exit %d, want 0 with a warning matching %s; output:\n%s", code, wantWarning, out)
 		}
+		if starting := r.log.find("starting"); len(starting) != 1 || starting[0].Str("ephemeral_ports") != "32768-60999" {
+			t.Errorf("the starting line does not name the ephemeral ports 32768-60999: %v", starting)
+		}
 		if !regexp.MustCompile(`forward\[1\]\.port: warning: udp 51820`).MatchString(r.log.String()) {
 			t.Errorf("the router did not log the forward's warning:\n%s", r.log)
 		}
