@@ -13,6 +13,9 @@ type Error struct {
 	Line int    // 1-based; 0 when the problem has no single line (a value left to its default)
 	Key  string // dotted key, e.g. "nat.port_range" or "forward[1].port"; empty for syntax errors without one
 	Msg  string
+	// Warning marks something that works but deserves a look; it never
+	// stops vpnmasq. It reads "file:line: key: warning: msg".
+	Warning bool
 }
 
 // Error formats the problem as "file:line: key: msg", leaving out the parts
@@ -27,6 +30,9 @@ func (e *Error) Error() string {
 	if e.Key != "" {
 		b.WriteString(e.Key)
 		b.WriteString(": ")
+	}
+	if e.Warning {
+		b.WriteString("warning: ")
 	}
 	b.WriteString(e.Msg)
 	return b.String()

@@ -13,8 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Host is a snapshot of the host's interfaces and IPv4 default route: all
-// Resolve needs to know about the machine.
+// Host is a snapshot of the host's interfaces, IPv4 default route and
+// ephemeral ports: all Resolve needs to know about the machine.
 type Host struct {
 	// DefaultRouteInterface is the interface of the main table's IPv4 default
 	// route with the lowest metric; empty when there is none.
@@ -22,6 +22,9 @@ type Host struct {
 	Interfaces            []HostInterface // ordered by Index
 	// Nameservers are the IPv4 nameservers of /etc/resolv.conf.
 	Nameservers []netip.Addr
+	// Ephemeral are the ports the kernel gives the host's own sockets;
+	// zero when unknown (a Host built in code), and then not checked.
+	Ephemeral Ephemeral
 }
 
 // HostInterface is one network interface.
@@ -47,7 +50,7 @@ func (h *Host) Interface(name string) (*HostInterface, bool) {
 }
 
 // ReadHost reads the interfaces and default route of the calling thread's
-// network namespace through netlink.
+// network namespace through netlink, and the namespace's ephemeral ports.
 func ReadHost() (*Host, error) {
 	links, err := retryInterrupted(netlink.LinkList)
 	if err != nil {
@@ -104,6 +107,9 @@ func ReadHost() (*Host, error) {
 		}
 	}
 	h.Nameservers = readNameservers("/etc/resolv.conf")
+	if h.Ephemeral, err = ReadEphemeral(); err != nil {
+		return nil, err
+	}
 	return h, nil
 }
 

@@ -137,6 +137,7 @@ func parse(source, text string) (*Config, error) {
 	if err := d.errs.orNil(); err != nil {
 		return nil, err
 	}
+	c.pos = d.pos
 	return c, nil
 }
 

@@ -18,14 +18,17 @@ import (
 //     the service address itself (none: no DNS forwarder);
 //   - services.admin_allow: lan.prefixes.
 //
-// It checks that every named interface exists and that explicit values agree
-// with the host, then validates the result again, since forwards and the
-// services address are checked against the LAN prefixes only once those are
-// known. On error c is left unchanged and the error is an *Errors.
+// It checks that every named interface exists, that explicit values agree
+// with the host and that the NAT's ports stay apart from the host's
+// ephemeral ports (CheckEphemeral; its warnings go to c.Warnings), then
+// validates the result again, since forwards and the services address are
+// checked against the LAN prefixes only once those are known. On error c is
+// left unchanged and the error is an *Errors.
 func (c *Config) Resolve(h *Host) error {
 	r := c.clone()
 	var es Errors
-	fail := func(key, format string, args ...any) { es.add(c.Source, 0, key, format, args...) }
+	pos := c.positions()
+	fail := func(key, format string, args ...any) { es.add(c.Source, pos.line(key), key, format, args...) }
 	if h == nil {
 		fail("", "no host information to resolve against")
 		return es.orNil()
@@ -111,10 +114,19 @@ func (c *Config) Resolve(h *Host) error {
 		r.Services.AdminAllow = slices.Clone(r.LAN.Prefixes)
 	}
 
-	es = append(es, validate(r, forwardPositions(r))...)
+	es = append(es, validate(r, pos)...)
+	// A nat.port_range that is wrong in itself is not compared with the
+	// host's ports too: one message for one mistake.
+	problems, warnings := checkEphemeral(r, h.Ephemeral, pos)
+	for _, p := range problems {
+		if !slices.ContainsFunc(es, func(e *Error) bool { return e.Key == p.Key }) {
+			es = append(es, p)
+		}
+	}
 	if err := es.orNil(); err != nil {
 		return err
 	}
+	r.Warnings = warnings
 	*c = *r
 	return nil
 }

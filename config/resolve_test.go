@@ -209,6 +209,16 @@ func TestResolveReportsWhatTheHostCannotProvide(t *testing.T) {
 			t.Errorf("got %v", err)
 		}
 	})
+	t.Run("problems of a loaded file name the line of their key", func(t *testing.T) {
+		c, err := parse("vpnmasq.toml", "[lan]\ninterfaces = [\"br-lan\"]\n\n[wan]\ninterface = \"eth9\"\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.Resolve(routerHost())
+		if want := `vpnmasq.toml:5: wan.interface: no interface "eth9" on this host`; err == nil || err.Error() != want {
+			t.Errorf("got %v, want %s", err, want)
+		}
+	})
 	t.Run("a nil host is an error, not a panic", func(t *testing.T) {
 		if err := Default().Resolve(nil); err == nil {
 			t.Error("Resolve(nil) succeeded")

@@ -17,6 +17,13 @@ type Config struct {
 	// Source names where the configuration came from: a file path or
 	// "<embedded default>". Used in messages.
 	Source string `toml:"-"`
+	// pos holds the line of every key of the file it was loaded from, so
+	// that Resolve's problems name their line too; nil for the embedded
+	// default and for configurations built in code.
+	pos *positions
+	// Warnings are what Resolve found worth a look on this host without
+	// refusing it (see CheckEphemeral); vpnmasq run logs them.
+	Warnings Errors `toml:"-"`
 
 	LAN      LAN       `toml:"lan"`
 	WAN      WAN       `toml:"wan"`

@@ -14,12 +14,15 @@ import (
 // building one in code); Load and Resolve already call it. Problems come
 // back as an *Errors.
 func (c *Config) Validate() error {
-	return validate(c, forwardPositions(c)).orNil()
+	return validate(c, c.positions()).orNil()
 }
 
-// forwardPositions locates problems when no file text is at hand: only the
-// forwards remember their lines.
-func forwardPositions(c *Config) *positions {
+// positions locates problems in c's file: by the lines Load recorded, or,
+// when no file text was at hand, by the lines the forwards remember.
+func (c *Config) positions() *positions {
+	if c.pos != nil {
+		return c.pos
+	}
 	p := &positions{lines: map[string]int{}}
 	for i, f := range c.Forwards {
 		if f.Line > 0 {

@@ -57,6 +57,9 @@ type DNSStats struct {
 	// UpstreamFailures counts client queries no upstream answered; each got
 	// SERVFAIL.
 	UpstreamFailures uint64
+	// OwnedPortRetries counts upstream sockets closed and opened again
+	// because the kernel gave them a local port the router owns.
+	OwnedPortRetries uint64
 	Answered         uint64 // replies sent to clients
 	Malformed        uint64 // queries that could not be parsed or were not queries
 	Dropped          uint64 // queries or connections refused because too many were in flight
@@ -83,6 +86,8 @@ type dnsServer struct {
 	udpQueries, tcpQueries, cacheHits, cacheMisses    atomic.Uint64
 	upstreamQueries, upstreamErrors, upstreamFailures atomic.Uint64
 	upstreamIgnored                                   atomic.Uint64
+	ownedPortRetries                                  atomic.Uint64
+	ownedPortWarned                                   atomic.Bool
 	answered, malformed, dropped                      atomic.Uint64
 }
 
@@ -129,6 +134,7 @@ func (s *Stack) DNSStats() DNSStats {
 		UpstreamErrors:   d.upstreamErrors.Load(),
 		UpstreamIgnored:  d.upstreamIgnored.Load(),
 		UpstreamFailures: d.upstreamFailures.Load(),
+		OwnedPortRetries: d.ownedPortRetries.Load(),
 		Answered:         d.answered.Load(),
 		Malformed:        d.malformed.Load(),
 		Dropped:          d.dropped.Load(),
@@ -466,7 +472,7 @@ func (d *dnsServer) exchange(m *dns.Msg, up netip.AddrPort, network string) (*dn
 		r, err = d.exchangeUDP(ctx, m, up)
 	} else {
 		c := &dns.Client{Net: network, Timeout: d.timeout, UDPSize: upstreamUDPSize}
-		r, err = exchangeContext(ctx, c, m, up.String())
+		r, err = d.exchangeContext(ctx, c, m, up)
 		if err == nil {
 			err = checkMatch(m, r)
 		}
@@ -497,8 +503,7 @@ func (d *dnsServer) exchangeUDP(ctx context.Context, m *dns.Msg, up netip.AddrPo
 	if err != nil {
 		return nil, err
 	}
-	var dialer net.Dialer
-	co, err := dialer.DialContext(ctx, "udp", up.String())
+	co, err := d.dial(ctx, "udp", up)
 	if err != nil {
 		return nil, err
 	}
@@ -544,13 +549,15 @@ func (d *dnsServer) ignored(up netip.AddrPort, why error) {
 	d.s.log.Debug().Err(why).Stringer("upstream", up).Msg("DNS datagram from upstream ignored, still waiting for the answer")
 }
 
-// exchangeContext is dns.Client.ExchangeContext, except that cancelling ctx
-// (Close) ends a wait for the answer at once, not at the deadline.
-func exchangeContext(ctx context.Context, c *dns.Client, m *dns.Msg, addr string) (*dns.Msg, error) {
-	co, err := c.DialContext(ctx, addr)
+// exchangeContext is dns.Client.ExchangeContext over a socket of d.dial,
+// except that cancelling ctx (Close) ends a wait for the answer at once,
+// not at the deadline.
+func (d *dnsServer) exchangeContext(ctx context.Context, c *dns.Client, m *dns.Msg, up netip.AddrPort) (*dns.Msg, error) {
+	conn, err := d.dial(ctx, c.Net, up)
 	if err != nil {
 		return nil, err
 	}
+	co := &dns.Conn{Conn: conn, UDPSize: c.UDPSize}
 	defer co.Close()
 	stop := context.AfterFunc(ctx, func() { co.Close() })
 	defer stop()

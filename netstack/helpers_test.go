@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -169,6 +170,14 @@ type upstream struct {
 
 	mu      sync.Mutex
 	queries map[string]int // by network
+	ports   []uint16       // the forwarder's source port of each query
+}
+
+// sourcePorts returns the source ports the queries came from, in order.
+func (u *upstream) sourcePorts() []uint16 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return slices.Clone(u.ports)
 }
 
 func (u *upstream) count(network string) int {
@@ -205,6 +214,9 @@ func startUpstream(t testing.TB, respond func(q *dns.Msg, network string) *dns.M
 		return func(w dns.ResponseWriter, q *dns.Msg) {
 			u.mu.Lock()
 			u.queries[network]++
+			if ap, err := netip.ParseAddrPort(w.RemoteAddr().String()); err == nil {
+				u.ports = append(u.ports, ap.Port())
+			}
 			u.mu.Unlock()
 			r := u.respond(q, network)
 			if r == nil {

@@ -68,6 +68,13 @@ type Config struct {
 	DNSCacheSize int
 	// DNSTimeout bounds each query to an upstream; default 2s.
 	DNSTimeout time.Duration
+	// OwnedPort reports whether the router owns a local port of the host
+	// (its NAT range, IKE's and the forwards' ports on the WAN address,
+	// whose packets the host never sees): the DNS forwarder's upstream
+	// sockets never use one (upstream.go). It is asked for every upstream
+	// socket, so its answer may change while the stack runs (a reload);
+	// nil: any port will do.
+	OwnedPort func(port uint16) bool
 	// Now is the DNS cache's clock; nil means time.Now. Tests use it to
 	// age cache entries without sleeping.
 	Now func() time.Time

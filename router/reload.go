@@ -169,6 +169,9 @@ func (r *Router) ReloadConfig() admin.ReloadResult {
 	if err != nil {
 		return fail(configErrorLines(err))
 	}
+	for _, w := range cfg.Warnings {
+		r.log.Warn().Str("config", path).Msg(w.Error())
+	}
 	applied, restart, err := r.Reload(cfg)
 	res.Applied, res.NeedsRestart = applied, restart
 	for _, what := range restart {
@@ -359,9 +362,25 @@ func describeForward(f nat.Forward) string {
 // updateCapture gives the WAN capture filter and the host's guards the
 // ports and hairpin protocols of the new forwards. On failure it puts the
 // old capture back.
-func (r *Router) updateCapture(ports []config.PortRange, hairpinProtos []uint8) error {
+func (r *Router) updateCapture(ports []config.PortRange, hairpinProtos []uint8) (err error) {
 	capture := r.spec.Capture
 	capture.Ports = ports
+	// While the capture and the guard change, the router's own sockets
+	// keep off the old ports and the new ones.
+	old := r.owned.Load()
+	var both []config.PortRange
+	if old != nil {
+		both = slices.Clone(*old)
+	}
+	both = append(both, ports...)
+	r.owned.Store(&both)
+	defer func() {
+		if err != nil {
+			r.owned.Store(old)
+		} else {
+			r.owned.Store(&ports)
+		}
+	}()
 	if sc, ok := r.wan.(interface{ SetCapture(Capture) error }); ok {
 		if err := sc.SetCapture(capture); err != nil {
 			return fmt.Errorf("updating the WAN capture filter: %w", err)

@@ -94,6 +94,9 @@ no_nat = ["203.0.113.0/24"]
 		if !slices.ContainsFunc(r.spec.Capture.Ports, func(p config.PortRange) bool { return p.Contains(5001) }) {
 			t.Errorf("capture ports %v lack the new forward's", r.spec.Capture.Ports)
 		}
+		if !r.ownsPort(5001) {
+			t.Error("the router's own sockets may still take the new forward's port 5001")
+		}
 	})
 	t.Run("a removed forward leaves the capture and the guard", func(t *testing.T) {
 		r := newRouter(t, reloadBase)
@@ -103,6 +106,9 @@ no_nat = ["203.0.113.0/24"]
 		}
 		if slices.ContainsFunc(r.spec.Capture.Ports, func(p config.PortRange) bool { return p.Contains(8080) }) {
 			t.Errorf("capture ports %v still hold 8080", r.spec.Capture.Ports)
+		}
+		if r.ownsPort(8080) {
+			t.Error("the removed forward's port 8080 is still kept from the router's own sockets")
 		}
 	})
 	t.Run("interfaces, the TUN and the port range are named, not applied", func(t *testing.T) {
@@ -193,4 +199,31 @@ admin_port = 8081
 		}
 		<-done
 	})
+}
+
+func TestOwnedPortsAreTheCapturesPorts(t *testing.T) {
+	r, err := New(reloadConfig(t, reloadBase), reloadHost(), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name  string
+		port  uint16
+		owned bool
+	}{
+		{"the first port of the NAT range is the router's", 20000, true},
+		{"the last port of the NAT range is the router's", 32767, true},
+		{"IKE's port is the router's", 500, true},
+		{"NAT-T's port is the router's", 4500, true},
+		{"a forward's port is the router's", 8080, true},
+		{"a port of Linux's ephemeral range is free", 32768, false},
+		{"a port below the NAT range is free", 19999, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := r.ownsPort(tc.port); got != tc.owned {
+				t.Errorf("ownsPort(%d) = %v, want %v", tc.port, got, tc.owned)
+			}
+		})
+	}
 }

@@ -30,6 +30,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -66,6 +67,10 @@ type Router struct {
 	reload   reloadState
 	watch    *wanWatcher
 	state    routerState
+	// owned are the ports the capture and the guard take on the WAN
+	// address (the NAT range, IKE's, the forwards'); the DNS forwarder's
+	// upstream sockets stay off them. A reload replaces them.
+	owned atomic.Pointer[[]config.PortRange]
 }
 
 // New prepares a router from a resolved configuration. It changes nothing on
@@ -85,6 +90,7 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 	if err != nil {
 		return nil, err
 	}
+	r.owned.Store(&ports)
 	protocols := []uint8{nat.ProtoGRE, nat.ProtoESP, nat.ProtoAH}
 	nc.Clock = nat.SystemClock{}
 	nc.Log = log.With().Str("component", "nat").Logger()
@@ -499,4 +505,19 @@ func newBuffers(batch int) ([][]byte, []int) {
 		bufs[i] = make([]byte, packetOffset+maxPacket)
 	}
 	return bufs, make([]int, batch)
+}
+
+// ownsPort reports whether port is one of the router's on the WAN address:
+// a host socket bound to it would never see its answers.
+func (r *Router) ownsPort(port uint16) bool {
+	owned := r.owned.Load()
+	if owned == nil {
+		return false
+	}
+	for _, p := range *owned {
+		if p.Contains(port) {
+			return true
+		}
+	}
+	return false
 }

@@ -52,6 +52,7 @@ func (r *Router) startServices() error {
 		MTU:          r.tunMTU,
 		Output:       sv.writer(r),
 		DNSUpstreams: upstreams,
+		OwnedPort:    r.ownsPort,
 		Log:          log,
 	})
 	if err != nil {

@@ -14,19 +14,27 @@ import (
 )
 
 // cmdCheck implements `vpnmasq check --config FILE`.
-func cmdCheck(args []string) int { return runCheck(args, os.Stdout, os.Stderr) }
+func cmdCheck(args []string) int {
+	return runCheck(args, os.Stdout, os.Stderr, config.ReadEphemeral)
+}
 
-// runCheck loads and validates a configuration file without touching the
-// host. It prints every problem as "file:line: key: msg" and returns 2, or
-// prints "<file>: OK" and a summary and returns 0.
-func runCheck(args []string, stdout, stderr io.Writer) int {
+// runCheck loads and validates a configuration file, and compares its ports
+// with the ephemeral ports of the network namespace it runs in, which
+// ephemeral reads; it changes nothing on the host. It prints every problem
+// as "file:line: key: msg" and returns 2, or prints "<file>: OK" and a
+// summary and returns 0; warnings go to stderr either way.
+func runCheck(args []string, stdout, stderr io.Writer, ephemeral func() (config.Ephemeral, error)) int {
 	flags := flag.NewFlagSet("check", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	path := flags.String("config", "", "configuration `FILE` to check (required)")
 	flags.Usage = func() {
 		fmt.Fprintf(stderr, "usage: vpnmasq check --config FILE\n\n"+
-			"Loads and validates FILE without touching the host; values left to the\n"+
-			"host (interfaces, addresses, MTU) are filled in only by `vpnmasq run`.\n\n")
+			"Loads and validates FILE without changing anything on the host; values\n"+
+			"left to the host (interfaces, addresses, MTU) are filled in only by\n"+
+			"`vpnmasq run`. The NAT's ports are compared with the ephemeral ports of\n"+
+			"the network namespace check runs in (net.ipv4.ip_local_port_range, less\n"+
+			"net.ipv4.ip_local_reserved_ports): run it where vpnmasq runs. An overlap\n"+
+			"with nat.port_range is an error, one with a forward's port a warning.\n\n")
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
@@ -48,25 +56,31 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 
 	c, err := config.Load(*path)
 	if err != nil {
-		var problems *config.Errors
-		if errors.As(err, &problems) {
-			for _, p := range *problems {
-				fmt.Fprintln(stderr, p)
-			}
-		} else {
-			fmt.Fprintln(stderr, err)
-		}
+		printConfigErrors(stderr, err)
 		return 2
 	}
+	host, err := ephemeral()
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: warning: the ports were not compared with the host's ephemeral ports: %v\n", *path, err)
+	} else {
+		warnings, err := c.CheckEphemeral(host)
+		if err != nil {
+			printConfigErrors(stderr, err)
+			return 2
+		}
+		for _, w := range warnings {
+			fmt.Fprintln(stderr, w)
+		}
+	}
 	fmt.Fprintf(stdout, "%s: OK\n", *path)
-	printSummary(stdout, c)
+	printSummary(stdout, c, host)
 	return 0
 }
 
 // fromHost stands for a value Resolve will take from the host at run time.
 const fromHost = "(from the host at start)"
 
-func printSummary(out io.Writer, c *config.Config) {
+func printSummary(out io.Writer, c *config.Config, host config.Ephemeral) {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	row := func(key, value string) { fmt.Fprintf(w, "  %s\t%s\n", key, value) }
 	orHost := func(s string) string {
@@ -91,6 +105,11 @@ func printSummary(out io.Writer, c *config.Config) {
 	}
 	n := c.NAT
 	row("nat.port_range", fmt.Sprintf("%s (%d ports)", n.PortRange, n.PortRange.Len()))
+	if host.IsZero() {
+		row("host ephemeral ports", "unknown: not compared")
+	} else {
+		row("host ephemeral ports", host.String()+" (net.ipv4.ip_local_port_range of this namespace): apart from nat.port_range")
+	}
 	row("nat timeouts", fmt.Sprintf("udp %s, tcp established %s, tcp transitory %s, icmp %s",
 		shortDuration(n.UDPTimeout), shortDuration(n.TCPEstablishedTimeout),
 		shortDuration(n.TCPTransitoryTimeout), shortDuration(n.ICMPTimeout)))

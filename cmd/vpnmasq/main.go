@@ -4,7 +4,7 @@
 // sends them out through a raw socket.
 //
 //	vpnmasq run [--config FILE]    run the router (embedded default without a file)
-//	vpnmasq check --config FILE    validate a configuration (exit 2 on errors)
+//	vpnmasq check --config FILE    validate a configuration and its ports on this host (exit 2 on errors)
 //	vpnmasq status [--json]        print the running router's tables (admin socket)
 //	vpnmasq reload                 make the running router re-read its file (like SIGHUP)
 //	vpnmasq demo                   build a throwaway namespace lab and show it working
@@ -25,7 +25,8 @@ commands:
   run [--config FILE]   run the router (default file: /etc/vpnmasq/vpnmasq.toml when it
                         exists, else the embedded default); SIGINT or SIGTERM stop it,
                         SIGHUP re-reads the file (see reload)
-  check --config FILE   validate a configuration file; exit 2 on errors
+  check --config FILE   validate a configuration file, its ports against the ephemeral
+                        ports of this network namespace included; exit 2 on errors
   status [--json] [--socket PATH]
                         print the running router's mappings and VPN sessions through its
                         admin socket (default /run/vpnmasq/admin.sock; root)

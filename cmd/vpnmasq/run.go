@@ -54,6 +54,9 @@ func cmdRun(args []string) int {
 		return 2
 	}
 	log := newLogger(cfg.Log, os.Stderr)
+	for _, w := range cfg.Warnings {
+		log.Warn().Str("config", cfg.Source).Msg(w.Error())
+	}
 	router.Version = version
 	r, err := router.New(cfg, host, log)
 	if err != nil {
@@ -69,6 +72,7 @@ func cmdRun(args []string) int {
 		Str("prefixes", joinStrings(cfg.LAN.Prefixes)).
 		Str("no_nat", joinStrings(cfg.Routing.NoNAT)).
 		Stringer("port_range", cfg.NAT.PortRange).
+		Stringer("ephemeral_ports", host.Ephemeral). // the host's own sockets' (checked apart from port_range)
 		Int("forwards", len(cfg.Forwards)).
 		Stringer("service_addr", cfg.Services.Address).
 		Msg("starting")
