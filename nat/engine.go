@@ -5,7 +5,8 @@
 // Behaviour follows the NAT behaviour RFCs: endpoint-independent mapping
 // (RFC 4787 REQ-1, RFC 5382 REQ-1), a source port kept when it lies in the
 // range and is free, otherwise one of the same parity, never two internal
-// endpoints on one external port (no overloading), hairpinning, UDP mappings
+// endpoints on one external port (no overloading; IKE on UDP 500 and NAT-T
+// on 4500 are the exceptions, see ike.go), hairpinning, UDP mappings
 // of 5 minutes refreshed by outbound traffic, TCP timers of 2 h 4 min
 // established and 4 min transitory, ICMP query mappings of 60 s, and ICMP
 // errors translated in both directions including their embedded headers
@@ -113,7 +114,7 @@ type Result struct {
 	Reason  DropReason
 	// Unreachable, when true, asks the router to tell the sender with ICMP
 	// Destination Unreachable code 13 (administratively prohibited): the
-	// engine is out of resources (RFC 5508 section 3.2).
+	// engine is out of resources (RFC 5508 section 6, REQ-8).
 	Unreachable bool
 }
 

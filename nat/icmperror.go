@@ -10,10 +10,10 @@ import (
 // header and the embedded one are translated so the sender can match the
 // error to its socket; the outer address follows the embedded one.
 //
-// Errors never create, refresh or delete a mapping (RFC 5508 REQ-7/REQ-8),
-// errors with a bad ICMP checksum or a bad embedded IP checksum are dropped,
-// and the embedded transport checksum is updated but not validated (it is
-// usually truncated).
+// Errors never create, refresh or delete a mapping (RFC 5508 REQ-6, RFC 4787
+// REQ-12, RFC 5382 REQ-10), errors with a bad ICMP checksum or a bad embedded
+// IP checksum are dropped, and the embedded transport checksum is updated but
+// not validated (it is usually truncated).
 
 // embedded is the offending packet inside an ICMP error.
 type embedded struct {
@@ -157,7 +157,7 @@ func (e *Engine) icmpErrorInbound(p *Packet) Result {
 	}
 	var to endpoint
 	if m := e.table.lookupExt(in.proto, in.srcPort); m != nil {
-		// Only about a live flow (RFC 5508 REQ-3/REQ-4): the quoted
+		// Only about a live flow (RFC 5508 REQ-4): the quoted
 		// packet's destination must be a remote the mapping talks to, so
 		// an error forged from anywhere cannot reach the LAN host.
 		if e.table.flow(m, quotedRemote(&in, true), e.now()) == nil {

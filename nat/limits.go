@@ -17,7 +17,7 @@ import (
 // keeping — flows that never saw an answer (unreplied) or are closing
 // (transitory), as Linux conntrack's early drop does — and only then refuses
 // the new state: the packet is dropped, counted, and a LAN host is told with
-// ICMP Destination Unreachable code 13 (RFC 5508 section 3.2). Established
+// ICMP Destination Unreachable code 13 (RFC 5508 REQ-8). Established
 // flows are never evicted to make room for another host.
 type Limits struct {
 	// MaxFlows bounds the TCP, UDP and ICMP flows of all hosts together,

@@ -173,7 +173,7 @@ func (t *table) addForward(f Forward) {
 }
 
 // refused is the result of a bound that refuses new state: the packet is
-// dropped and a LAN sender is told (ICMP 3/13, RFC 5508 section 3.2).
+// dropped and a LAN sender is told (ICMP 3/13, RFC 5508 REQ-8).
 func refused(r DropReason) Result {
 	return Result{Verdict: VerdictDrop, Reason: r, Unreachable: true}
 }
