@@ -188,7 +188,9 @@ func (d *decoder) inFileOrder(path string, table map[string]toml.Primitive) []st
 func fieldByTag(t reflect.Type, key string) (reflect.StructField, bool) {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
-		if tag := strings.Split(f.Tag.Get("toml"), ",")[0]; tag == key && tag != "-" {
+		// An empty key ("" = 1 is valid TOML) must not find a field
+		// without a tag, such as the unexported position table.
+		if tag := strings.Split(f.Tag.Get("toml"), ",")[0]; tag == key && tag != "" && tag != "-" && f.IsExported() {
 			return f, true
 		}
 	}

@@ -260,6 +260,12 @@ func TestLoadReportsProblemsAtTheirLines(t *testing.T) {
 		{"a state max_age of zero is an error",
 			"[state]\nmax_age = \"0s\"\n",
 			[]wantError{{2, "state.max_age", "positive"}}},
+		{"an empty key is unknown, not a field without a tag",
+			"\"\" = 1\n",
+			[]wantError{{0, "", "unknown key"}}}, // a top-level empty key has no path to place it by
+		{"an empty key inside a table is unknown too",
+			"[nat]\n\"\" = 1\n",
+			[]wantError{{2, "nat.", "unknown key"}}},
 		{"a state hold longer than max_age is an error",
 			"[state]\nmax_age = \"1m\"\nhold = \"2m\"\n",
 			[]wantError{{3, "state.hold", "outside 0s-1m0s"}}},
