@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -200,6 +201,7 @@ type fuzzRun struct {
 	l       *lab
 	history []passed // recent translated packets, for replies and errors
 	drops   [numDropReasons]uint64
+	held    heldFuzz
 }
 
 // build makes a packet from the LAN (outbound) or to the WAN address; big
@@ -371,6 +373,20 @@ func (fr *fuzzRun) send(b []byte, outbound bool) {
 		grown += now - fr.drops[reason]
 		fr.drops[reason] = now
 	}
+	// Held fragments dropped meanwhile (expired, evicted, their first
+	// fragment dropped) are counted too, each once.
+	if heldDrops := fr.held.droppedSince(fr.l.e); heldDrops > grown {
+		t.Fatalf("%d held fragments dropped, %d drops counted", heldDrops, grown)
+	} else {
+		grown -= heldDrops
+	}
+	fr.checkReleased()
+	if r.Verdict == VerdictHeld {
+		if grown != 0 || r.Reason != DropNone || r.Unreachable || p.FragOffset == 0 {
+			t.Fatalf("held (offset %d) with reason %v, unreachable %v, %d drops counted", p.FragOffset, r.Reason, r.Unreachable, grown)
+		}
+		return
+	}
 	if r.Verdict == VerdictDrop {
 		if r.Reason == DropNone || grown != 1 {
 			t.Fatalf("drop with reason %v counted %d times", r.Reason, grown)
@@ -411,9 +427,16 @@ func (fr *fuzzRun) send(b []byte, outbound bool) {
 	}
 }
 
+// checkReleased takes and checks the fragments the engine released.
+func (fr *fuzzRun) checkReleased() {
+	fr.t.Helper()
+	checkReleased(fr.t, fr.l.e, func(a netip.Addr) bool { return slices.Contains(fuzzLAN, a) })
+}
+
 // checkTables checks the engine's gauges against each other and its limits.
 func (fr *fuzzRun) checkTables(cfg Config) {
 	t := fr.t
+	checkHold(t, fr.l.e)
 	s := fr.l.e.Stats()
 	ms := fr.l.e.Mappings()
 	total, dynamic := 0, 0
