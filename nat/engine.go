@@ -252,17 +252,24 @@ func (e *Engine) Outbound(p *Packet) Result {
 	src := p.Src
 	r := e.outbound(p, now)
 	if r.Verdict == VerdictToWAN && p.Dst == e.wan {
-		e.hairpinning, e.hairpinFrom = true, src
-		r = e.inbound(p, now)
-		e.hairpinning = false
-		if r.Verdict == VerdictHost {
-			r = drop(DropLANtoWANAddr)
-		}
+		r = e.hairpin(p, src, now)
 	}
 	if r.Verdict == VerdictDrop {
 		e.Drops.Add(r.Reason)
 	}
 	e.frags.release(now)
+	return r
+}
+
+// hairpin takes a packet that Outbound translated for the WAN address
+// (sent by the LAN host src) back in, to the LAN.
+func (e *Engine) hairpin(p *Packet, src [4]byte, now int64) Result {
+	e.hairpinning, e.hairpinFrom = true, src
+	r := e.inbound(p, now)
+	e.hairpinning = false
+	if r.Verdict == VerdictHost {
+		r = drop(DropLANtoWANAddr)
+	}
 	return r
 }
 

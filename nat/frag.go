@@ -397,6 +397,7 @@ func (ft *fragTable) follow(outbound bool, p *Packet, now int64) Result {
 		}
 		return drop(DropFragment)
 	}
+	src := p.Src
 	r, ok := ft.followOut(p, now)
 	if !ok {
 		return drop(DropFragment)
@@ -404,10 +405,7 @@ func (ft *fragTable) follow(outbound bool, p *Packet, now int64) Result {
 	if p.Dst == ft.e.wan {
 		// Hairpinned: in again, as Outbound does; the first fragment's
 		// inbound translation was remembered by now.
-		r = ft.e.inbound(p, now)
-		if r.Verdict == VerdictHost {
-			r = drop(DropLANtoWANAddr)
-		}
+		r = ft.e.hairpin(p, src, now)
 	}
 	return r
 }
