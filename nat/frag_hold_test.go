@@ -453,6 +453,52 @@ func TestFragmentsOutOfOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("with both holds full, in-order fragments and unfragmented packets pass both ways (REQ-14a)", func(t *testing.T) {
+		l := newLab(t, Config{})
+		ext := l.mustOut(udpPkt(ap(lanA, 5000), ap(remote1, 4500), "hello"), VerdictToWAN).SrcPort
+		// The LAN's hold full (a greedy host at its share, others up to
+		// the bound), and the WAN's under a flood of forged fragments.
+		for i := range fragHoldMax {
+			host := lanB
+			if i >= DefaultMaxFragmentsPerHost {
+				host = netip.AddrFrom4([4]byte{10, 0, 1, byte(i / 200)})
+			}
+			l.mustOut(tailPkt(host, remote1, uint16(i), 100), VerdictHeld)
+		}
+		rng := rand.New(rand.NewPCG(7, 8))
+		for range 3 * fragHoldMax {
+			src := netip.AddrFrom4([4]byte{byte(1 + rng.IntN(200)), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())})
+			l.mustIn(tailPkt(src, wanAddr, uint16(rng.Uint32()), 1200), VerdictHeld)
+		}
+		if r, _ := l.out(tailPkt(lanA, remote1, 1, 100)); r.Reason != DropFragmentBufferFull {
+			t.Fatalf("the LAN's hold is not full: %s (%v)", verdictName(r.Verdict), r.Reason)
+		}
+		l.mustOut(udpPkt(ap(lanA, 5000), ap(remote1, 4500), "unfragmented"), VerdictToWAN)
+		l.mustIn(udpPkt(ap(remote1, 4500), ap(wanAddr, ext), "unfragmented"), VerdictToLAN)
+		l.mustOut(udpPkt(ap(lanB, 7000), ap(remote2, 53), "the greedy host too"), VerdictToWAN)
+		for _, tc := range []struct {
+			pkt      []byte
+			outbound bool
+		}{
+			{bigUDP(ap(lanA, 5000), ap(remote1, 4500), 0x1414), true},
+			{bigUDP(ap(remote1, 4500), ap(wanAddr, ext), 0x1414), false},
+		} {
+			first, tail := fragmentAt(tc.pkt, 64)
+			var p1, p2 *Packet
+			if tc.outbound {
+				p1, p2 = l.mustOut(first, VerdictToWAN), l.mustOut(tail, VerdictToWAN)
+			} else {
+				p1, p2 = l.mustIn(first, VerdictToLAN), l.mustIn(tail, VerdictToLAN)
+			}
+			whole, err := reassemble(p1.Buf, p2.Buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := validatePacket(whole); err != nil {
+				t.Fatalf("in-order datagram (outbound %v): %v", tc.outbound, err)
+			}
+		}
+	})
 	t.Run("a fragment from the wan address itself is never held", func(t *testing.T) {
 		l := newLab(t, Config{})
 		r, _ := l.in(tailPkt(wanAddr, wanAddr, 1, 100))
