@@ -84,7 +84,7 @@ type Limits struct {
 	MaxRemoteIKE        int           `toml:"max_remote_ike"`         // unanswered IKE sessions a remote may start per LAN host, default 4
 	RemoteIKETimeout    time.Duration `toml:"remote_ike_timeout"`     // their lifetime until answered, default 30s
 	MaxCallsPerHost     int           `toml:"max_calls_per_host"`     // PPTP calls, default 64
-	MaxFragmentsPerHost int           `toml:"max_fragments_per_host"` // fragment table entries, default 256
+	MaxFragmentsPerHost int           `toml:"max_fragments_per_host"` // fragment table entries and held fragments, default 256
 	HostFlowRate        int           `toml:"host_flow_rate"`         // new flows per second per LAN host, default 1000
 	HostFlowBurst       int           `toml:"host_flow_burst"`        // default 2000
 	ForwardFlowRate     int           `toml:"forward_flow_rate"`      // new forwarded flows per second per WAN source, default 50

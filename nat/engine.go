@@ -106,6 +106,11 @@ const (
 	// VerdictHost: not the NAT's business (e.g. an echo request to the
 	// router's WAN address); the host's own stack answers it.
 	VerdictHost
+	// VerdictHeld: a fragment that came before its first fragment. The
+	// engine keeps a copy and hands it over translated, through
+	// TakeReleased, once the first fragment passes (frag.go); the router
+	// sends nothing now.
+	VerdictHeld
 )
 
 // Result is the outcome for one packet.
@@ -247,15 +252,23 @@ func (e *Engine) Outbound(p *Packet) Result {
 	src := p.Src
 	r := e.outbound(p, now)
 	if r.Verdict == VerdictToWAN && p.Dst == e.wan {
-		e.hairpinning, e.hairpinFrom = true, src
-		r = e.inbound(p, now)
-		e.hairpinning = false
-		if r.Verdict == VerdictHost {
-			r = drop(DropLANtoWANAddr)
-		}
+		r = e.hairpin(p, src, now)
 	}
 	if r.Verdict == VerdictDrop {
 		e.Drops.Add(r.Reason)
+	}
+	e.frags.release(now)
+	return r
+}
+
+// hairpin takes a packet that Outbound translated for the WAN address
+// (sent by the LAN host src) back in, to the LAN.
+func (e *Engine) hairpin(p *Packet, src [4]byte, now int64) Result {
+	e.hairpinning, e.hairpinFrom = true, src
+	r := e.inbound(p, now)
+	e.hairpinning = false
+	if r.Verdict == VerdictHost {
+		r = drop(DropLANtoWANAddr)
 	}
 	return r
 }
@@ -264,10 +277,12 @@ func (e *Engine) Outbound(p *Packet) Result {
 func (e *Engine) Inbound(p *Packet) Result {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	r := e.inbound(p, e.now())
+	now := e.now()
+	r := e.inbound(p, now)
 	if r.Verdict == VerdictDrop {
 		e.Drops.Add(r.Reason)
 	}
+	e.frags.release(now)
 	return r
 }
 
@@ -287,9 +302,7 @@ func (e *Engine) outbound(p *Packet, now int64) Result {
 	}
 	k := fragKeyOf(p)
 	r := h.Outbound(p, now)
-	if r.Verdict == VerdictToWAN {
-		e.frags.remember(true, k, p.Src, now)
-	}
+	e.frags.first(true, k, r, p.Src, now)
 	return r
 }
 
@@ -309,9 +322,7 @@ func (e *Engine) inbound(p *Packet, now int64) Result {
 	}
 	k := fragKeyOf(p)
 	r := h.Inbound(p, now)
-	if r.Verdict == VerdictToLAN {
-		e.frags.remember(false, k, p.Dst, now)
-	}
+	e.frags.first(false, k, r, p.Dst, now)
 	return r
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -185,6 +186,9 @@ func fuzzEngineConfig(flags byte) Config {
 	if flags&2 != 0 {
 		cfg.MaxMappings = 4
 	}
+	if flags&4 != 0 {
+		cfg.Limits.MaxFragmentsPerHost = 2 // table entries and held fragments
+	}
 	return cfg
 }
 
@@ -200,6 +204,7 @@ type fuzzRun struct {
 	l       *lab
 	history []passed // recent translated packets, for replies and errors
 	drops   [numDropReasons]uint64
+	held    heldFuzz
 }
 
 // build makes a packet from the LAN (outbound) or to the WAN address; big
@@ -309,7 +314,10 @@ func (fr *fuzzRun) step(in *fuzzInput) {
 			fr.send(b, out)
 		}
 	case 7:
-		// A fragmented datagram, its pieces in either order.
+		// A fragmented datagram, its pieces in any order: two, or (op
+		// bit 0x40) three, the order then picked by the next byte. A
+		// piece may be sent twice or lost, and the clock may move
+		// between pieces (0x80).
 		outbound := op&0x10 != 0
 		b := fr.build(in, outbound, true)
 		payload := len(b) - header.IPv4MinimumSize
@@ -318,12 +326,24 @@ func (fr *fuzzRun) step(in *fuzzInput) {
 			fr.send(b, outbound)
 			return
 		}
-		first, tail := fragmentAt(b, at)
+		pieces := fragments(b, at)
+		order := []int{0, 1}
 		if op&0x20 != 0 {
-			first, tail = tail, first
+			order = []int{1, 0}
 		}
-		fr.send(first, outbound)
-		fr.send(tail, outbound)
+		if op&0x40 != 0 {
+			if at2 := at + 8*(1+int(in.byte())%4); at2 < payload {
+				pieces = fragments(b, at, at2)
+				perms := [][]int{{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}, {2, 1, 1, 0}, {2, 0}, {1, 2}}
+				order = perms[int(in.byte())%len(perms)]
+			}
+		}
+		for k, i := range order {
+			if k > 0 && op&0x80 != 0 {
+				fr.l.clock.Advance(time.Duration(in.byte()) * 50 * time.Millisecond)
+			}
+			fr.send(pieces[i], outbound)
+		}
 	default:
 		// Raw bytes; inbound ones are addressed to the WAN address as the
 		// router guarantees.
@@ -371,6 +391,20 @@ func (fr *fuzzRun) send(b []byte, outbound bool) {
 		grown += now - fr.drops[reason]
 		fr.drops[reason] = now
 	}
+	// Held fragments dropped meanwhile (expired, evicted, their first
+	// fragment dropped) are counted too, each once.
+	if heldDrops := fr.held.droppedSince(fr.l.e); heldDrops > grown {
+		t.Fatalf("%d held fragments dropped, %d drops counted", heldDrops, grown)
+	} else {
+		grown -= heldDrops
+	}
+	fr.checkReleased()
+	if r.Verdict == VerdictHeld {
+		if grown != 0 || r.Reason != DropNone || r.Unreachable || p.FragOffset == 0 {
+			t.Fatalf("held (offset %d) with reason %v, unreachable %v, %d drops counted", p.FragOffset, r.Reason, r.Unreachable, grown)
+		}
+		return
+	}
 	if r.Verdict == VerdictDrop {
 		if r.Reason == DropNone || grown != 1 {
 			t.Fatalf("drop with reason %v counted %d times", r.Reason, grown)
@@ -411,9 +445,16 @@ func (fr *fuzzRun) send(b []byte, outbound bool) {
 	}
 }
 
+// checkReleased takes and checks the fragments the engine released.
+func (fr *fuzzRun) checkReleased() {
+	fr.t.Helper()
+	checkReleased(fr.t, fr.l.e, func(a netip.Addr) bool { return slices.Contains(fuzzLAN, a) })
+}
+
 // checkTables checks the engine's gauges against each other and its limits.
 func (fr *fuzzRun) checkTables(cfg Config) {
 	t := fr.t
+	checkHold(t, fr.l.e)
 	s := fr.l.e.Stats()
 	ms := fr.l.e.Mappings()
 	total, dynamic := 0, 0
@@ -449,13 +490,17 @@ func (fr *fuzzRun) checkTables(cfg Config) {
 // counted exactly once.
 func FuzzEngine(f *testing.F) {
 	// Seeds: [config flags] then steps (see fuzzRun.step).
-	f.Add([]byte{0, 2, 0x00, 53, 53, 5, 0})                                  // udp out, reply
-	f.Add([]byte{0, 2, 0x10, 0, 44, 0x02, 5, 0, 0x12, 2, 0x10, 0, 44, 0x10}) // tcp handshake
-	f.Add([]byte{1, 2, 0x00, 17, 53, 4, 0x01, 60, 0})                        // udp out, unknown inbound (EIF)
-	f.Add([]byte{0, 2, 0x30, 7, 7, 5, 0, 0, 61, 1, 5, 0})                    // echo, reply, timeout
-	f.Add([]byte{0, 2, 0x00, 53, 53, 6, 0, 1, 40, 0x03})                     // udp out, ICMP error back
-	f.Add([]byte{0, 4, 0x10, 40, 22, 0x02, 5, 0, 0x12, 6, 0, 0, 60, 0})      // forward, LAN error
-	f.Add([]byte{0, 17, 0x00, 53, 53, 2, 57, 0x00, 53, 53, 1})               // fragments both orders
+	f.Add([]byte{0, 2, 0x00, 53, 53, 5, 0})                                    // udp out, reply
+	f.Add([]byte{0, 2, 0x10, 0, 44, 0x02, 5, 0, 0x12, 2, 0x10, 0, 44, 0x10})   // tcp handshake
+	f.Add([]byte{1, 2, 0x00, 17, 53, 4, 0x01, 60, 0})                          // udp out, unknown inbound (EIF)
+	f.Add([]byte{0, 2, 0x30, 7, 7, 5, 0, 0, 61, 1, 5, 0})                      // echo, reply, timeout
+	f.Add([]byte{0, 2, 0x00, 53, 53, 6, 0, 1, 40, 0x03})                       // udp out, ICMP error back
+	f.Add([]byte{0, 4, 0x10, 40, 22, 0x02, 5, 0, 0x12, 6, 0, 0, 60, 0})        // forward, LAN error
+	f.Add([]byte{0, 17, 0x00, 53, 53, 2, 57, 0x00, 53, 53, 1})                 // fragments both orders
+	f.Add([]byte{0, 0x57, 0x00, 53, 53, 1, 2, 5})                              // three fragments out, last first
+	f.Add([]byte{0, 2, 0x00, 1, 2, 0x4d, 0x00, 2, 1, 1, 2, 5})                 // udp out, its reply in three fragments, last first
+	f.Add([]byte{4, 0x57, 0x00, 53, 53, 1, 2, 6, 0x57, 0x00, 53, 53, 1, 2, 7}) // a host's share of held fragments
+	f.Add([]byte{0, 0xcf, 0x00, 2, 1, 1, 2, 5, 40, 90, 1})                     // fragments in, the clock moving between them
 	f.Add([]byte{2, 2, 0, 1, 1, 2, 0, 2, 2, 2, 0, 3, 3, 2, 0, 4, 4, 2, 0, 5, 5, 0, 0xff, 1, 2, 0, 5, 5})
 	raw := udpPkt(ap(lanA, 1), ap(remote1, 2), "raw")
 	f.Add(append([]byte{0, 18, byte(len(raw))}, raw...)) // raw outbound

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -146,6 +147,7 @@ type ipsecFuzz struct {
 	spoke   map[[2]netip.Addr]bool // (host, remote): the host's IKE, NAT-T or ESP to the remote passed
 	history []passed
 	drops   [numDropReasons]uint64
+	held    heldFuzz
 }
 
 func newIPsecFuzz(t *testing.T, flags byte) *ipsecFuzz {
@@ -310,6 +312,25 @@ func (fz *ipsecFuzz) send(b []byte, outbound bool) {
 		}
 		grown += now - fz.drops[reason]
 		fz.drops[reason] = now
+	}
+	// Held fragments dropped meanwhile are counted too, each once.
+	if heldDrops := fz.held.droppedSince(fz.l.e); heldDrops > grown {
+		t.Fatalf("%d held fragments dropped, %d drops counted", heldDrops, grown)
+	} else {
+		grown -= heldDrops
+	}
+	// Released fragments from the WAN reach only a host that spoke to
+	// their source, or the forward's target.
+	for _, rp := range checkReleased(t, fz.l.e, func(a netip.Addr) bool { return a == ipsecSrv || slices.Contains(ipsecFuzzHosts, a) }) {
+		if rp.DstAddr() != ipsecSrv && !fz.spoke[[2]netip.Addr{rp.DstAddr(), rp.SrcAddr()}] {
+			t.Fatalf("fragment from %v released to %v, which never sent IKE or ESP to it", rp.SrcAddr(), rp.DstAddr())
+		}
+	}
+	if r.Verdict == VerdictHeld {
+		if grown != 0 || r.Reason != DropNone || p.FragOffset == 0 {
+			t.Fatalf("held (offset %d) with reason %v, %d drops counted", p.FragOffset, r.Reason, grown)
+		}
+		return
 	}
 	if r.Verdict == VerdictDrop {
 		if r.Reason == DropNone || grown != 1 {

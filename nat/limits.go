@@ -41,7 +41,8 @@ type Limits struct {
 	RemoteIKETimeout time.Duration
 	// MaxCallsPerHost bounds one LAN host's PPTP calls. Default 64.
 	MaxCallsPerHost int
-	// MaxFragmentsPerHost bounds one LAN host's fragment table entries.
+	// MaxFragmentsPerHost bounds one LAN host's fragment table entries and
+	// the fragments it sent that wait for their first fragment (frag.go).
 	// Default 256 (the table holds 4096).
 	MaxFragmentsPerHost int
 	// HostFlowRate is how many new flows per second a LAN host may open,
@@ -124,6 +125,8 @@ const (
 	LimitCallsPerHost                  // limits.max_calls_per_host
 	LimitFragments                     // the fragment table's 4096 entries
 	LimitFragmentsPerHost              // limits.max_fragments_per_host
+	LimitHeldFragmentsLAN              // fragments from the LAN held for their first fragment: 1024, 2 MiB
+	LimitHeldFragmentsWAN              // fragments from the WAN held for their first fragment: 1024, 2 MiB
 	numLimits
 )
 
@@ -143,6 +146,8 @@ var limitNames = [numLimits]string{
 	LimitCallsPerHost:     "max_calls_per_host",
 	LimitFragments:        "max_fragments",
 	LimitFragmentsPerHost: "max_fragments_per_host",
+	LimitHeldFragmentsLAN: "max_held_fragments_lan",
+	LimitHeldFragmentsWAN: "max_held_fragments_wan",
 }
 
 func (l Limit) String() string {

@@ -19,7 +19,7 @@ const (
 	DropUnsupported                   // an IP protocol the NAT cannot masquerade
 	DropNoPorts                       // port range exhausted for this protocol
 	DropTableFull                     // a global bound reached (max_flows, max_mappings, max_esp, max_calls, ...)
-	DropFragment                      // fragment whose first fragment was not seen
+	DropFragment                      // fragment whose first fragment was dropped, or passed untracked (fragment table full)
 	DropTTLExceeded                   // TTL would reach zero (ICMP Time Exceeded sent)
 	DropTooBig                        // larger than the WAN MTU with DF set (Fragmentation Needed sent)
 	DropICMPError                     // ICMP error that matches no mapping
@@ -45,6 +45,8 @@ const (
 	DropTCPOutOfWindow                // TCP segment outside the connection's sequence window, or invalid in its state
 	DropHostQuota                     // a LAN host holds its share of a table (limits.max_*_per_host)
 	DropRateLimited                   // new flows faster than limits.host_flow_rate or forward_flow_rate
+	DropFragmentBufferFull            // fragment before its first fragment, not held (or evicted): a bound of the fragment hold reached
+	DropFragmentExpired               // fragment held for its first fragment, which did not come in time
 	numDropReasons
 )
 
@@ -86,6 +88,8 @@ var dropReasonNames = [numDropReasons]string{
 	DropTCPOutOfWindow:     "tcp_out_of_window",
 	DropHostQuota:          "host_quota",
 	DropRateLimited:        "rate_limited",
+	DropFragmentBufferFull: "fragment_buffer_full",
+	DropFragmentExpired:    "fragment_expired",
 }
 
 func (r DropReason) String() string {

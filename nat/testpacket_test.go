@@ -393,6 +393,9 @@ func (l *lab) checkPassed(r Result, p *Packet) {
 	if r.Reason != DropNone {
 		l.t.Errorf("verdict %s carries drop reason %v", verdictName(r.Verdict), r.Reason)
 	}
+	if r.Verdict == VerdictHeld {
+		return // nothing leaves now; see take
+	}
 	if err := validatePacket(p.Buf); err != nil {
 		l.t.Errorf("translated packet: %v", err)
 	}
@@ -456,9 +459,42 @@ func verdictName(v Verdict) string {
 		return "to_lan"
 	case VerdictHost:
 		return "host"
+	case VerdictHeld:
+		return "held"
 	}
 	return fmt.Sprintf("verdict(%d)", uint8(v))
 }
 
 func srcAP(p *Packet) netip.AddrPort { return netip.AddrPortFrom(p.SrcAddr(), p.SrcPort) }
 func dstAP(p *Packet) netip.AddrPort { return netip.AddrPortFrom(p.DstAddr(), p.DstPort) }
+
+// released is a fragment the engine held and then handed over.
+type released struct {
+	b []byte
+	v Verdict
+}
+
+// take collects the fragments one side released (TakeReleased, as the
+// router does after a pass), checking each one's IPv4 header.
+func (l *lab) take(outbound bool) []released {
+	l.t.Helper()
+	var out []released
+	for {
+		var buf []byte
+		n, v := l.e.TakeReleased(outbound, func(n int) []byte { buf = make([]byte, n); return buf })
+		if n == 0 {
+			return out
+		}
+		if v != VerdictToWAN && v != VerdictToLAN {
+			l.t.Fatalf("released with verdict %s", verdictName(v))
+		}
+		var p Packet
+		if r := p.Parse(buf[:n]); r != DropNone {
+			l.t.Fatalf("released fragment does not parse: %v", r)
+		}
+		if p.FragOffset == 0 {
+			l.t.Fatalf("released a first fragment")
+		}
+		out = append(out, released{buf[:n], v})
+	}
+}

@@ -132,13 +132,9 @@ func (e *Engine) SetWANAddrStats(a netip.Addr) WANChangeStats {
 	st.GREBindings = len(e.gre.bindings)
 	clear(e.gre.bindings)
 
-	// Fragments translated for the old address.
-	for _, m := range []map[fragKey]fragEntry{e.frags.out, e.frags.in} {
-		for k, fe := range m {
-			delete(m, k)
-			e.hostRelease(fe.host, quotaFragments)
-		}
-	}
+	// Fragments translated for the old address, and the ones from the
+	// WAN that wait for a first fragment addressed to it.
+	e.frags.wanChanged()
 
 	e.wan = a.As4()
 	e.cfg.WANAddr = a

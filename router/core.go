@@ -183,12 +183,19 @@ func (c *core) routeOut(buf []byte, p *nat.Packet, o *outbox, masquerade, whole 
 	if !masquerade && !c.routed.note(p, c.now()) {
 		c.stats.RoutedUntracked.Add(1)
 	}
-	c.stats.Traffic[LANToWAN][p.Proto].add(len(p.Buf))
 	if whole {
+		c.stats.Traffic[LANToWAN][p.Proto].add(len(p.Buf))
 		c.stats.GSOWhole.Add(1)
 		o.toWANWhole(buf, len(p.Buf))
 		return
 	}
+	c.sendWAN(buf, p, o, tooBig)
+}
+
+// sendWAN queues a packet for the WAN, fragmented after translation when
+// it is too big for the WAN MTU (DF clear: routeOut answered the others).
+func (c *core) sendWAN(buf []byte, p *nat.Packet, o *outbox, tooBig bool) {
+	c.stats.Traffic[LANToWAN][p.Proto].add(len(p.Buf))
 	if !tooBig {
 		o.toWAN(buf, len(p.Buf))
 		return
@@ -340,4 +347,43 @@ func (c *core) icmpAllowed(dst [4]byte) bool {
 	}
 	c.stats.ICMPErrorsSuppressed.Add(1)
 	return false
+}
+
+// sendReleased queues fragments that the engine held because they came
+// before their first fragment, and released translated when it passed
+// (nat/frag.go): from the LAN (outbound, the TUN loop's) or from the WAN
+// (the WAN loop's). The loop calls it after a pass, so they leave in the
+// same write as their first fragment, behind it. It takes at most max, in
+// buffers from pool, and reports whether more are waiting.
+func (c *core) sendReleased(outbound bool, o *outbox, pool *segmentPool, p *nat.Packet, max int) bool {
+	for range max {
+		if !c.nat.HasReleased(outbound) {
+			return false
+		}
+		n, v := c.nat.TakeReleased(outbound, pool.next)
+		if n == 0 {
+			return c.nat.HasReleased(outbound)
+		}
+		buf := pool.out[len(pool.out)-1]
+		if p.Parse(buf[c.offset:c.offset+n]) != nat.DropNone {
+			c.drop(nat.DropMalformed) // the engine checked it when it came
+			continue
+		}
+		switch {
+		case v == nat.VerdictToWAN:
+			c.sendWAN(buf, p, o, len(p.Buf) > c.wanMTU)
+		case v == nat.VerdictToLAN && outbound: // hairpinned
+			c.stats.HairpinPackets.Add(1)
+			o.toLAN(buf, n)
+		case v == nat.VerdictToLAN:
+			// Like fromWAN: expiring on the way in. A non-first
+			// fragment gets no Time Exceeded (it quotes no ports).
+			if p.IP.TTL() <= 1 {
+				c.drop(nat.DropTTLExceeded)
+				continue
+			}
+			c.deliverLAN(buf, p, o, false)
+		}
+	}
+	return c.nat.HasReleased(outbound)
 }

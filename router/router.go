@@ -358,6 +358,7 @@ func (r *Router) tunLoop() error {
 	batch := r.tun.BatchSize()
 	bufs, sizes := newBuffers(batch)
 	o := newOutbox(batch, packetOffset, 2*batch, max(r.core.wanMTU, maxICMPErrorLen))
+	released := &segmentPool{offset: packetOffset}
 	var p nat.Packet
 	for {
 		n, err := r.tun.Read(bufs, sizes, packetOffset)
@@ -375,7 +376,7 @@ func (r *Router) tunLoop() error {
 		for i := range n {
 			r.core.fromLAN(bufs[i], sizes[i], &p, o)
 		}
-		r.flush(o)
+		r.flushReleased(o, released, &p, true, batch)
 	}
 }
 
@@ -386,6 +387,7 @@ func (r *Router) tunLoopWhole() error {
 	bufs, sizes := newBuffers(batch)
 	o := newOutbox(batch, packetOffset, 2*batch, max(r.core.wanMTU, maxICMPErrorLen))
 	segs := &segmentPool{offset: packetOffset}
+	released := &segmentPool{offset: packetOffset}
 	var p nat.Packet
 	for {
 		n, err := r.tunIO.read(bufs, sizes, packetOffset)
@@ -400,7 +402,7 @@ func (r *Router) tunLoopWhole() error {
 		for i := range n {
 			r.core.fromTUN(bufs[i], sizes[i], &p, o, segs)
 		}
-		r.flush(o)
+		r.flushReleased(o, released, &p, true, batch)
 	}
 }
 
@@ -409,6 +411,7 @@ func (r *Router) wanLoop() error {
 	batch := r.wan.BatchSize()
 	bufs, sizes := newBuffers(batch)
 	o := newOutbox(batch, packetOffset, batch, maxICMPErrorLen)
+	released := &segmentPool{offset: packetOffset}
 	var p nat.Packet
 	for {
 		n, err := r.wan.Read(bufs, sizes, packetOffset)
@@ -423,7 +426,7 @@ func (r *Router) wanLoop() error {
 			whole := r.core.gsoIn && decodeVnetHdr(bufs[i][packetOffset-vnetHdrLen:packetOffset]).isGSO()
 			r.core.fromWANAs(bufs[i], sizes[i], &p, o, whole)
 		}
-		r.flush(o)
+		r.flushReleased(o, released, &p, false, batch)
 	}
 }
 
@@ -453,6 +456,22 @@ func (r *Router) flush(o *outbox) {
 			r.core.drop(nat.DropWriteFailed)
 			r.log.Debug().Err(err).Msg("tun write")
 		}
+	}
+}
+
+// flushReleased writes what one pass queued together with the fragments
+// the pass released from the engine's hold (outbound: the TUN loop's,
+// else the WAN loop's), which follow their first fragments in the same
+// write; more than max of them take further writes.
+func (r *Router) flushReleased(o *outbox, pool *segmentPool, p *nat.Packet, outbound bool, max int) {
+	pool.reset()
+	more := r.core.sendReleased(outbound, o, pool, p, max)
+	r.flush(o)
+	for more {
+		o.reset()
+		pool.reset()
+		more = r.core.sendReleased(outbound, o, pool, p, max)
+		r.flush(o)
 	}
 }
 
