@@ -74,6 +74,19 @@ func TestCallIDs(t *testing.T) {
 	}
 }
 
+// logShows waits up to d for the server's log to match re.
+func logShows(log *syncBuffer, re string, d time.Duration) bool {
+	r := regexp.MustCompile(re)
+	for deadline := time.Now().Add(d); ; time.Sleep(10 * time.Millisecond) {
+		if r.MatchString(log.String()) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
 // syncBuffer collects a server's output while the test reads it.
 type syncBuffer struct {
 	mu sync.Mutex
@@ -141,7 +154,9 @@ func TestServersAndClientsOverLoopback(t *testing.T) {
 		if want := "udp-client: echo from " + addr + ": hello udp"; !strings.Contains(stdout.String(), want) {
 			t.Errorf("udp-client printed %q, want %q", stdout.String(), want)
 		}
-		if !regexp.MustCompile(`udp 9 bytes from 127\.0\.0\.1:\d+ echoed`).MatchString(log.String()) {
+		// The server logs after it echoed: the client may read the echo
+		// first.
+		if !logShows(log, `udp 9 bytes from 127\.0\.0\.1:\d+ echoed`, 5*time.Second) {
 			t.Errorf("udp-echo log lacks the datagram from 127.0.0.1: %s", log)
 		}
 	})
@@ -204,10 +219,7 @@ func TestServersAndClientsOverLoopback(t *testing.T) {
 		}
 		// The client's stop makes the server log the end of the connection;
 		// give it a moment to be written.
-		deadline := time.Now().Add(5 * time.Second)
-		for !strings.Contains(log.String(), "stopped") && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		logShows(log, "stopped", 5*time.Second)
 		for _, re := range []string{
 			`pptp call 0x5000 for client call 0x4242 from 127\.0\.0\.1:\d+`,
 			`pptp call 0x5000 cleared: client call 0x4242 from 127\.0\.0\.1:\d+, GRE from 127\.0\.0\.1: 3 in, 3 echoed`,
