@@ -290,32 +290,35 @@ func (q *holdQueue) unlink(hf *heldFrag) {
 // arrival order, for release before the call returns (a hairpinned first
 // fragment's second translation is remembered after this).
 func (q *holdQueue) markReady(k fragKey) {
-	if len(q.byKey) == 0 {
+	first := q.take(k)
+	if first == nil {
 		return
+	}
+	for hf := first; hf != nil; hf = hf.same {
+		q.unlink(hf)
+	}
+	q.ready = append(q.ready, first)
+}
+
+// take removes datagram k from the map and returns its first waiting
+// fragment (nil if none waits); the chain stays in the arrival order for
+// the caller to unlink.
+func (q *holdQueue) take(k fragKey) *heldFrag {
+	if len(q.byKey) == 0 {
+		return nil
 	}
 	c, ok := q.byKey[k]
 	if !ok {
-		return
+		return nil
 	}
 	delete(q.byKey, k)
-	for hf := c.first; hf != nil; hf = hf.same {
-		q.unlink(hf)
-	}
-	q.ready = append(q.ready, c.first)
+	return c.first
 }
 
 // discard drops datagram k's waiting fragments: unmatched, or expired
 // for those whose time ran out before the sweep.
 func (ft *fragTable) discard(q *holdQueue, k fragKey, now int64) {
-	if len(q.byKey) == 0 {
-		return
-	}
-	c, ok := q.byKey[k]
-	if !ok {
-		return
-	}
-	delete(q.byKey, k)
-	for hf := c.first; hf != nil; {
+	for hf := q.take(k); hf != nil; {
 		next := hf.same
 		hf.same = nil
 		q.unlink(hf)
