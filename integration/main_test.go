@@ -294,19 +294,7 @@ func launchRouter(t *testing.T, l *lab.Lab, config string) (*router, error) {
 		args = append(args, "--config", path)
 	}
 	if config == "" {
-		// The embedded default keeps its state in /var/lib/vpnmasq: the
-		// test removes what its router wrote there (the directory too,
-		// when the router created it).
-		_, fileErr := os.Stat(defaultStateFile)
-		_, dirErr := os.Stat(filepath.Dir(defaultStateFile))
-		t.Cleanup(func() {
-			if errors.Is(fileErr, fs.ErrNotExist) {
-				os.Remove(defaultStateFile)
-			}
-			if errors.Is(dirErr, fs.ErrNotExist) {
-				os.Remove(filepath.Dir(defaultStateFile))
-			}
-		})
+		removeDefaultStateAfter(t)
 	}
 	cmd := exec.Command(vpnmasqBin, args...)
 	r := &router{t: t, cmd: cmd, log: newRouterLog(), exited: make(chan struct{})}
@@ -355,6 +343,22 @@ func withAdminSocket(config, path string) string {
 		return config[:i] + line + config[i:]
 	}
 	return config + "\n[services]\n" + line
+}
+
+// removeDefaultStateAfter removes, when t ends, what a router on the
+// embedded default wrote in /var/lib/vpnmasq (the directory too, when the
+// router created it), leaving what was there before.
+func removeDefaultStateAfter(t *testing.T) {
+	_, fileErr := os.Stat(defaultStateFile)
+	_, dirErr := os.Stat(filepath.Dir(defaultStateFile))
+	t.Cleanup(func() {
+		if errors.Is(fileErr, fs.ErrNotExist) {
+			os.Remove(defaultStateFile)
+		}
+		if errors.Is(dirErr, fs.ErrNotExist) {
+			os.Remove(filepath.Dir(defaultStateFile))
+		}
+	})
 }
 
 // defaultStateFile is [state] file's default.

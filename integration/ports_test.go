@@ -1,9 +1,7 @@
 package integration
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -105,16 +103,7 @@ func TestNATPortsStayApartFromTheHostsEphemeralPorts(t *testing.T) {
 		sysctl(t, "net.ipv4.ip_local_port_range=1024 65535")
 		defer sysctl(t, "net.ipv4.ip_local_port_range=32768 60999")
 		// A router that started anyway would write the default state file.
-		_, fileErr := os.Stat(defaultStateFile)
-		_, dirErr := os.Stat(filepath.Dir(defaultStateFile))
-		t.Cleanup(func() {
-			if errors.Is(fileErr, fs.ErrNotExist) {
-				os.Remove(defaultStateFile)
-			}
-			if errors.Is(dirErr, fs.ErrNotExist) {
-				os.Remove(filepath.Dir(defaultStateFile))
-			}
-		})
+		removeDefaultStateAfter(t)
 		before := snapshotRouter(t, l.Router)
 		code, out := runVpnmasq(t, l.Router, 15*time.Second, "run")
 		want := "<embedded default>: nat.port_range: the default 20000-32767 overlaps the host's ephemeral ports 1024-65535 (net.ipv4.ip_local_port_range) in 20000-32767: "
