@@ -216,7 +216,10 @@ func checkPPTPIndexes(t testing.TB, e *Engine) {
 // connections in an order the fuzzer picks — requests, replies, clears,
 // disconnects, closes, flows gone, time passing, GRE — with small limits,
 // and checks after every step that the indexes, the per-server counts and
-// the per-host quota agree with the calls held.
+// the per-host quota agree with the calls held. Time may pass beyond the
+// established TCP timeout with nothing sent: the control connection's flow
+// then expires, and the server's next message must be dropped as
+// unsolicited (it reaches no state) until the client speaks again.
 func FuzzPPTPLifecycle(f *testing.F) {
 	f.Add([]byte{0, 1, 8, 9, 2, 6, 6, 6})
 	f.Add([]byte{0, 8, 16, 24, 32, 1, 4, 6, 14, 0, 5, 22})
@@ -244,11 +247,11 @@ func FuzzPPTPLifecycle(f *testing.F) {
 				m := be16(payloadOf(c.fromClient(pptpMsg(PPTPOutgoingCallRequest, arg+1, 0))), 12)
 				masqs[arg] = m
 			case 1:
-				c.fromServer(pptpMsg(PPTPOutgoingCallReply, 0x100+arg, masqs[arg]))
+				c.fromServerIfLive(pptpMsg(PPTPOutgoingCallReply, 0x100+arg, masqs[arg]))
 			case 2:
 				c.fromClient(pptpMsg(PPTPCallClearRequest, arg+1, 0))
 			case 3:
-				c.fromServer(pptpMsg(PPTPCallDisconnectNotify, 0x100+arg, 0))
+				c.fromServerIfLive(pptpMsg(PPTPCallDisconnectNotify, 0x100+arg, 0))
 			case 4:
 				s.e.pptp.gone(s.e.pptp.lookup(pptpConnKey{endpoint{c.client.Addr().As4(), c.client.Port()}, endpoint{c.server.Addr().As4(), c.server.Port()}}), s.e.now())
 			case 5:
@@ -264,4 +267,19 @@ func FuzzPPTPLifecycle(f *testing.F) {
 		s.advance(10 * time.Minute)
 		checkPPTPIndexes(t, s.e)
 	})
+}
+
+// fromServerIfLive is fromServer while the control connection's flow is in
+// the table. Once it has expired, the segment must be dropped as
+// unsolicited: a server cannot revive a connection the router forgot.
+func (c *pptpConnLab) fromServerIfLive(payload []byte) {
+	c.l.t.Helper()
+	for _, m := range c.l.e.Mappings() {
+		if m.Proto == "tcp" && m.LAN == c.client && m.WAN.Port() == c.ext && m.Flows > 0 {
+			c.fromServer(payload)
+			return
+		}
+	}
+	r, _ := c.l.in(tcpSeqAckPkt(c.server, ap(wanAddr, c.ext), header.TCPFlagAck|header.TCPFlagPsh, c.sseq, c.cseq, payload))
+	wantDrop(c.l.t, r, DropUnsolicited)
 }

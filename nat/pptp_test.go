@@ -176,6 +176,7 @@ func (c *pptpConnLab) fromClient(payload []byte) *Packet {
 	c.l.t.Helper()
 	p := c.l.mustOut(tcpSeqAckPkt(c.client, c.server, header.TCPFlagAck|header.TCPFlagPsh, c.cseq, c.sseq, payload), VerdictToWAN)
 	c.cseq += uint32(len(payload))
+	c.ext = p.SrcPort // a new mapping if the old one expired
 	return p
 }
 
