@@ -34,6 +34,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // NamePrefix starts the name of every namespace a lab creates; cleanup
@@ -367,6 +368,9 @@ func cleanupMatching(match func(string) bool) ([]string, error) {
 // createNamed creates a named namespace on a throw-away thread, so the
 // calling goroutine's thread never changes namespace.
 func createNamed(name string) error {
+	if err := shareNetnsDir(); err != nil {
+		return err
+	}
 	return onLockedThread(func(orig netns.NsHandle) error {
 		h, err := netns.NewNamed(name)
 		if err != nil {
@@ -374,6 +378,27 @@ func createNamed(name string) error {
 		}
 		return h.Close()
 	})
+}
+
+// shareNetnsDir makes netnsDir a shared mount point of its own before the
+// first namespace is mounted in it, as `ip netns add` does. Without it, the
+// first `ip netns add` on the machine (from a test tool or a peer) bind-mounts
+// the directory over itself after the lab's namespaces were mounted there,
+// hiding them: they can then be neither reached by name nor deleted (EBUSY).
+func shareNetnsDir() error {
+	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	err := unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if errors.Is(err, unix.EINVAL) { // not a mount point yet
+		if err = unix.Mount(netnsDir, netnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err == nil {
+			err = unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("lab: make %s a shared mount point: %w", netnsDir, err)
+	}
+	return nil
 }
 
 // deleteNamed unmounts and removes a named namespace; a name that does not

@@ -185,6 +185,52 @@ func TestCloseRemovesAllNamespacesAndIsIdempotent(t *testing.T) {
 	}
 }
 
+// On a freshly booted machine the namespace directory is no mount point;
+// the first `ip netns add` (run by a peer's tooling) bind-mounts it over
+// itself, which used to hide the namespaces a lab had already mounted there,
+// so that Close failed with EBUSY and left them behind.
+func TestNamespacesSurviveALaterIPNetnsAdd(t *testing.T) {
+	l, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := false
+	for _, line := range strings.Split(string(mounts), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 6 && (f[4] == "/run/netns" || f[4] == netnsDir) && strings.Contains(line, " shared:") {
+			shared = true
+		}
+	}
+	if !shared {
+		t.Errorf("%s is not a shared mount point after New", netnsDir)
+	}
+	scratch := l.Tag + "-scratch"
+	if out, err := exec.Command("ip", "netns", "add", scratch).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	if out, err := exec.Command("ip", "netns", "del", scratch).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns del: %v: %s", err, out)
+	}
+	for _, n := range l.Namespaces() {
+		if !n.Exists() {
+			t.Errorf("%s hidden after ip netns add", n.Name)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	for _, n := range l.Namespaces() {
+		if n.Exists() {
+			t.Errorf("%s still exists after Close", n.Name)
+		}
+	}
+}
+
 func TestNewRejectsBadOptionsAndLeavesNothingBehind(t *testing.T) {
 	taken := NewTag()
 	if err := createNamed(taken + "-wan"); err != nil {
