@@ -182,7 +182,7 @@ type State struct {
 	Interval time.Duration `toml:"interval"` // periodic snapshot, default 5s
 	MaxAge   time.Duration `toml:"max_age"`  // an older file is ignored, default 10m
 	// Hold is how long a stop keeps dropping, in the kernel, what the
-	// router would have handled (router/nfthold_linux.go), so that the
+	// router would have handled (hostnet/nfthold_linux.go), so that the
 	// host neither resets restored connections nor forwards the LAN
 	// unmasqueraded before the next start. 0 leaves nothing; default 30s.
 	Hold time.Duration `toml:"hold"`

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/hostnet"
 	"github.com/vpnmasq/vpnmasq/nat"
 	"github.com/vpnmasq/vpnmasq/router/admin"
 )
@@ -160,7 +161,7 @@ func (r *Router) ReloadConfig() admin.ReloadResult {
 	cfg, err := config.Load(path)
 	if err == nil {
 		var host *config.Host
-		if host, err = config.ReadHost(); err != nil {
+		if host, err = hostnet.ReadHost(); err != nil {
 			err = fmt.Errorf("reading interfaces: %w", err)
 		} else {
 			err = cfg.Resolve(host)
@@ -363,7 +364,7 @@ func describeForward(f nat.Forward) string {
 // ports and hairpin protocols of the new forwards. On failure it puts the
 // old capture back.
 func (r *Router) updateCapture(ports []config.PortRange, hairpinProtos []uint8) (err error) {
-	capture := r.spec.Capture
+	capture := r.capture
 	capture.Ports = ports
 	// While the capture and the guard change, the router's own sockets
 	// keep off the old ports and the new ones.
@@ -389,12 +390,13 @@ func (r *Router) updateCapture(ports []config.PortRange, hairpinProtos []uint8) 
 	if r.host != nil {
 		if err := r.host.UpdateGuard(r.spec.TUN, ports, ports, hairpinProtos); err != nil {
 			if sc, ok := r.wan.(interface{ SetCapture(Capture) error }); ok {
-				_ = sc.SetCapture(r.spec.Capture)
+				_ = sc.SetCapture(r.capture)
 			}
 			return fmt.Errorf("updating the nftables guard: %w", err)
 		}
 	}
-	r.spec.Capture = capture
+	r.capture = capture
+	r.spec.Guard.Ports = ports
 	r.spec.HairpinPorts = ports
 	r.spec.HairpinProtocols = hairpinProtos
 	return nil

@@ -1,4 +1,4 @@
-package router
+package hostnet
 
 import (
 	"errors"
@@ -40,8 +40,8 @@ const (
 	nftPriorityHoldForward = -150
 )
 
-// nftHoldTableName is the hold table of an instance: family ip.
-func nftHoldTableName(tun string) string { return nftTableName(tun) + nftHoldSuffix }
+// HoldTableName is the name of an instance's hold table (family ip).
+func HoldTableName(tun string) string { return nftTableName(tun) + nftHoldSuffix }
 
 // holdSpec is what the hold is built from: the guard's description, with
 // the WAN address current at the stop, and how long it lasts.
@@ -67,7 +67,7 @@ func installHold(nsFd int, s holdSpec) (err error) {
 			err = errors.Join(err, removeHold(nsFd, s.tun))
 		}
 	}()
-	t := c.CreateTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: nftHoldTableName(s.tun)})
+	t := c.CreateTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: HoldTableName(s.tun)})
 	natPorts, err := addPortSet(c, t, nftSetNATPorts, s.ports)
 	if err != nil {
 		return err
@@ -122,7 +122,7 @@ func installHold(nsFd int, s holdSpec) (err error) {
 		matchIifnameInSet(ifaces), matchOifname(s.wan), countAndDrop())})
 
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("creating nftables table ip %s: %w", nftHoldTableName(s.tun), err)
+		return fmt.Errorf("creating nftables table ip %s: %w", HoldTableName(s.tun), err)
 	}
 	return nil
 }
@@ -133,7 +133,7 @@ func removeHold(nsFd int, tun string) error {
 	if err != nil {
 		return err
 	}
-	name := nftHoldTableName(tun)
+	name := HoldTableName(tun)
 	t, err := c.ListTableOfFamily(name, nftables.TableFamilyIPv4)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
@@ -154,7 +154,7 @@ func holdPresent(nsFd int, tun string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	_, err = c.ListTableOfFamily(nftHoldTableName(tun), nftables.TableFamilyIPv4)
+	_, err = c.ListTableOfFamily(HoldTableName(tun), nftables.TableFamilyIPv4)
 	switch {
 	case err == nil:
 		return true, nil

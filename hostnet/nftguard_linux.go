@@ -1,4 +1,4 @@
-package router
+package hostnet
 
 import (
 	"encoding/binary"
@@ -47,6 +47,13 @@ const (
 	nftPriorityGuardInput      = -150
 	nftPriorityGuardPrerouting = -300
 	nftPriorityHairpin         = 0
+)
+
+// Header offsets the rules load (RFC 791, RFC 793, RFC 768).
+const (
+	ipv4ProtocolOffset     = 9
+	ipv4DstOffset          = 16
+	transportDstPortOffset = 2 // destination port inside a TCP or UDP header
 )
 
 // nftTableName is the name of both of an instance's nftables tables.
@@ -302,11 +309,7 @@ func familyName(f nftables.TableFamily) string {
 // addPortSet adds a named interval set of TCP/UDP ports.
 func addPortSet(c *nftables.Conn, t *nftables.Table, name string, ports []config.PortRange) (*nftables.Set, error) {
 	set := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeInetService, Interval: true}
-	var ranges []addrRange
-	for _, r := range mergePortRanges(ports) {
-		ranges = append(ranges, addrRange{First: uint32(r.First), Last: uint32(r.Last)})
-	}
-	if err := c.AddSet(set, intervalElements(ranges, 2)); err != nil {
+	if err := c.AddSet(set, intervalElements(portRanges(ports), 2)); err != nil {
 		return nil, fmt.Errorf("nftables set %s: %w", name, err)
 	}
 	return set, nil
@@ -396,7 +399,7 @@ func matchL4Proto(proto uint8) []expr.Any {
 
 func matchDportInSet(set *nftables.Set) []expr.Any {
 	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: transportDstPortOff, Len: 2},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: transportDstPortOffset, Len: 2},
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
 	}
 }
