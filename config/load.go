@@ -25,15 +25,13 @@ func Default() *Config {
 	return &Config{
 		Source: DefaultSource,
 		NAT: NAT{
-			// Linux gives the host's own connections 32768-60999
-			// (net.ipv4.ip_local_port_range); staying below keeps the two apart.
-			PortRange:             PortRange{First: 20000, Last: 32767},
-			UDPTimeout:            5 * time.Minute,
-			TCPEstablishedTimeout: 2*time.Hour + 4*time.Minute,
-			TCPTransitoryTimeout:  4 * time.Minute,
-			ICMPTimeout:           60 * time.Second,
+			PortRange:             PortRange{First: nat.DefaultPorts.First, Last: nat.DefaultPorts.Last},
+			UDPTimeout:            nat.DefaultUDPTimeout,
+			TCPEstablishedTimeout: nat.DefaultTCPEstablishedTimeout,
+			TCPTransitoryTimeout:  nat.DefaultTCPTransitoryTimeout,
+			ICMPTimeout:           nat.DefaultICMPTimeout,
 			UDPFiltering:          UDPFilteringAddressDependent,
-			MaxMappings:           65536,
+			MaxMappings:           nat.DefaultMaxMappings,
 		},
 		Limits: Limits{
 			MaxFlows:            nat.DefaultMaxFlows,
@@ -50,22 +48,23 @@ func Default() *Config {
 			ForwardFlowRate:     nat.DefaultForwardFlowRate,
 			ForwardFlowBurst:    nat.DefaultForwardFlowBurst,
 			UnrepliedTimeout:    nat.DefaultUnrepliedTimeout,
-			ICMPErrorRate:       1,
-			ICMPErrorBurst:      6,
+			// Linux's net.ipv4.icmp_ratelimit (1 s) and icmp_msgs_burst.
+			ICMPErrorRate:  1,
+			ICMPErrorBurst: 6,
 		},
 		IPsec: IPsec{
-			IKETimeout: 35 * time.Minute,
-			ESPTimeout: 35 * time.Minute,
-			ESPWait:    2 * time.Minute,
-			ESPRetries: 5,
-			ESPSquelch: 30 * time.Second,
-			MaxESP:     4096,
+			IKETimeout: nat.DefaultIKETimeout,
+			ESPTimeout: nat.DefaultESPTimeout,
+			ESPWait:    nat.DefaultESPWait,
+			ESPRetries: nat.DefaultESPRetries,
+			ESPSquelch: nat.DefaultESPSquelch,
+			MaxESP:     nat.DefaultMaxESP,
 		},
 		PPTP: PPTP{
-			CallSetupTimeout: 2 * time.Minute,
-			TeardownGrace:    30 * time.Second,
-			GRETimeout:       5 * time.Minute,
-			MaxCalls:         4096,
+			CallSetupTimeout: nat.DefaultCallSetupTimeout,
+			TeardownGrace:    nat.DefaultTeardownGrace,
+			GRETimeout:       nat.DefaultGRETimeout,
+			MaxCalls:         nat.DefaultMaxCalls,
 		},
 		Services: Services{
 			Address:     netip.AddrFrom4([4]byte{192, 0, 2, 53}),

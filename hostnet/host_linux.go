@@ -40,30 +40,26 @@ type Spec struct {
 
 // Validate reports the first thing that makes s unusable.
 func (s Spec) Validate() error {
-	if s.TUN == "" || len(s.TUN) >= unix.IFNAMSIZ {
-		return fmt.Errorf("host: TUN name %q must have 1 to %d characters", s.TUN, unix.IFNAMSIZ-1)
+	if err := config.CheckInterfaceName(s.TUN); err != nil {
+		return fmt.Errorf("host: TUN: %w", err)
 	}
-	switch {
-	case s.Table <= 0:
-		return fmt.Errorf("host: routing table %d: must be positive", s.Table)
-	case s.Table == unix.RT_TABLE_DEFAULT || s.Table == unix.RT_TABLE_MAIN || s.Table == unix.RT_TABLE_LOCAL:
-		return fmt.Errorf("host: routing table %d is one of the kernel's own (default, main, local); pick a free one", s.Table)
+	if err := config.CheckTable(s.Table); err != nil {
+		return fmt.Errorf("host: routing table: %w", err)
 	}
-	// 0 is the local table's rule and 32766/32767 main and default: ours
-	// must come after local and before main.
-	if s.RulePriority < 1 || s.RulePriority > 32765 {
-		return fmt.Errorf("host: rule priority %d: must be between 1 and 32765 (after local, before main)", s.RulePriority)
+	if err := config.CheckRulePriority(s.RulePriority); err != nil {
+		return fmt.Errorf("host: rule priority: %w", err)
 	}
-	if s.WANInterface == "" {
-		return errors.New("host: no WAN interface")
+	if err := config.CheckInterfaceName(s.WANInterface); err != nil {
+		return fmt.Errorf("host: WAN: %w", err)
 	}
 	if len(s.LANInterfaces) == 0 {
 		return errors.New("host: no LAN interface")
 	}
 	for _, lan := range s.LANInterfaces {
+		if err := config.CheckInterfaceName(lan); err != nil {
+			return fmt.Errorf("host: LAN: %w", err)
+		}
 		switch lan {
-		case "":
-			return errors.New("host: empty LAN interface name")
 		case s.WANInterface:
 			return fmt.Errorf("host: %s cannot be both LAN and WAN", lan)
 		case s.TUN:
