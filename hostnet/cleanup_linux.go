@@ -33,30 +33,57 @@ func CleanupStale(s Spec) error {
 		return fmt.Errorf("cleanup: netlink: %w", err)
 	}
 	defer nl.Close()
-	log := s.Log
 
-	var deleteTUN netlink.Link
-	switch link, err := nl.LinkByName(s.TUN); {
-	case errors.As(err, new(netlink.LinkNotFoundError)):
-	case err != nil:
-		return fmt.Errorf("cleanup: looking up %s: %w", s.TUN, err)
-	default:
-		t, ok := link.(*netlink.Tuntap)
-		switch {
-		case !ok || t.Mode != netlink.TUNTAP_MODE_TUN:
-			log.Debug().Str("link", s.TUN).Str("type", link.Type()).Msg("not a TUN device, left alone")
-		default:
-			inUse, err := tunInUse(t)
-			if err != nil {
-				return fmt.Errorf("cleanup: checking whether TUN %s is in use: %w", s.TUN, err)
-			}
-			if inUse {
-				return fmt.Errorf("cleanup: TUN %s is open by a running process (another instance?); not removing anything", s.TUN)
-			}
-			deleteTUN = link
+	// The TUN decides whether the instance is dead at all: look at it
+	// before removing anything, delete it last.
+	staleTUN, err := findStaleTUN(nl, s)
+	if err != nil {
+		return err
+	}
+	errs := removeStaleRouting(nl, s)
+	if err := removeStaleNft(int(ns), s); err != nil {
+		errs = append(errs, err)
+	}
+	if staleTUN != nil {
+		if err := ignoreGone(nl.LinkDel(staleTUN)); err != nil {
+			errs = append(errs, fmt.Errorf("cleanup: deleting TUN %s: %w", s.TUN, err))
+		} else {
+			s.Log.Debug().Str("object", "link "+s.TUN).Msg("removed stale")
 		}
 	}
+	return errors.Join(errs...)
+}
 
+// findStaleTUN returns the link named s.TUN when it is a TUN device nobody
+// has open, nil when there is no such link or it is not a TUN (which is
+// not vpnmasq's to delete), and an error when a process has the TUN open:
+// then its instance is alive and nothing may be removed.
+func findStaleTUN(nl *netlink.Handle, s Spec) (netlink.Link, error) {
+	link, err := nl.LinkByName(s.TUN)
+	switch {
+	case errors.As(err, new(netlink.LinkNotFoundError)):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("cleanup: looking up %s: %w", s.TUN, err)
+	}
+	t, ok := link.(*netlink.Tuntap)
+	if !ok || t.Mode != netlink.TUNTAP_MODE_TUN {
+		s.Log.Debug().Str("link", s.TUN).Str("type", link.Type()).Msg("not a TUN device, left alone")
+		return nil, nil
+	}
+	inUse, err := tunInUse(t)
+	if err != nil {
+		return nil, fmt.Errorf("cleanup: checking whether TUN %s is in use: %w", s.TUN, err)
+	}
+	if inUse {
+		return nil, fmt.Errorf("cleanup: TUN %s is open by a running process (another instance?); not removing anything", s.TUN)
+	}
+	return link, nil
+}
+
+// removeStaleRouting deletes the rules with the instance's table and
+// priority and the routes of its table, going on past failures.
+func removeStaleRouting(nl *netlink.Handle, s Spec) []error {
 	var errs []error
 	rules, err := retryInterrupted(func() ([]netlink.Rule, error) {
 		return nl.RuleListFiltered(netlink.FAMILY_V4, &netlink.Rule{Table: s.Table, Priority: s.RulePriority}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PRIORITY)
@@ -69,7 +96,7 @@ func CleanupStale(s Spec) error {
 			errs = append(errs, fmt.Errorf("cleanup: deleting rule %s: %w", r, err))
 			continue
 		}
-		log.Debug().Str("object", fmt.Sprintf("rule iif %s lookup %d priority %d", r.IifName, r.Table, r.Priority)).Msg("removed stale")
+		s.Log.Debug().Str("object", fmt.Sprintf("rule iif %s lookup %d priority %d", r.IifName, r.Table, r.Priority)).Msg("removed stale")
 	}
 
 	routes, err := retryInterrupted(func() ([]netlink.Route, error) {
@@ -83,28 +110,27 @@ func CleanupStale(s Spec) error {
 			errs = append(errs, fmt.Errorf("cleanup: deleting route %s: %w", r, err))
 			continue
 		}
-		log.Debug().Str("object", fmt.Sprintf("route %s table %d", r.Dst, r.Table)).Msg("removed stale")
+		s.Log.Debug().Str("object", fmt.Sprintf("route %s table %d", r.Dst, r.Table)).Msg("removed stale")
 	}
+	return errs
+}
 
-	present, err := nftTablesPresent(int(ns), s.TUN)
+// removeStaleNft deletes the instance's guard and hairpin tables. The hold
+// table stays: it is the dead instance's last word to its successor, and
+// the successor removes it once its own guards are in place.
+func removeStaleNft(nsFd int, s Spec) error {
+	present, err := nftTablesPresent(nsFd, s.TUN)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("cleanup: listing nftables tables: %w", err))
-	} else if len(present) > 0 {
-		if err := removeNft(int(ns), s.TUN); err != nil {
-			errs = append(errs, fmt.Errorf("cleanup: %w", err))
-		} else {
-			log.Debug().Str("object", "nftables "+strings.Join(present, ", ")).Msg("removed stale")
-		}
+		return fmt.Errorf("cleanup: listing nftables tables: %w", err)
 	}
-
-	if deleteTUN != nil {
-		if err := ignoreGone(nl.LinkDel(deleteTUN)); err != nil {
-			errs = append(errs, fmt.Errorf("cleanup: deleting TUN %s: %w", s.TUN, err))
-		} else {
-			log.Debug().Str("object", "link "+s.TUN).Msg("removed stale")
-		}
+	if len(present) == 0 {
+		return nil
 	}
-	return errors.Join(errs...)
+	if err := removeNft(nsFd, s.TUN); err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	s.Log.Debug().Str("object", "nftables "+strings.Join(present, ", ")).Msg("removed stale")
+	return nil
 }
 
 // tunInUse reports whether a process has the TUN open. The kernel deletes

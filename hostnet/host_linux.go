@@ -166,6 +166,10 @@ func (h *Host) added(what string, undo func() error) {
 	h.log.Debug().Str("object", what).Msg("added")
 }
 
+// setup installs, in order: the sysctls (setupSysctls), the TUN link up,
+// the nftables guards, and the policy routing (setupRouting). Each object
+// registers its undo as soon as it exists, so that Close, which Setup
+// calls on failure, removes exactly what was added.
 func (h *Host) setup(s Spec) error {
 	nl, err := netlinkAt(h.ns)
 	if err != nil {
@@ -186,45 +190,8 @@ func (h *Host) setup(s Spec) error {
 		}
 	}
 
-	// Sysctls first: without forwarding nothing works, and a read-only
-	// /proc/sys is the most likely failure in a container.
-	fwd, err := ensureSysctl(sysctlIPForward, "1")
-	if err != nil {
-		return fmt.Errorf("host: enabling IPv4 forwarding: %w", err)
-	}
-	if fwd.restore != "" {
-		h.added("sysctl net.ipv4.ip_forward=1 (was "+fwd.restore+")", fwd.undo)
-	} else {
-		fwd.undo() // already on: leave it, and leave it on at Close
-		h.log.Debug().Msg("net.ipv4.ip_forward already 1, left as it is")
-	}
-	rp, err := ensureLooseRPFilter(s.TUN)
-	if err != nil {
-		return fmt.Errorf("host: loose reverse path filter on %s: %w", s.TUN, err)
-	}
-	if rp.restore != "" {
-		h.added("sysctl "+dotted(sysctlRPFilterKey(s.TUN))+"=2 (was "+rp.restore+")", rp.undo)
-	} else {
-		rp.undo()
-		h.log.Debug().Str("device", s.TUN).Msg("reverse path filter not strict, left as it is")
-	}
-
-	// The core writes packets into the TUN whose source is one of this
-	// host's own addresses: ICMP errors from the router's LAN address, and
-	// hairpinned packets from the WAN address. Without accept_local the
-	// kernel drops them as martians. The setting dies with the device.
-	if err := ensureAcceptLocal(s.TUN); err != nil {
-		return fmt.Errorf("host: accept_local on %s: %w", s.TUN, err)
-	}
-
-	// vpnmasq routes IPv4 only. Without this the kernel sends its own IPv6
-	// chatter (router solicitations, MLD) into the TUN as soon as it is up.
-	// The setting dies with the device; where /proc/sys is read-only or
-	// IPv6 is off, there is nothing to silence.
-	if v6, err := ensureSysctl("net/ipv6/conf/"+s.TUN+"/disable_ipv6", "1"); err == nil {
-		v6.file.close()
-	} else {
-		h.log.Debug().Err(err).Str("device", s.TUN).Msg("IPv6 left enabled on the TUN")
+	if err := h.setupSysctls(s.TUN); err != nil {
+		return err
 	}
 
 	if err := nl.LinkSetUp(tun); err != nil {
@@ -237,7 +204,62 @@ func (h *Host) setup(s Spec) error {
 	}
 	h.added("nftables tables ip+netdev "+nftTableName(s.TUN), func() error { return removeNft(int(h.ns), s.TUN) })
 
-	route := tunDefaultRoute(tun.Attrs().Index, s.Table)
+	return h.setupRouting(nl, s, tun.Attrs().Index)
+}
+
+// setupSysctls turns on IPv4 forwarding and makes the TUN accept what the
+// router writes into it. A setting already as needed is left alone, and
+// left as it is at Close too.
+func (h *Host) setupSysctls(tun string) error {
+	// Sysctls first: without forwarding nothing works, and a read-only
+	// /proc/sys is the most likely failure in a container.
+	fwd, err := ensureSysctl(sysctlIPForward, "1")
+	if err != nil {
+		return fmt.Errorf("host: enabling IPv4 forwarding: %w", err)
+	}
+	if fwd.restore != "" {
+		h.added("sysctl net.ipv4.ip_forward=1 (was "+fwd.restore+")", fwd.undo)
+	} else {
+		fwd.undo() // already on: leave it, and leave it on at Close
+		h.log.Debug().Msg("net.ipv4.ip_forward already 1, left as it is")
+	}
+	rp, err := ensureLooseRPFilter(tun)
+	if err != nil {
+		return fmt.Errorf("host: loose reverse path filter on %s: %w", tun, err)
+	}
+	if rp.restore != "" {
+		h.added("sysctl "+dotted(sysctlRPFilterKey(tun))+"=2 (was "+rp.restore+")", rp.undo)
+	} else {
+		rp.undo()
+		h.log.Debug().Str("device", tun).Msg("reverse path filter not strict, left as it is")
+	}
+
+	// The core writes packets into the TUN whose source is one of this
+	// host's own addresses: ICMP errors from the router's LAN address, and
+	// hairpinned packets from the WAN address. Without accept_local the
+	// kernel drops them as martians. The setting dies with the device.
+	if err := ensureAcceptLocal(tun); err != nil {
+		return fmt.Errorf("host: accept_local on %s: %w", tun, err)
+	}
+
+	// vpnmasq routes IPv4 only. Without this the kernel sends its own IPv6
+	// chatter (router solicitations, MLD) into the TUN as soon as it is up.
+	// The setting dies with the device; where /proc/sys is read-only or
+	// IPv6 is off, there is nothing to silence.
+	if v6, err := ensureSysctl("net/ipv6/conf/"+tun+"/disable_ipv6", "1"); err == nil {
+		v6.file.close()
+	} else {
+		h.log.Debug().Err(err).Str("device", tun).Msg("IPv6 left enabled on the TUN")
+	}
+	return nil
+}
+
+// setupRouting sends the LAN into the TUN: a default route through the
+// TUN in the instance's table, and one rule per LAN interface looking that
+// table up. A route or rule already there (EEXIST) is a previous run's
+// leftover, which the error points at.
+func (h *Host) setupRouting(nl *netlink.Handle, s Spec, tunIndex int) error {
+	route := tunDefaultRoute(tunIndex, s.Table)
 	if err := nl.RouteAdd(route); err != nil {
 		return fmt.Errorf("host: adding route default dev %s table %d: %w%s", s.TUN, s.Table, err, staleHint(err))
 	}
