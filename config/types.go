@@ -3,7 +3,10 @@
 // Loading is pure: it reads one file (or the embedded default), reports every
 // problem with its file, line and key, and never touches the host. Resolving
 // fills what the file left open (WAN interface, addresses, LAN prefixes, MTU)
-// from a snapshot of the host's interfaces and routes.
+// from a snapshot of the host's interfaces and routes, a Host that
+// hostnet.ReadHost reads; this package reads nothing of the host itself, so
+// it builds and tests on any system. The defaults are nat's where the
+// engine has one (Default, NATConfig).
 package config
 
 import (
