@@ -1,12 +1,7 @@
 package config
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/vpnmasq/vpnmasq/nat"
@@ -15,95 +10,11 @@ import (
 // Ephemeral is what the kernel gives the host's own sockets when they do
 // not choose a port themselves (connect without bind, bind to port 0): the
 // ports of net.ipv4.ip_local_port_range that net.ipv4.ip_local_reserved_ports
-// does not hold back. Both settings belong to a network namespace.
+// does not hold back. Both settings belong to a network namespace;
+// hostnet.ReadEphemeral reads them.
 type Ephemeral struct {
 	Range    PortRange   // net.ipv4.ip_local_port_range; zero: unknown
 	Reserved []PortRange // net.ipv4.ip_local_reserved_ports, in order, merged
-}
-
-// The sysctls, as read by ReadEphemeral.
-const (
-	localPortRangeFile    = "/proc/sys/net/ipv4/ip_local_port_range"
-	localReservedPortFile = "/proc/sys/net/ipv4/ip_local_reserved_ports"
-)
-
-// ReadEphemeral reads the ephemeral ports of the calling thread's network
-// namespace (the kernel answers /proc/sys/net for the reader's namespace).
-func ReadEphemeral() (Ephemeral, error) {
-	b, err := os.ReadFile(localPortRangeFile)
-	if err != nil {
-		return Ephemeral{}, fmt.Errorf("reading net.ipv4.ip_local_port_range: %w", err)
-	}
-	r, err := parseLocalPortRange(string(b))
-	if err != nil {
-		return Ephemeral{}, fmt.Errorf("net.ipv4.ip_local_port_range: %w", err)
-	}
-	e := Ephemeral{Range: r}
-	switch b, err := os.ReadFile(localReservedPortFile); {
-	case errors.Is(err, fs.ErrNotExist):
-		// Kernels before 2.6.35 reserve nothing.
-	case err != nil:
-		return Ephemeral{}, fmt.Errorf("reading net.ipv4.ip_local_reserved_ports: %w", err)
-	default:
-		if e.Reserved, err = parseReservedPorts(string(b)); err != nil {
-			return Ephemeral{}, fmt.Errorf("net.ipv4.ip_local_reserved_ports: %w", err)
-		}
-	}
-	return e, nil
-}
-
-// parseLocalPortRange reads ip_local_port_range: two ports separated by
-// white space ("32768\t60999\n").
-func parseLocalPortRange(text string) (PortRange, error) {
-	f := strings.Fields(text)
-	if len(f) != 2 {
-		return PortRange{}, fmt.Errorf("%q is not two ports", text)
-	}
-	var ports [2]uint16
-	for i, s := range f {
-		n, err := strconv.ParseUint(s, 10, 16)
-		if err != nil || n == 0 {
-			return PortRange{}, fmt.Errorf("%q is not two ports", text)
-		}
-		ports[i] = uint16(n)
-	}
-	if ports[0] > ports[1] {
-		return PortRange{}, fmt.Errorf("%q: first port %d is above last port %d", text, ports[0], ports[1])
-	}
-	return PortRange{First: ports[0], Last: ports[1]}, nil
-}
-
-// parseReservedPorts reads ip_local_reserved_ports: ports and ranges
-// separated by commas ("8080,20000-20010"), or nothing.
-func parseReservedPorts(text string) ([]PortRange, error) {
-	text = strings.TrimSpace(text)
-	if text == "" {
-		return nil, nil
-	}
-	var out []PortRange
-	for _, item := range strings.Split(text, ",") {
-		r, err := ParsePortRange(strings.TrimSpace(item))
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return mergeRanges(out), nil
-}
-
-// mergeRanges sorts ranges and joins those that overlap or touch.
-func mergeRanges(list []PortRange) []PortRange {
-	list = slices.Clone(list)
-	slices.SortFunc(list, func(a, b PortRange) int { return int(a.First) - int(b.First) })
-	var out []PortRange
-	for _, r := range list {
-		if n := len(out); n > 0 && int(r.First) <= int(out[n-1].Last)+1 {
-			out[n-1].Last = max(out[n-1].Last, r.Last)
-			continue
-		}
-		out = append(out, r)
-	}
-	return out
 }
 
 // IsZero reports whether the ephemeral ports are unknown.

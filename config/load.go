@@ -25,15 +25,13 @@ func Default() *Config {
 	return &Config{
 		Source: DefaultSource,
 		NAT: NAT{
-			// Linux gives the host's own connections 32768-60999
-			// (net.ipv4.ip_local_port_range); staying below keeps the two apart.
-			PortRange:             PortRange{First: 20000, Last: 32767},
-			UDPTimeout:            5 * time.Minute,
-			TCPEstablishedTimeout: 2*time.Hour + 4*time.Minute,
-			TCPTransitoryTimeout:  4 * time.Minute,
-			ICMPTimeout:           60 * time.Second,
+			PortRange:             PortRange{First: nat.DefaultPorts.First, Last: nat.DefaultPorts.Last},
+			UDPTimeout:            nat.DefaultUDPTimeout,
+			TCPEstablishedTimeout: nat.DefaultTCPEstablishedTimeout,
+			TCPTransitoryTimeout:  nat.DefaultTCPTransitoryTimeout,
+			ICMPTimeout:           nat.DefaultICMPTimeout,
 			UDPFiltering:          UDPFilteringAddressDependent,
-			MaxMappings:           65536,
+			MaxMappings:           nat.DefaultMaxMappings,
 		},
 		Limits: Limits{
 			MaxFlows:            nat.DefaultMaxFlows,
@@ -50,22 +48,23 @@ func Default() *Config {
 			ForwardFlowRate:     nat.DefaultForwardFlowRate,
 			ForwardFlowBurst:    nat.DefaultForwardFlowBurst,
 			UnrepliedTimeout:    nat.DefaultUnrepliedTimeout,
-			ICMPErrorRate:       1,
-			ICMPErrorBurst:      6,
+			// Linux's net.ipv4.icmp_ratelimit (1 s) and icmp_msgs_burst.
+			ICMPErrorRate:  1,
+			ICMPErrorBurst: 6,
 		},
 		IPsec: IPsec{
-			IKETimeout: 35 * time.Minute,
-			ESPTimeout: 35 * time.Minute,
-			ESPWait:    2 * time.Minute,
-			ESPRetries: 5,
-			ESPSquelch: 30 * time.Second,
-			MaxESP:     4096,
+			IKETimeout: nat.DefaultIKETimeout,
+			ESPTimeout: nat.DefaultESPTimeout,
+			ESPWait:    nat.DefaultESPWait,
+			ESPRetries: nat.DefaultESPRetries,
+			ESPSquelch: nat.DefaultESPSquelch,
+			MaxESP:     nat.DefaultMaxESP,
 		},
 		PPTP: PPTP{
-			CallSetupTimeout: 2 * time.Minute,
-			TeardownGrace:    30 * time.Second,
-			GRETimeout:       5 * time.Minute,
-			MaxCalls:         4096,
+			CallSetupTimeout: nat.DefaultCallSetupTimeout,
+			TeardownGrace:    nat.DefaultTeardownGrace,
+			GRETimeout:       nat.DefaultGRETimeout,
+			MaxCalls:         nat.DefaultMaxCalls,
 		},
 		Services: Services{
 			Address:     netip.AddrFrom4([4]byte{192, 0, 2, 53}),
@@ -232,39 +231,78 @@ func (d *decoder) primitive(p toml.Primitive) any {
 	return v
 }
 
-// value decodes one TOML value into dst, choosing the conversion by the Go type.
+// value decodes one TOML value into dst, choosing the conversion by the Go
+// type: a single value (scalar), a list of them (list), the forwards, or a
+// table of further keys (table). Every problem is reported with its key.
 func (d *decoder) value(path string, p toml.Primitive, dst reflect.Value) {
 	switch target := dst.Addr().Interface().(type) {
+	case *string, *int, *bool, *uint16, *time.Duration, *PortRange, *netip.Addr:
+		d.scalar(path, d.primitive(p), target)
+	case *[]string, *[]netip.Prefix, *[]Upstream:
+		d.list(path, p, target)
+	case *[]Forward:
+		d.forwards(path, p, target)
+	default:
+		d.table(path, p, dst)
+	}
+}
+
+// scalar decodes the single value v into target, one of the pointer types
+// value sends here.
+func (d *decoder) scalar(path string, v any, target any) {
+	switch target := target.(type) {
 	case *string:
-		if s, ok := d.primitive(p).(string); ok {
+		if s, ok := v.(string); ok {
 			*target = s
 		} else {
-			d.errorf(path, "must be a string, not %s", tomlTypeName(d.primitive(p)))
+			d.errorf(path, "must be a string, not %s", tomlTypeName(v))
 		}
 	case *int:
-		if n, ok := d.primitive(p).(int64); ok && int64(int(n)) == n {
+		if n, ok := v.(int64); ok && int64(int(n)) == n {
 			*target = int(n)
 		} else {
-			d.errorf(path, "must be an integer, not %s", tomlTypeName(d.primitive(p)))
+			d.errorf(path, "must be an integer, not %s", tomlTypeName(v))
+		}
+	case *bool:
+		if b, ok := v.(bool); ok {
+			*target = b
+		} else {
+			d.errorf(path, "must be true or false, not %s", tomlTypeName(v))
+		}
+	case *uint16:
+		if n, ok := v.(int64); ok && n >= 0 && n <= 65535 {
+			*target = uint16(n)
+		} else if ok {
+			d.errorf(path, "must be a port from 1 to 65535, not %d", n)
+		} else {
+			d.errorf(path, "must be an integer, not %s", tomlTypeName(v))
 		}
 	case *time.Duration:
-		if dur, err := parseDuration(d.primitive(p)); err != nil {
+		if dur, err := parseDuration(v); err != nil {
 			d.errorf(path, "%v", err)
 		} else {
 			*target = dur
 		}
 	case *PortRange:
-		if err := target.UnmarshalTOML(d.primitive(p)); err != nil {
+		if err := target.UnmarshalTOML(v); err != nil {
 			d.errorf(path, "%v", err)
 		}
 	case *netip.Addr:
-		if s, ok := d.primitive(p).(string); !ok {
-			d.errorf(path, "must be an IPv4 address in a string, e.g. \"192.0.2.53\", not %s", tomlTypeName(d.primitive(p)))
+		if s, ok := v.(string); !ok {
+			d.errorf(path, "must be an IPv4 address in a string, e.g. \"192.0.2.53\", not %s", tomlTypeName(v))
 		} else if addr, err := parseIPv4(s); err != nil {
 			d.errorf(path, "%v", err)
 		} else {
 			*target = addr
 		}
+	}
+}
+
+// list decodes an array into target, one of the slice types value sends
+// here. A wrong element is reported with its index and left out; the rest
+// are kept.
+func (d *decoder) list(path string, p toml.Primitive, target any) {
+	switch target := target.(type) {
 	case *[]string:
 		*target = nil
 		for i, item := range d.array(path, p, "strings") {
@@ -290,20 +328,6 @@ func (d *decoder) value(path string, p toml.Primitive, dst reflect.Value) {
 				*target = append(*target, prefix)
 			}
 		}
-	case *bool:
-		if b, ok := d.primitive(p).(bool); ok {
-			*target = b
-		} else {
-			d.errorf(path, "must be true or false, not %s", tomlTypeName(d.primitive(p)))
-		}
-	case *uint16:
-		if n, ok := d.primitive(p).(int64); ok && n >= 0 && n <= 65535 {
-			*target = uint16(n)
-		} else if ok {
-			d.errorf(path, "must be a port from 1 to 65535, not %d", n)
-		} else {
-			d.errorf(path, "must be an integer, not %s", tomlTypeName(d.primitive(p)))
-		}
 	case *[]Upstream:
 		*target = nil
 		for i, item := range d.array(path, p, "addresses") {
@@ -316,27 +340,28 @@ func (d *decoder) value(path string, p toml.Primitive, dst reflect.Value) {
 				*target = append(*target, u)
 			}
 		}
-	case *[]Forward:
-		d.forwards(path, p, target)
-	default:
-		if dst.Kind() != reflect.Struct {
-			// Every field type of Config is handled above; this only guards
-			// additions to types.go that forget a case here.
-			d.errorf(path, "no decoding for values of type %s", dst.Type())
-			return
-		}
-		// BurntSushi/toml decodes a scalar into a map as an empty map without
-		// error, so the type is checked first.
-		var table map[string]toml.Primitive
-		if v, isTable := d.primitive(p).(map[string]any); !isTable {
-			d.errorf(path, "must be a table ([%s]), not %s", path, tomlTypeName(v))
-			return
-		} else if err := d.md.PrimitiveDecode(p, &table); err != nil {
-			d.errorf(path, "%v", err)
-			return
-		}
-		d.fields(path, table, dst)
 	}
+}
+
+// table decodes a table of keys into the struct dst.
+func (d *decoder) table(path string, p toml.Primitive, dst reflect.Value) {
+	if dst.Kind() != reflect.Struct {
+		// Every field type of Config is handled by value; this only guards
+		// additions to types.go that forget a case there.
+		d.errorf(path, "no decoding for values of type %s", dst.Type())
+		return
+	}
+	// BurntSushi/toml decodes a scalar into a map as an empty map without
+	// error, so the type is checked first.
+	var table map[string]toml.Primitive
+	if v, isTable := d.primitive(p).(map[string]any); !isTable {
+		d.errorf(path, "must be a table ([%s]), not %s", path, tomlTypeName(v))
+		return
+	} else if err := d.md.PrimitiveDecode(p, &table); err != nil {
+		d.errorf(path, "%v", err)
+		return
+	}
+	d.fields(path, table, dst)
 }
 
 // array unpacks a TOML array; a wrong type is reported once for the key.

@@ -33,86 +33,10 @@ func (c *Config) Resolve(h *Host) error {
 		fail("", "no host information to resolve against")
 		return es.orNil()
 	}
-
-	var wan *HostInterface
-	switch name := r.WAN.Interface; {
-	case name == "" && h.DefaultRouteInterface == "":
-		fail("wan.interface", "not set, and this host has no IPv4 default route to take it from")
-	case name == "":
-		r.WAN.Interface = h.DefaultRouteInterface
-		r.WAN.InterfaceFromHost = true
-		fallthrough
-	default:
-		var ok bool
-		if wan, ok = h.Interface(r.WAN.Interface); !ok {
-			fail("wan.interface", "no interface %q on this host", r.WAN.Interface)
-		} else if wan.Loopback {
-			fail("wan.interface", "%q is a loopback interface", wan.Name)
-			wan = nil
-		}
-	}
-
-	if wan != nil {
-		switch {
-		case len(wan.Prefixes) == 0:
-			fail("wan.address", "interface %q has no IPv4 address", wan.Name)
-		case !r.WAN.Address.IsValid():
-			r.WAN.Address = wan.Prefixes[0].Addr()
-			r.WAN.AddressFromHost = true
-		case !slices.ContainsFunc(wan.Prefixes, func(p netip.Prefix) bool { return p.Addr() == r.WAN.Address }):
-			fail("wan.address", "%s is not an address of interface %q (it has %s)", r.WAN.Address, wan.Name, joinPrefixes(wan.Prefixes))
-		}
-		switch {
-		case r.WAN.MTU == 0:
-			r.WAN.MTU = wan.MTU
-		case r.WAN.MTU > wan.MTU:
-			fail("wan.mtu", "%d is above the MTU of interface %q (%d)", r.WAN.MTU, wan.Name, wan.MTU)
-		}
-	}
-
-	if len(r.LAN.Interfaces) == 0 {
-		for _, iface := range h.Interfaces {
-			if iface.Up && !iface.Loopback && len(iface.Prefixes) > 0 &&
-				iface.Name != r.WAN.Interface && iface.Name != r.TUN.Name {
-				r.LAN.Interfaces = append(r.LAN.Interfaces, iface.Name)
-			}
-		}
-		if len(r.LAN.Interfaces) == 0 {
-			fail("lan.interfaces", "not set, and no interface other than the WAN (%q) is up with an IPv4 address", r.WAN.Interface)
-		}
-	}
-	var lans []*HostInterface
-	for i, name := range r.LAN.Interfaces {
-		if iface, ok := h.Interface(name); ok {
-			lans = append(lans, iface)
-		} else {
-			fail(indexPath("lan.interfaces", i), "no interface %q on this host", name)
-		}
-	}
-
-	if len(r.LAN.Prefixes) == 0 && len(lans) > 0 {
-		var subnets []netip.Prefix
-		for _, iface := range lans {
-			for _, p := range iface.Prefixes {
-				subnets = append(subnets, p.Masked())
-			}
-		}
-		r.LAN.Prefixes = outermost(subnets)
-		if len(r.LAN.Prefixes) == 0 {
-			fail("lan.prefixes", "not set, and the LAN interfaces (%s) have no IPv4 address", strings.Join(r.LAN.Interfaces, ", "))
-		}
-	}
-
-	if len(r.Services.DNSUpstream) == 0 {
-		for _, a := range h.Nameservers {
-			if a != r.Services.Address {
-				r.Services.DNSUpstream = append(r.Services.DNSUpstream, Upstream(netip.AddrPortFrom(a, 53)))
-			}
-		}
-	}
-	if len(r.Services.AdminAllow) == 0 {
-		r.Services.AdminAllow = slices.Clone(r.LAN.Prefixes)
-	}
+	// The WAN first: the LAN defaults to every interface but the WAN's.
+	r.resolveWAN(h, fail)
+	r.resolveLAN(h, fail)
+	r.resolveServices(h)
 
 	es = append(es, validate(r, pos)...)
 	// A nat.port_range that is wrong in itself is not compared with the
@@ -129,6 +53,99 @@ func (c *Config) Resolve(h *Host) error {
 	r.Warnings = warnings
 	*c = *r
 	return nil
+}
+
+// failFunc reports a problem with a key of the configuration.
+type failFunc func(key, format string, args ...any)
+
+// resolveWAN fills wan.interface, wan.address and wan.mtu from h and checks
+// the ones the configuration set against it.
+func (c *Config) resolveWAN(h *Host, fail failFunc) {
+	switch name := c.WAN.Interface; {
+	case name == "" && h.DefaultRouteInterface == "":
+		fail("wan.interface", "not set, and this host has no IPv4 default route to take it from")
+		return
+	case name == "":
+		c.WAN.Interface = h.DefaultRouteInterface
+		c.WAN.InterfaceFromHost = true
+	}
+	wan, ok := h.Interface(c.WAN.Interface)
+	switch {
+	case !ok:
+		fail("wan.interface", "no interface %q on this host", c.WAN.Interface)
+		return
+	case wan.Loopback:
+		fail("wan.interface", "%q is a loopback interface", wan.Name)
+		return
+	}
+
+	switch {
+	case len(wan.Prefixes) == 0:
+		fail("wan.address", "interface %q has no IPv4 address", wan.Name)
+	case !c.WAN.Address.IsValid():
+		c.WAN.Address = wan.Prefixes[0].Addr()
+		c.WAN.AddressFromHost = true
+	case !slices.ContainsFunc(wan.Prefixes, func(p netip.Prefix) bool { return p.Addr() == c.WAN.Address }):
+		fail("wan.address", "%s is not an address of interface %q (it has %s)", c.WAN.Address, wan.Name, joinPrefixes(wan.Prefixes))
+	}
+	switch {
+	case c.WAN.MTU == 0:
+		c.WAN.MTU = wan.MTU
+	case c.WAN.MTU > wan.MTU:
+		fail("wan.mtu", "%d is above the MTU of interface %q (%d)", c.WAN.MTU, wan.Name, wan.MTU)
+	}
+}
+
+// resolveLAN fills lan.interfaces and lan.prefixes from h and checks that
+// the named interfaces exist.
+func (c *Config) resolveLAN(h *Host, fail failFunc) {
+	if len(c.LAN.Interfaces) == 0 {
+		for _, iface := range h.Interfaces {
+			if iface.Up && !iface.Loopback && len(iface.Prefixes) > 0 &&
+				iface.Name != c.WAN.Interface && iface.Name != c.TUN.Name {
+				c.LAN.Interfaces = append(c.LAN.Interfaces, iface.Name)
+			}
+		}
+		if len(c.LAN.Interfaces) == 0 {
+			fail("lan.interfaces", "not set, and no interface other than the WAN (%q) is up with an IPv4 address", c.WAN.Interface)
+		}
+	}
+	var lans []*HostInterface
+	for i, name := range c.LAN.Interfaces {
+		if iface, ok := h.Interface(name); ok {
+			lans = append(lans, iface)
+		} else {
+			fail(indexPath("lan.interfaces", i), "no interface %q on this host", name)
+		}
+	}
+
+	if len(c.LAN.Prefixes) == 0 && len(lans) > 0 {
+		var subnets []netip.Prefix
+		for _, iface := range lans {
+			for _, p := range iface.Prefixes {
+				subnets = append(subnets, p.Masked())
+			}
+		}
+		c.LAN.Prefixes = outermost(subnets)
+		if len(c.LAN.Prefixes) == 0 {
+			fail("lan.prefixes", "not set, and the LAN interfaces (%s) have no IPv4 address", strings.Join(c.LAN.Interfaces, ", "))
+		}
+	}
+}
+
+// resolveServices fills services.dns_upstream from the host's nameservers
+// and services.admin_allow from the LAN prefixes.
+func (c *Config) resolveServices(h *Host) {
+	if len(c.Services.DNSUpstream) == 0 {
+		for _, a := range h.Nameservers {
+			if a != c.Services.Address {
+				c.Services.DNSUpstream = append(c.Services.DNSUpstream, Upstream(netip.AddrPortFrom(a, 53)))
+			}
+		}
+	}
+	if len(c.Services.AdminAllow) == 0 {
+		c.Services.AdminAllow = slices.Clone(c.LAN.Prefixes)
+	}
 }
 
 // outermost drops duplicates and prefixes inside another of the list (an

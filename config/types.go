@@ -3,7 +3,10 @@
 // Loading is pure: it reads one file (or the embedded default), reports every
 // problem with its file, line and key, and never touches the host. Resolving
 // fills what the file left open (WAN interface, addresses, LAN prefixes, MTU)
-// from a snapshot of the host's interfaces and routes.
+// from a snapshot of the host's interfaces and routes, a Host that
+// hostnet.ReadHost reads; this package reads nothing of the host itself, so
+// it builds and tests on any system. The defaults are nat's where the
+// engine has one (Default, NATConfig).
 package config
 
 import (
@@ -182,7 +185,7 @@ type State struct {
 	Interval time.Duration `toml:"interval"` // periodic snapshot, default 5s
 	MaxAge   time.Duration `toml:"max_age"`  // an older file is ignored, default 10m
 	// Hold is how long a stop keeps dropping, in the kernel, what the
-	// router would have handled (router/nfthold_linux.go), so that the
+	// router would have handled (hostnet/nfthold_linux.go), so that the
 	// host neither resets restored connections nor forwards the LAN
 	// unmasqueraded before the next start. 0 leaves nothing; default 30s.
 	Hold time.Duration `toml:"hold"`

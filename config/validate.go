@@ -179,7 +179,7 @@ func (v *validator) lan() {
 	seen := map[string]int{}
 	for i, name := range v.c.LAN.Interfaces {
 		key := indexPath("lan.interfaces", i)
-		if err := checkInterfaceName(name); err != nil {
+		if err := CheckInterfaceName(name); err != nil {
 			v.errorf(key, "%v", err)
 			continue
 		}
@@ -228,7 +228,7 @@ func checkIPv4Prefix(p netip.Prefix) error {
 func (v *validator) wan() {
 	w := v.c.WAN
 	if w.Interface != "" {
-		if err := checkInterfaceName(w.Interface); err != nil {
+		if err := CheckInterfaceName(w.Interface); err != nil {
 			v.errorf("wan.interface", "%v", err)
 		} else if w.Interface == v.c.TUN.Name {
 			v.errorf("wan.interface", "%q is tun.name; the TUN device cannot be the WAN", w.Interface)
@@ -303,20 +303,40 @@ func (v *validator) services() {
 
 func (v *validator) tun() {
 	t := v.c.TUN
-	if err := checkInterfaceName(t.Name); err != nil {
+	if err := CheckInterfaceName(t.Name); err != nil {
 		v.errorf("tun.name", "%v", err)
 	}
-	if t.Table < 1 || t.Table > 1<<31-1 {
-		v.errorf("tun.table", "%d is outside 1-%d", t.Table, 1<<31-1)
-	} else if name, reserved := reservedTables[t.Table]; reserved {
-		v.errorf("tun.table", "%d is the kernel's %q table; pick another number, e.g. 5353", t.Table, name)
+	if err := CheckTable(t.Table); err != nil {
+		v.errorf("tun.table", "%v", err)
 	}
-	// The rule must come after the local table's rule (priority 0), so the
-	// router's own addresses stay reachable from the LAN, and before the main
-	// table's (32766), or it would never match.
-	if t.RulePriority < 1 || t.RulePriority > 32765 {
-		v.errorf("tun.rule_priority", "%d is outside 1-32765 (after the local table's rule 0, before main's 32766)", t.RulePriority)
+	if err := CheckRulePriority(t.RulePriority); err != nil {
+		v.errorf("tun.rule_priority", "%v", err)
 	}
+}
+
+// CheckTable reports whether table may hold the route into the TUN: a
+// routing table number the kernel does not use itself. The configuration
+// and hostnet's setup both check with it.
+func CheckTable(table int) error {
+	if table < 1 || table > 1<<31-1 {
+		return fmt.Errorf("%d is outside 1-%d", table, 1<<31-1)
+	}
+	if name, reserved := reservedTables[table]; reserved {
+		return fmt.Errorf("%d is the kernel's %q table; pick another number, e.g. 5353", table, name)
+	}
+	return nil
+}
+
+// CheckRulePriority reports whether priority may order the policy rule
+// that sends the LAN to the TUN's table. The rule must come after the
+// local table's rule (priority 0), so the router's own addresses stay
+// reachable from the LAN, and before the main table's (32766), or it would
+// never match. The configuration and hostnet's setup both check with it.
+func CheckRulePriority(priority int) error {
+	if priority < 1 || priority > 32765 {
+		return fmt.Errorf("%d is outside 1-32765 (after the local table's rule 0, before main's 32766)", priority)
+	}
+	return nil
 }
 
 func (v *validator) state() {
@@ -453,9 +473,10 @@ func checkUnicast(a netip.Addr) error {
 	return nil
 }
 
-// checkInterfaceName applies the kernel's rules for device names
+// CheckInterfaceName applies the kernel's rules for device names
 // (dev_valid_name): 1-15 bytes, not "." or "..", no '/', ':' or whitespace.
-func checkInterfaceName(name string) error {
+// The configuration and hostnet's setup both check with it.
+func CheckInterfaceName(name string) error {
 	switch {
 	case name == "":
 		return fmt.Errorf("interface name is empty")

@@ -177,7 +177,7 @@ type Engine struct {
 func New(cfg Config) *Engine {
 	cfg = cfg.withDefaults()
 	if cfg.Ports.First == 0 || cfg.Ports.Last < cfg.Ports.First {
-		cfg.Ports = PortRange{First: 20000, Last: 32767}
+		cfg.Ports = DefaultPorts
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = SystemClock{}

@@ -28,25 +28,3 @@ type IPsecConfig struct {
 	// max_remote_ike).
 	MaxESP int
 }
-
-func (c IPsecConfig) withDefaults() IPsecConfig {
-	if c.IKETimeout <= 0 {
-		c.IKETimeout = 35 * time.Minute
-	}
-	if c.ESPTimeout <= 0 {
-		c.ESPTimeout = 35 * time.Minute
-	}
-	if c.ESPWait <= 0 {
-		c.ESPWait = 2 * time.Minute
-	}
-	if c.ESPRetries <= 0 {
-		c.ESPRetries = 5
-	}
-	if c.ESPSquelch <= 0 {
-		c.ESPSquelch = 30 * time.Second
-	}
-	if c.MaxESP <= 0 {
-		c.MaxESP = 4096
-	}
-	return c
-}

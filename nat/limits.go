@@ -61,51 +61,6 @@ type Limits struct {
 	UnrepliedTimeout time.Duration
 }
 
-// Defaults of Limits.
-const (
-	DefaultMaxFlows            = 131072
-	DefaultMaxFlowsPerHost     = 8192
-	DefaultMaxMappingsPerHost  = 4096
-	DefaultMaxESPPerHost       = 64
-	DefaultMaxIKEPerHost       = 64
-	DefaultMaxRemoteIKE        = 4
-	DefaultRemoteIKETimeout    = 30 * time.Second
-	DefaultMaxCallsPerHost     = 64
-	DefaultMaxFragmentsPerHost = 256
-	DefaultHostFlowRate        = 1000
-	DefaultHostFlowBurst       = 2000
-	DefaultForwardFlowRate     = 50
-	DefaultForwardFlowBurst    = 100
-	DefaultUnrepliedTimeout    = 30 * time.Second
-)
-
-func (l Limits) withDefaults() Limits {
-	def := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	def(&l.MaxFlows, DefaultMaxFlows)
-	def(&l.MaxFlowsPerHost, DefaultMaxFlowsPerHost)
-	def(&l.MaxMappingsPerHost, DefaultMaxMappingsPerHost)
-	def(&l.MaxESPPerHost, DefaultMaxESPPerHost)
-	def(&l.MaxIKEPerHost, DefaultMaxIKEPerHost)
-	def(&l.MaxRemoteIKE, DefaultMaxRemoteIKE)
-	def(&l.MaxCallsPerHost, DefaultMaxCallsPerHost)
-	def(&l.MaxFragmentsPerHost, DefaultMaxFragmentsPerHost)
-	def(&l.HostFlowRate, DefaultHostFlowRate)
-	def(&l.HostFlowBurst, DefaultHostFlowBurst)
-	def(&l.ForwardFlowRate, DefaultForwardFlowRate)
-	def(&l.ForwardFlowBurst, DefaultForwardFlowBurst)
-	if l.RemoteIKETimeout <= 0 {
-		l.RemoteIKETimeout = DefaultRemoteIKETimeout
-	}
-	if l.UnrepliedTimeout <= 0 {
-		l.UnrepliedTimeout = DefaultUnrepliedTimeout
-	}
-	return l
-}
-
 // Limit names one bound, for the counters of refusals and evictions.
 type Limit uint8
 

@@ -26,22 +26,6 @@ type PPTPConfig struct {
 	MaxCalls int
 }
 
-func (c PPTPConfig) withDefaults() PPTPConfig {
-	if c.CallSetupTimeout <= 0 {
-		c.CallSetupTimeout = 2 * time.Minute
-	}
-	if c.TeardownGrace <= 0 {
-		c.TeardownGrace = 30 * time.Second
-	}
-	if c.GRETimeout <= 0 {
-		c.GRETimeout = 5 * time.Minute
-	}
-	if c.MaxCalls <= 0 {
-		c.MaxCalls = 4096
-	}
-	return c
-}
-
 // pptpConnKey names a control connection: the LAN client's endpoint and the
 // server's.
 type pptpConnKey struct {

@@ -1,9 +1,6 @@
 package nat
 
-import (
-	"slices"
-	"time"
-)
+import "slices"
 
 // ReconfigResult says what Reconfigure changed.
 type ReconfigResult struct {
@@ -17,29 +14,6 @@ type ReconfigResult struct {
 	// and those of dynamic mappings an added forward took the internal
 	// endpoint of.
 	FlowsEnded int
-}
-
-// withDefaults fills what a Config leaves zero, as New does.
-func (cfg Config) withDefaults() Config {
-	if cfg.UDPTimeout <= 0 {
-		cfg.UDPTimeout = 5 * time.Minute
-	}
-	if cfg.TCPEstablishedTimeout <= 0 {
-		cfg.TCPEstablishedTimeout = 2*time.Hour + 4*time.Minute
-	}
-	if cfg.TCPTransitoryTimeout <= 0 {
-		cfg.TCPTransitoryTimeout = 4 * time.Minute
-	}
-	if cfg.ICMPTimeout <= 0 {
-		cfg.ICMPTimeout = 60 * time.Second
-	}
-	if cfg.MaxMappings <= 0 {
-		cfg.MaxMappings = 65536
-	}
-	cfg.Limits = cfg.Limits.withDefaults()
-	cfg.IPsec = cfg.IPsec.withDefaults()
-	cfg.PPTP = cfg.PPTP.withDefaults()
-	return cfg
 }
 
 // Reconfigure applies a new configuration to the running engine without

@@ -3,7 +3,6 @@ package router
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 )
 
 // Test labs: every test that touches the network builds its own network
@@ -106,27 +104,6 @@ func mustInNetns(t testing.TB, ns string, fn func() error) {
 	}
 }
 
-// openTestTUN creates a TUN device (IFF_TUN, no packet info) the way the
-// product's TUN does, non-blocking so reads honour deadlines. It must be
-// called inside the target namespace.
-func openTestTUN(name string) (*os.File, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
-	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("TUNSETIFF %s: %w", name, err)
-	}
-	return os.NewFile(uintptr(fd), "/dev/net/tun:"+name), nil
-}
-
 // listenUDPIn opens a UDP socket inside a namespace.
 func listenUDPIn(t *testing.T, ns, addr string) *net.UDPConn {
 	t.Helper()
@@ -143,23 +120,6 @@ func listenUDPIn(t *testing.T, ns, addr string) *net.UDPConn {
 	return c
 }
 
-// dialUDPIn opens a connected UDP socket inside a namespace; a connected
-// socket reports ICMP port unreachable as ECONNREFUSED on the next read.
-func dialUDPIn(t *testing.T, ns, to string) *net.UDPConn {
-	t.Helper()
-	var c *net.UDPConn
-	mustInNetns(t, ns, func() error {
-		a, err := net.ResolveUDPAddr("udp4", to)
-		if err != nil {
-			return err
-		}
-		c, err = net.DialUDP("udp4", nil, a)
-		return err
-	})
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // readUDP waits up to d for one datagram.
 func readUDP(c *net.UDPConn, d time.Duration) ([]byte, *net.UDPAddr, error) {
 	buf := make([]byte, 65536)
@@ -169,26 +129,4 @@ func readUDP(c *net.UDPConn, d time.Duration) ([]byte, *net.UDPAddr, error) {
 		return nil, nil, err
 	}
 	return buf[:n], from, nil
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// readTUN waits up to d for one packet from a TUN device.
-func readTUN(f *os.File, d time.Duration) ([]byte, error) {
-	buf := make([]byte, 65536)
-	f.SetReadDeadline(time.Now().Add(d))
-	n, err := f.Read(buf)
-	if err != nil {
-		return nil, err
-	}
-	return buf[:n], nil
-}
-
-// readSysctlIn reads a sysctl of a lab namespace.
-func readSysctlIn(t testing.TB, ns, key string) string {
-	t.Helper()
-	return strings.TrimSpace(run(t, "ip", "netns", "exec", ns, "cat", "/proc/sys/"+key))
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/hostnet"
 	"github.com/vpnmasq/vpnmasq/nat"
 	"github.com/vpnmasq/vpnmasq/router/admin"
 )
@@ -160,7 +161,7 @@ func (r *Router) ReloadConfig() admin.ReloadResult {
 	cfg, err := config.Load(path)
 	if err == nil {
 		var host *config.Host
-		if host, err = config.ReadHost(); err != nil {
+		if host, err = hostnet.ReadHost(); err != nil {
 			err = fmt.Errorf("reading interfaces: %w", err)
 		} else {
 			err = cfg.Resolve(host)
@@ -259,62 +260,20 @@ func withRestartFields(cfg, old *config.Config) *config.Config {
 // and protocols the capture and guards must own: the mapping range, IKE and
 // NAT-T, and the forwards' (ports sorted, for comparison).
 func engineConfig(cfg *config.Config) (nc nat.Config, ports []config.PortRange, hairpinProtos []uint8, err error) {
-	var forwards []nat.Forward
+	if nc, err = cfg.NATConfig(); err != nil {
+		return nc, nil, nil, err
+	}
 	ports = []config.PortRange{cfg.NAT.PortRange, {First: nat.PortIKE, Last: nat.PortIKE}, {First: nat.PortNATT, Last: nat.PortNATT}}
-	for _, f := range cfg.Forwards {
-		nf := nat.Forward{To: f.To, ToPort: f.ToPort, Ports: nat.PortRange{First: f.Port.First, Last: f.Port.Last}}
+	for _, f := range nc.Forwards {
 		switch f.Proto {
-		case "tcp":
-			nf.Proto = nat.ProtoTCP
-			ports = append(ports, f.Port)
-		case "udp":
-			nf.Proto = nat.ProtoUDP
-			ports = append(ports, f.Port)
-		case "gre":
-			nf.Proto = nat.ProtoGRE
-			hairpinProtos = append(hairpinProtos, nf.Proto)
-		case "esp":
-			nf.Proto = nat.ProtoESP
-			hairpinProtos = append(hairpinProtos, nf.Proto)
+		case nat.ProtoTCP, nat.ProtoUDP:
+			ports = append(ports, config.PortRange{First: f.Ports.First, Last: f.Ports.Last})
 		default:
-			return nc, nil, nil, fmt.Errorf("forward: unknown proto %q", f.Proto)
+			hairpinProtos = append(hairpinProtos, f.Proto)
 		}
-		forwards = append(forwards, nf)
 	}
 	ports = mergePortRanges(ports)
 	slices.Sort(hairpinProtos)
-	filtering := nat.AddressDependentFiltering
-	if cfg.NAT.UDPFiltering == "endpoint-independent" {
-		filtering = nat.EndpointIndependentFiltering
-	}
-	l := cfg.Limits
-	nc = nat.Config{
-		WANAddr:               cfg.WAN.Address,
-		Ports:                 nat.PortRange{First: cfg.NAT.PortRange.First, Last: cfg.NAT.PortRange.Last},
-		UDPTimeout:            cfg.NAT.UDPTimeout,
-		TCPEstablishedTimeout: cfg.NAT.TCPEstablishedTimeout,
-		TCPTransitoryTimeout:  cfg.NAT.TCPTransitoryTimeout,
-		ICMPTimeout:           cfg.NAT.ICMPTimeout,
-		UDPFiltering:          filtering,
-		MaxMappings:           cfg.NAT.MaxMappings,
-		UDPInboundRefresh:     cfg.NAT.UDPInboundRefresh,
-		Limits: nat.Limits{
-			MaxFlows: l.MaxFlows, MaxFlowsPerHost: l.MaxFlowsPerHost, MaxMappingsPerHost: l.MaxMappingsPerHost,
-			MaxESPPerHost: l.MaxESPPerHost, MaxIKEPerHost: l.MaxIKEPerHost, MaxRemoteIKE: l.MaxRemoteIKE,
-			RemoteIKETimeout: l.RemoteIKETimeout, MaxCallsPerHost: l.MaxCallsPerHost,
-			MaxFragmentsPerHost: l.MaxFragmentsPerHost, HostFlowRate: l.HostFlowRate, HostFlowBurst: l.HostFlowBurst,
-			ForwardFlowRate: l.ForwardFlowRate, ForwardFlowBurst: l.ForwardFlowBurst, UnrepliedTimeout: l.UnrepliedTimeout,
-		},
-		Forwards: forwards,
-		IPsec: nat.IPsecConfig{
-			IKETimeout: cfg.IPsec.IKETimeout, ESPTimeout: cfg.IPsec.ESPTimeout, ESPWait: cfg.IPsec.ESPWait,
-			ESPRetries: cfg.IPsec.ESPRetries, ESPSquelch: cfg.IPsec.ESPSquelch, MaxESP: cfg.IPsec.MaxESP,
-		},
-		PPTP: nat.PPTPConfig{
-			CallSetupTimeout: cfg.PPTP.CallSetupTimeout, TeardownGrace: cfg.PPTP.TeardownGrace,
-			GRETimeout: cfg.PPTP.GRETimeout, MaxCalls: cfg.PPTP.MaxCalls,
-		},
-	}
 	return nc, ports, hairpinProtos, nil
 }
 
@@ -363,7 +322,7 @@ func describeForward(f nat.Forward) string {
 // ports and hairpin protocols of the new forwards. On failure it puts the
 // old capture back.
 func (r *Router) updateCapture(ports []config.PortRange, hairpinProtos []uint8) (err error) {
-	capture := r.spec.Capture
+	capture := r.capture
 	capture.Ports = ports
 	// While the capture and the guard change, the router's own sockets
 	// keep off the old ports and the new ones.
@@ -389,12 +348,13 @@ func (r *Router) updateCapture(ports []config.PortRange, hairpinProtos []uint8) 
 	if r.host != nil {
 		if err := r.host.UpdateGuard(r.spec.TUN, ports, ports, hairpinProtos); err != nil {
 			if sc, ok := r.wan.(interface{ SetCapture(Capture) error }); ok {
-				_ = sc.SetCapture(r.spec.Capture)
+				_ = sc.SetCapture(r.capture)
 			}
 			return fmt.Errorf("updating the nftables guard: %w", err)
 		}
 	}
-	r.spec.Capture = capture
+	r.capture = capture
+	r.spec.Guard.Ports = ports
 	r.spec.HairpinPorts = ports
 	r.spec.HairpinProtocols = hairpinProtos
 	return nil

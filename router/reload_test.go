@@ -91,8 +91,11 @@ no_nat = ["203.0.113.0/24"]
 		if !r.core.noNAT.contains([4]byte{203, 0, 113, 9}) {
 			t.Error("the new no_nat prefix is not in force")
 		}
-		if !slices.ContainsFunc(r.spec.Capture.Ports, func(p config.PortRange) bool { return p.Contains(5001) }) {
-			t.Errorf("capture ports %v lack the new forward's", r.spec.Capture.Ports)
+		if !slices.ContainsFunc(r.capture.Ports, func(p config.PortRange) bool { return p.Contains(5001) }) {
+			t.Errorf("capture ports %v lack the new forward's", r.capture.Ports)
+		}
+		if !slices.Equal(r.spec.Guard.Ports, r.capture.Ports) {
+			t.Errorf("guard ports %v differ from the capture's %v", r.spec.Guard.Ports, r.capture.Ports)
 		}
 		if !r.ownsPort(5001) {
 			t.Error("the router's own sockets may still take the new forward's port 5001")
@@ -104,8 +107,11 @@ no_nat = ["203.0.113.0/24"]
 		if err != nil || !slices.Contains(applied, "forward removed: tcp 8080 → 192.168.77.10:80") {
 			t.Fatalf("applied %q, err %v", applied, err)
 		}
-		if slices.ContainsFunc(r.spec.Capture.Ports, func(p config.PortRange) bool { return p.Contains(8080) }) {
-			t.Errorf("capture ports %v still hold 8080", r.spec.Capture.Ports)
+		if slices.ContainsFunc(r.capture.Ports, func(p config.PortRange) bool { return p.Contains(8080) }) {
+			t.Errorf("capture ports %v still hold 8080", r.capture.Ports)
+		}
+		if slices.ContainsFunc(r.spec.Guard.Ports, func(p config.PortRange) bool { return p.Contains(8080) }) {
+			t.Errorf("guard ports %v still hold 8080", r.spec.Guard.Ports)
 		}
 		if r.ownsPort(8080) {
 			t.Error("the removed forward's port 8080 is still kept from the router's own sockets")

@@ -37,6 +37,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/hostnet"
 	"github.com/vpnmasq/vpnmasq/nat"
 )
 
@@ -54,12 +55,13 @@ type Router struct {
 	log      zerolog.Logger
 	core     core
 	nat      *nat.Engine
-	spec     HostSpec
+	spec     hostnet.Spec
+	capture  Capture // what the WAN transport reads; spec.Guard mirrors it
 	tunMTU   int
 	tun      tun.Device
 	tunIO    *tunIO // whole-packet reads; nil: wireguard-go's Read
 	wan      WAN
-	host     *Host
+	host     *hostnet.Host
 	services *services
 	wg       sync.WaitGroup
 	closing  chan struct{}
@@ -135,13 +137,20 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 		ICMP:      true,
 		Prefixes:  cfg.LAN.Prefixes,
 	}
-	r.spec = HostSpec{
-		TUN:              cfg.TUN.Name,
-		Table:            cfg.TUN.Table,
-		RulePriority:     cfg.TUN.RulePriority,
-		LANInterfaces:    cfg.LAN.Interfaces,
-		WANInterface:     cfg.WAN.Interface,
-		Capture:          capture,
+	r.capture = capture
+	r.spec = hostnet.Spec{
+		TUN:           cfg.TUN.Name,
+		Table:         cfg.TUN.Table,
+		RulePriority:  cfg.TUN.RulePriority,
+		LANInterfaces: cfg.LAN.Interfaces,
+		WANInterface:  cfg.WAN.Interface,
+		// The guards keep the host's stack off what the capture reads.
+		Guard: hostnet.Guard{
+			Addr:      capture.Addr,
+			Ports:     capture.Ports,
+			Protocols: capture.Protocols,
+			Prefixes:  capture.Prefixes,
+		},
 		HairpinPorts:     ports,
 		HairpinProtocols: hairpinProtos,
 		Log:              log.With().Str("component", "host").Logger(),
@@ -173,7 +182,7 @@ func (r *Router) Drops() map[string]uint64 {
 // undoes what it did.
 func (r *Router) Start() error {
 	r.restoreState()
-	if err := CleanupStale(r.spec); err != nil {
+	if err := hostnet.CleanupStale(r.spec); err != nil {
 		return fmt.Errorf("removing leftovers of a previous run: %w", err)
 	}
 	dev, err := tun.CreateTUN(r.cfg.TUN.Name, r.tunMTU)
@@ -187,7 +196,7 @@ func (r *Router) Start() error {
 		for range dev.Events() {
 		}
 	}()
-	if r.wan, err = OpenWAN(r.spec.Capture); err != nil {
+	if r.wan, err = OpenWAN(r.capture); err != nil {
 		r.tun.Close()
 		return fmt.Errorf("opening WAN transport on %s: %w", r.cfg.WAN.Interface, err)
 	}
@@ -207,16 +216,16 @@ func (r *Router) Start() error {
 		r.core.gsoIn = true
 	}
 	r.log.Debug().Bool("tun_whole_reads", r.tunIO != nil).Bool("wan_gso_send", r.core.gsoOut).Bool("wan_gso_receive", r.core.gsoIn).Msg("data path")
-	if r.host, err = SetupHost(r.spec); err != nil {
+	if r.host, err = hostnet.Setup(r.spec); err != nil {
 		r.wan.Close()
 		r.tun.Close()
 		return fmt.Errorf("setting up host routing: %w", err)
 	}
 	// Our guards are in: the previous stop's hold has done its job.
 	if released, err := r.host.ReleaseHold(r.spec.TUN); err != nil {
-		r.log.Warn().Err(err).Str("table", "ip "+nftHoldTableName(r.spec.TUN)).Msg("hold of the previous stop not removed")
+		r.log.Warn().Err(err).Str("table", "ip "+hostnet.HoldTableName(r.spec.TUN)).Msg("hold of the previous stop not removed")
 	} else if released {
-		r.log.Info().Str("table", "ip "+nftHoldTableName(r.spec.TUN)).Msg("hold of the previous stop released")
+		r.log.Info().Str("table", "ip "+hostnet.HoldTableName(r.spec.TUN)).Msg("hold of the previous stop released")
 	}
 	if err := r.startServices(); err != nil {
 		r.host.Close()

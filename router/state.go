@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/vpnmasq/vpnmasq/hostnet"
 )
 
 // routerState is the router's part of keeping the NAT state across
@@ -105,7 +107,7 @@ func (r *Router) holdForSuccessor() {
 	if !r.state.on || d <= 0 {
 		return
 	}
-	table := "ip " + nftHoldTableName(spec.TUN)
+	table := "ip " + hostnet.HoldTableName(spec.TUN)
 	if err := r.host.Hold(spec, d); err != nil {
 		r.log.Warn().Err(err).Str("table", table).Msg("no hold for the next start: its restored connections may be reset")
 		return

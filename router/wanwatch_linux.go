@@ -8,10 +8,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/hostnet"
 )
 
 // Following the WAN interface. The router watches its own network
@@ -225,7 +225,7 @@ func (w *wanWatcher) run(done <-chan struct{}) {
 // check reads the host and acts on what changed.
 func (w *wanWatcher) check() {
 	log := w.r.log
-	h, err := config.ReadHost()
+	h, err := hostnet.ReadHost()
 	if err != nil {
 		log.Debug().Err(err).Msg("wanwatch: reading the host")
 		return
@@ -285,16 +285,15 @@ func (r *Router) setWANAddr(a netip.Addr) error {
 	// r.spec: the two never run at once, and the spec keeps the address.
 	r.reload.mu.Lock()
 	defer r.reload.mu.Unlock()
-	r.spec.Capture.Addr = a
+	r.capture.Addr = a
+	r.spec.Guard.Addr = a
 	start := time.Now()
 	var errs []error
 	if s, ok := r.wan.(interface{ SetCaptureAddr(netip.Addr) error }); ok {
 		errs = append(errs, s.SetCaptureAddr(a))
 	}
 	if r.host != nil {
-		spec := r.spec
-		spec.Capture.Addr = a
-		errs = append(errs, r.host.setWANAddr(spec))
+		errs = append(errs, r.host.SetWANAddr(r.spec))
 	}
 	r.nat.SetWANAddr(a)
 	r.flushNexthops()
@@ -322,64 +321,4 @@ func (w *socketWAN) SetCaptureAddr(a netip.Addr) error {
 	c := w.capture
 	c.Addr = a
 	return w.attachCapture(c)
-}
-
-// setWANAddr replaces the nftables rules that name the WAN address: the
-// input guard's in one transaction (flush and refill the chain), then each
-// hairpin chain's.
-func (h *Host) setWANAddr(s HostSpec) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.done {
-		return nil
-	}
-	nl, err := netlinkAt(h.ns)
-	if err != nil {
-		return err
-	}
-	tun, err := nl.LinkByName(s.TUN)
-	nl.Close()
-	if err != nil {
-		return fmt.Errorf("TUN %s: %w", s.TUN, err)
-	}
-	return replaceNftAddr(int(h.ns), s.nft(tun.Attrs().Index))
-}
-
-// replaceNftAddr rewrites the rules that name the WAN address in the
-// tables installNft created.
-func replaceNftAddr(nsFd int, s nftSpec) error {
-	c, err := nftConn(nsFd)
-	if err != nil {
-		return err
-	}
-	name := nftTableName(s.tun)
-	ipTable := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: name}
-	input := &nftables.Chain{Name: nftChainGuardInput, Table: ipTable}
-	c.FlushChain(input)
-	for _, exprs := range guardInputRules(s, &nftables.Set{Table: ipTable, Name: nftSetNATPorts},
-		&nftables.Set{Table: ipTable, Name: nftSetNATProtocols}) {
-		c.AddRule(&nftables.Rule{Table: ipTable, Chain: input, Exprs: exprs})
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("replacing the input guard of %s: %w", name, err)
-	}
-	ndTable := &nftables.Table{Family: nftables.TableFamilyNetdev, Name: name}
-	rules, err := hairpinRules(s, &nftables.Set{Table: ndTable, Name: nftSetHairpinPorts},
-		&nftables.Set{Table: ndTable, Name: nftSetHairpinProtocols})
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, lan := range s.lans {
-		ch := &nftables.Chain{Name: nftChainHairpinPrefix + lan, Table: ndTable}
-		c.FlushChain(ch)
-		if err := c.Flush(); err != nil {
-			errs = append(errs, fmt.Errorf("flushing netdev %s %s: %w", name, ch.Name, err))
-			continue
-		}
-		if err := addRawRules(nsFd, nftables.TableFamilyNetdev, name, ch.Name, rules); err != nil {
-			errs = append(errs, fmt.Errorf("hairpin rules of netdev %s %s: %w", name, ch.Name, err))
-		}
-	}
-	return errors.Join(errs...)
 }

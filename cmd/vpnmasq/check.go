@@ -11,11 +11,12 @@ import (
 	"time"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/hostnet"
 )
 
 // cmdCheck implements `vpnmasq check --config FILE`.
 func cmdCheck(args []string) int {
-	return runCheck(args, os.Stdout, os.Stderr, config.ReadEphemeral)
+	return runCheck(args, os.Stdout, os.Stderr, hostnet.ReadEphemeral)
 }
 
 // runCheck loads and validates a configuration file, and compares its ports

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/hostnet"
 	"github.com/vpnmasq/vpnmasq/router"
 )
 
@@ -44,7 +45,7 @@ func cmdRun(args []string) int {
 		}
 	}
 	// Everything below reads the host; nothing changes it until Start.
-	host, err := config.ReadHost()
+	host, err := hostnet.ReadHost()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "vpnmasq: reading interfaces: %v\n", err)
 		return 1

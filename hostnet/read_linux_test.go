@@ -1,4 +1,4 @@
-package config
+package hostnet
 
 import (
 	"fmt"
@@ -6,15 +6,24 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"reflect"
 	"runtime"
-	"slices"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/vpnmasq/vpnmasq/config"
 )
+
+// prefixes parses IPv4 prefixes.
+func prefixes(list ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(list))
+	for i, s := range list {
+		out[i] = netip.MustParsePrefix(s)
+	}
+	return out
+}
 
 // testNamespace creates a network namespace that is deleted when the test
 // ends, and returns its name and a function running `ip` inside it.
@@ -42,10 +51,10 @@ func testNamespace(t *testing.T) (string, func(args ...string)) {
 // readHostIn runs ReadHost inside the named namespace. The goroutine's thread
 // is never unlocked, so Go discards it instead of reusing a thread that
 // lives in another namespace.
-func readHostIn(t *testing.T, name string) *Host {
+func readHostIn(t *testing.T, name string) *config.Host {
 	t.Helper()
 	type result struct {
-		host *Host
+		host *config.Host
 		err  error
 	}
 	done := make(chan result)
@@ -93,7 +102,7 @@ func TestReadHostSeesTheNamespacesInterfacesAndDefaultRoute(t *testing.T) {
 	ip("route", "add", "default", "via", "198.18.0.254", "dev", "vmq-wan", "metric", "5")
 
 	h := readHostIn(t, name)
-	byName := map[string]HostInterface{}
+	byName := map[string]config.HostInterface{}
 	for _, iface := range h.Interfaces {
 		byName[iface.Name] = iface
 	}
@@ -119,7 +128,7 @@ func TestReadHostSeesTheNamespacesInterfacesAndDefaultRoute(t *testing.T) {
 	}
 
 	t.Run("the default configuration resolves against the namespace", func(t *testing.T) {
-		c := Default()
+		c := config.Default()
 		if err := c.Resolve(h); err != nil {
 			t.Fatal(err)
 		}
@@ -141,25 +150,6 @@ func TestReadHostSeesTheNamespacesInterfacesAndDefaultRoute(t *testing.T) {
 		ip("route", "flush", "exact", "0.0.0.0/0")
 		if got := readHostIn(t, name).DefaultRouteInterface; got != "" {
 			t.Errorf("got %q, want none", got)
-		}
-	})
-}
-
-func TestReadNameservers(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "resolv.conf")
-	if err := os.WriteFile(path, []byte("# comment\nsearch lan\nnameserver 198.18.0.53\nnameserver 2001:db8::1\nnameserver  198.18.0.54 \noptions edns0\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Run("IPv4 nameserver lines are read in order, IPv6 left out", func(t *testing.T) {
-		got := readNameservers(path)
-		want := []netip.Addr{netip.MustParseAddr("198.18.0.53"), netip.MustParseAddr("198.18.0.54")}
-		if !slices.Equal(got, want) {
-			t.Errorf("got %v, want %v", got, want)
-		}
-	})
-	t.Run("a missing file has none", func(t *testing.T) {
-		if got := readNameservers(filepath.Join(t.TempDir(), "none")); len(got) != 0 {
-			t.Errorf("got %v", got)
 		}
 	})
 }

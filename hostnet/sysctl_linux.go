@@ -1,4 +1,4 @@
-package router
+package hostnet
 
 import (
 	"errors"
@@ -88,7 +88,7 @@ func isReadOnly(err error) bool {
 // dotted turns a /proc/sys path into the sysctl(8) spelling users type.
 func dotted(key string) string { return strings.ReplaceAll(key, "/", ".") }
 
-// sysctlChange is a sysctl set by SetupHost and what Close writes back.
+// sysctlChange is a sysctl set by Setup and what Close writes back.
 type sysctlChange struct {
 	file    *sysctlFile
 	restore string // "" when the old value stays (nothing to write back)

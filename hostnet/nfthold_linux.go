@@ -1,4 +1,4 @@
-package router
+package hostnet
 
 import (
 	"errors"
@@ -40,8 +40,8 @@ const (
 	nftPriorityHoldForward = -150
 )
 
-// nftHoldTableName is the hold table of an instance: family ip.
-func nftHoldTableName(tun string) string { return nftTableName(tun) + nftHoldSuffix }
+// HoldTableName is the name of an instance's hold table (family ip).
+func HoldTableName(tun string) string { return nftTableName(tun) + nftHoldSuffix }
 
 // holdSpec is what the hold is built from: the guard's description, with
 // the WAN address current at the stop, and how long it lasts.
@@ -67,24 +67,8 @@ func installHold(nsFd int, s holdSpec) (err error) {
 			err = errors.Join(err, removeHold(nsFd, s.tun))
 		}
 	}()
-	t := c.CreateTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: nftHoldTableName(s.tun)})
-	natPorts, err := addPortSet(c, t, nftSetNATPorts, s.ports)
-	if err != nil {
-		return err
-	}
-	natProtos, err := addProtocolSet(c, t, nftSetNATProtocols, s.protocols)
-	if err != nil {
-		return err
-	}
-	lanPrefixes, err := addPrefixSet(c, t, nftSetLANPrefixes, s.prefixes)
-	if err != nil {
-		return err
-	}
-	ifaces, err := addTimedIfnameSet(c, t, nftSetHoldIfaces, append([]string{s.wan}, s.lans...), s.hold)
-	if err != nil {
-		return err
-	}
-	wan, err := addTimedIfnameSet(c, t, nftSetHoldWAN, []string{s.wan}, s.hold)
+	t := c.CreateTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: HoldTableName(s.tun)})
+	sets, err := addHoldSets(c, t, s)
 	if err != nil {
 		return err
 	}
@@ -98,10 +82,10 @@ func installHold(nsFd int, s holdSpec) (err error) {
 	})
 	for _, proto := range []uint8{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
 		c.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: slices.Concat(
-			matchIifnameInSet(ifaces), matchDaddr(s.addr), matchL4Proto(proto), matchDportInSet(natPorts), countAndDrop())})
+			matchIifnameInSet(sets.ifaces), matchDaddr(s.addr), matchL4Proto(proto), matchDportInSet(sets.natPorts), countAndDrop())})
 	}
 	c.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: slices.Concat(
-		matchIifnameInSet(ifaces), matchDaddr(s.addr), matchProtocolInSet(natProtos), countAndDrop())})
+		matchIifnameInSet(sets.ifaces), matchDaddr(s.addr), matchProtocolInSet(sets.natProtos), countAndDrop())})
 
 	// iifname @hold_wan ip daddr @lan_prefixes drop: the prerouting guard.
 	pre := c.AddChain(&nftables.Chain{
@@ -109,7 +93,7 @@ func installHold(nsFd int, s holdSpec) (err error) {
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(nftPriorityGuardPrerouting),
 	})
 	c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: slices.Concat(
-		matchIifnameInSet(wan), matchDaddrInSet(lanPrefixes), countAndDrop())})
+		matchIifnameInSet(sets.wan), matchDaddrInSet(sets.lanPrefixes), countAndDrop())})
 
 	// iifname @hold_ifaces oifname <wan> drop: the LAN's packets the
 	// policy rule would have sent into the TUN leave nowhere, instead of
@@ -119,12 +103,41 @@ func installHold(nsFd int, s holdSpec) (err error) {
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(nftPriorityHoldForward),
 	})
 	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: slices.Concat(
-		matchIifnameInSet(ifaces), matchOifname(s.wan), countAndDrop())})
+		matchIifnameInSet(sets.ifaces), matchOifname(s.wan), countAndDrop())})
 
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("creating nftables table ip %s: %w", nftHoldTableName(s.tun), err)
+		return fmt.Errorf("creating nftables table ip %s: %w", HoldTableName(s.tun), err)
 	}
 	return nil
+}
+
+// holdSets are the sets the hold's rules look up.
+type holdSets struct {
+	natPorts, natProtos, lanPrefixes *nftables.Set
+	// ifaces (WAN and LAN) and wan are the sets whose elements time out:
+	// once they did, the rules match nothing.
+	ifaces, wan *nftables.Set
+}
+
+// addHoldSets queues the hold table's sets on c: the guard's, and the
+// interface sets whose timeout bounds the hold.
+func addHoldSets(c *nftables.Conn, t *nftables.Table, s holdSpec) (hs holdSets, err error) {
+	if hs.natPorts, err = addPortSet(c, t, nftSetNATPorts, s.ports); err != nil {
+		return hs, err
+	}
+	if hs.natProtos, err = addProtocolSet(c, t, nftSetNATProtocols, s.protocols); err != nil {
+		return hs, err
+	}
+	if hs.lanPrefixes, err = addPrefixSet(c, t, nftSetLANPrefixes, s.prefixes); err != nil {
+		return hs, err
+	}
+	if hs.ifaces, err = addTimedIfnameSet(c, t, nftSetHoldIfaces, append([]string{s.wan}, s.lans...), s.hold); err != nil {
+		return hs, err
+	}
+	if hs.wan, err = addTimedIfnameSet(c, t, nftSetHoldWAN, []string{s.wan}, s.hold); err != nil {
+		return hs, err
+	}
+	return hs, nil
 }
 
 // removeHold deletes the instance's hold table if there is one.
@@ -133,7 +146,7 @@ func removeHold(nsFd int, tun string) error {
 	if err != nil {
 		return err
 	}
-	name := nftHoldTableName(tun)
+	name := HoldTableName(tun)
 	t, err := c.ListTableOfFamily(name, nftables.TableFamilyIPv4)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
@@ -154,7 +167,7 @@ func holdPresent(nsFd int, tun string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	_, err = c.ListTableOfFamily(nftHoldTableName(tun), nftables.TableFamilyIPv4)
+	_, err = c.ListTableOfFamily(HoldTableName(tun), nftables.TableFamilyIPv4)
 	switch {
 	case err == nil:
 		return true, nil

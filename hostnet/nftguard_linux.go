@@ -1,4 +1,4 @@
-package router
+package hostnet
 
 import (
 	"encoding/binary"
@@ -49,6 +49,13 @@ const (
 	nftPriorityHairpin         = 0
 )
 
+// Header offsets the rules load (RFC 791, RFC 793, RFC 768).
+const (
+	ipv4ProtocolOffset     = 9
+	ipv4DstOffset          = 16
+	transportDstPortOffset = 2 // destination port inside a TCP or UDP header
+)
+
 // nftTableName is the name of both of an instance's nftables tables.
 func nftTableName(tun string) string { return nftTablePrefix + tun }
 
@@ -93,7 +100,37 @@ func installNft(nsFd int, s nftSpec) (err error) {
 			err = errors.Join(err, removeNft(nsFd, s.tun))
 		}
 	}()
+	if err := addGuardTable(c, name, s); err != nil {
+		return err
+	}
+	hairpin, err := addHairpinTable(c, name, s)
+	if err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("creating nftables tables %s: %w", name, err)
+	}
 
+	// The hairpin rules forward into the TUN with "fwd ip to <addr> device
+	// <tun>", which google/nftables cannot express; they go in a second
+	// transaction, once the chains and sets they name exist.
+	rules, err := hairpinRules(s, hairpin.ports, hairpin.protocols)
+	if err != nil {
+		return err
+	}
+	for _, ch := range hairpin.chains {
+		if err := addRawRules(nsFd, nftables.TableFamilyNetdev, name, ch, rules); err != nil {
+			return fmt.Errorf("adding hairpin rules to netdev %s %s: %w", name, ch, err)
+		}
+	}
+	return nil
+}
+
+// addGuardTable queues the guard table (family ip) with its sets, chains
+// and rules on c: guard_input keeps the host's stack off the NAT's ports
+// and protocols on the WAN address, guard_prerouting keeps the host from
+// forwarding what arrives on the WAN for the LAN prefixes.
+func addGuardTable(c *nftables.Conn, name string, s nftSpec) error {
 	ipTable := c.CreateTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: name})
 	natPorts, err := addPortSet(c, ipTable, nftSetNATPorts, s.ports)
 	if err != nil {
@@ -133,17 +170,29 @@ func installNft(nsFd int, s nftSpec) (err error) {
 		matchDaddrInSet(lanPrefixes),
 		countAndDrop(),
 	)})
+	return nil
+}
 
+// hairpinTable is what addHairpinTable queued: the sets the rules look up
+// and the names of the chains, one per LAN interface, that get the rules.
+type hairpinTable struct {
+	ports, protocols *nftables.Set
+	chains           []string
+}
+
+// addHairpinTable queues the hairpin table (family netdev) with its sets
+// and one ingress chain per LAN interface on c, without rules (see
+// installNft).
+func addHairpinTable(c *nftables.Conn, name string, s nftSpec) (hairpinTable, error) {
 	ndTable := c.CreateTable(&nftables.Table{Family: nftables.TableFamilyNetdev, Name: name})
-	hpPorts, err := addPortSet(c, ndTable, nftSetHairpinPorts, s.hairpinPorts)
-	if err != nil {
-		return err
+	var t hairpinTable
+	var err error
+	if t.ports, err = addPortSet(c, ndTable, nftSetHairpinPorts, s.hairpinPorts); err != nil {
+		return t, err
 	}
-	hpProtos, err := addProtocolSet(c, ndTable, nftSetHairpinProtocols, s.hairpinProtocols)
-	if err != nil {
-		return err
+	if t.protocols, err = addProtocolSet(c, ndTable, nftSetHairpinProtocols, s.hairpinProtocols); err != nil {
+		return t, err
 	}
-	var chains []string
 	for _, lan := range s.lans {
 		ch := c.AddChain(&nftables.Chain{
 			Name:     nftChainHairpinPrefix + lan,
@@ -153,25 +202,9 @@ func installNft(nsFd int, s nftSpec) (err error) {
 			Priority: nftables.ChainPriorityRef(nftPriorityHairpin),
 			Device:   lan,
 		})
-		chains = append(chains, ch.Name)
+		t.chains = append(t.chains, ch.Name)
 	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("creating nftables tables %s: %w", name, err)
-	}
-
-	// The hairpin rules forward into the TUN with "fwd ip to <addr> device
-	// <tun>", which google/nftables cannot express; they go in a second
-	// transaction (see addHairpinRules).
-	rules, err := hairpinRules(s, hpPorts, hpProtos)
-	if err != nil {
-		return err
-	}
-	for _, ch := range chains {
-		if err := addRawRules(nsFd, nftables.TableFamilyNetdev, name, ch, rules); err != nil {
-			return fmt.Errorf("adding hairpin rules to netdev %s %s: %w", name, ch, err)
-		}
-	}
-	return nil
+	return t, nil
 }
 
 // guardInputRules are the rules of guard_input, which name the WAN
@@ -302,11 +335,7 @@ func familyName(f nftables.TableFamily) string {
 // addPortSet adds a named interval set of TCP/UDP ports.
 func addPortSet(c *nftables.Conn, t *nftables.Table, name string, ports []config.PortRange) (*nftables.Set, error) {
 	set := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeInetService, Interval: true}
-	var ranges []addrRange
-	for _, r := range mergePortRanges(ports) {
-		ranges = append(ranges, addrRange{First: uint32(r.First), Last: uint32(r.Last)})
-	}
-	if err := c.AddSet(set, intervalElements(ranges, 2)); err != nil {
+	if err := c.AddSet(set, intervalElements(portRanges(ports), 2)); err != nil {
 		return nil, fmt.Errorf("nftables set %s: %w", name, err)
 	}
 	return set, nil
@@ -396,7 +425,7 @@ func matchL4Proto(proto uint8) []expr.Any {
 
 func matchDportInSet(set *nftables.Set) []expr.Any {
 	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: transportDstPortOff, Len: 2},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: transportDstPortOffset, Len: 2},
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
 	}
 }

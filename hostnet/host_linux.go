@@ -1,18 +1,17 @@
-package router
+package hostnet
 
 import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -20,16 +19,15 @@ import (
 	"github.com/vpnmasq/vpnmasq/nat"
 )
 
-// HostSpec is what SetupHost installs on the host around the TUN device.
-type HostSpec struct {
+// Spec is what Setup installs on the host around the TUN device.
+type Spec struct {
 	TUN           string // TUN device name (already created by the caller, exists)
 	Table         int    // policy routing table for the TUN
 	RulePriority  int
 	LANInterfaces []string
 	WANInterface  string
-	// Capture is what the input guard drops on the WAN side: the same
-	// description the WAN transport's filter is built from.
-	Capture Capture
+	// Guard is what the guards drop on the WAN side.
+	Guard Guard
 	// HairpinPorts are TCP/UDP ports on the WAN address that LAN hosts may
 	// reach through vpnmasq (hairpin): mapping range + forwards.
 	HairpinPorts []config.PortRange
@@ -41,45 +39,34 @@ type HostSpec struct {
 }
 
 // Validate reports the first thing that makes s unusable.
-func (s HostSpec) Validate() error {
-	if s.TUN == "" || len(s.TUN) >= unix.IFNAMSIZ {
-		return fmt.Errorf("host: TUN name %q must have 1 to %d characters", s.TUN, unix.IFNAMSIZ-1)
+func (s Spec) Validate() error {
+	if err := config.CheckInterfaceName(s.TUN); err != nil {
+		return fmt.Errorf("host: TUN: %w", err)
 	}
-	switch {
-	case s.Table <= 0:
-		return fmt.Errorf("host: routing table %d: must be positive", s.Table)
-	case s.Table == unix.RT_TABLE_DEFAULT || s.Table == unix.RT_TABLE_MAIN || s.Table == unix.RT_TABLE_LOCAL:
-		return fmt.Errorf("host: routing table %d is one of the kernel's own (default, main, local); pick a free one", s.Table)
+	if err := config.CheckTable(s.Table); err != nil {
+		return fmt.Errorf("host: routing table: %w", err)
 	}
-	// 0 is the local table's rule and 32766/32767 main and default: ours
-	// must come after local and before main.
-	if s.RulePriority < 1 || s.RulePriority > 32765 {
-		return fmt.Errorf("host: rule priority %d: must be between 1 and 32765 (after local, before main)", s.RulePriority)
+	if err := config.CheckRulePriority(s.RulePriority); err != nil {
+		return fmt.Errorf("host: rule priority: %w", err)
 	}
-	if s.WANInterface == "" {
-		return errors.New("host: no WAN interface")
+	if err := config.CheckInterfaceName(s.WANInterface); err != nil {
+		return fmt.Errorf("host: WAN: %w", err)
 	}
 	if len(s.LANInterfaces) == 0 {
 		return errors.New("host: no LAN interface")
 	}
 	for _, lan := range s.LANInterfaces {
+		if err := config.CheckInterfaceName(lan); err != nil {
+			return fmt.Errorf("host: LAN: %w", err)
+		}
 		switch lan {
-		case "":
-			return errors.New("host: empty LAN interface name")
 		case s.WANInterface:
 			return fmt.Errorf("host: %s cannot be both LAN and WAN", lan)
 		case s.TUN:
 			return fmt.Errorf("host: the TUN %s cannot be a LAN interface", lan)
 		}
 	}
-	c := s.Capture
-	if c.Interface == "" {
-		c.Interface = s.WANInterface
-	}
-	if c.Interface != s.WANInterface {
-		return fmt.Errorf("host: capture interface %s is not the WAN interface %s", c.Interface, s.WANInterface)
-	}
-	if err := c.Validate(); err != nil {
+	if err := s.Guard.Validate(); err != nil {
 		return fmt.Errorf("host: %w", err)
 	}
 	for _, r := range s.HairpinPorts {
@@ -95,7 +82,49 @@ func (s HostSpec) Validate() error {
 	return nil
 }
 
-// Host is the plumbing SetupHost installed. It remembers the network
+// Guard is what the guards drop on the WAN side: built from the same
+// description as the WAN transport's capture filter, so that what vpnmasq
+// reads from the WAN is what the host's own stack never handles.
+type Guard struct {
+	Addr netip.Addr // the WAN address
+	// Ports are TCP and UDP destination ports on Addr owned by the NAT
+	// (mapping range, forwards, IKE's 500 and 4500).
+	Ports []config.PortRange
+	// Protocols are IP protocols to Addr owned whole (47 GRE, 50 ESP, 51
+	// AH). ICMP never is: the host keeps answering its own pings.
+	Protocols []uint8
+	// Prefixes are destinations (the LAN prefixes) whose packets arriving
+	// on the WAN vpnmasq routes, so the host must not forward them too.
+	Prefixes []netip.Prefix
+}
+
+// Validate reports the first thing that makes g unusable.
+func (g Guard) Validate() error {
+	if !g.Addr.Is4() {
+		return fmt.Errorf("guard: WAN address %v is not an IPv4 address", g.Addr)
+	}
+	for _, r := range g.Ports {
+		if r.Last < r.First {
+			return fmt.Errorf("guard: port range %d-%d is reversed", r.First, r.Last)
+		}
+	}
+	for _, p := range g.Protocols {
+		switch p {
+		case nat.ProtoTCP, nat.ProtoUDP:
+			return fmt.Errorf("guard: protocol %d is guarded by port, not as a whole protocol", p)
+		case nat.ProtoICMP:
+			return errors.New("guard: ICMP is never owned as a whole protocol")
+		}
+	}
+	for _, p := range g.Prefixes {
+		if !p.IsValid() || !p.Addr().Is4() {
+			return fmt.Errorf("guard: prefix %v is not an IPv4 prefix", p)
+		}
+	}
+	return nil
+}
+
+// Host is the plumbing Setup installed. It remembers the network
 // namespace it was installed in, so Close may run on any thread.
 type Host struct {
 	log  zerolog.Logger
@@ -110,14 +139,14 @@ type hostUndo struct {
 	fn   func() error
 }
 
-// SetupHost installs everything, in the network namespace of the calling
+// Setup installs everything, in the network namespace of the calling
 // thread: TUN link up, the TUN's default route in Table, one policy rule per
 // LAN interface, IPv4 forwarding, loose reverse path filtering on the TUN,
 // and the nftables guards and hairpin rules. On any failure it removes what
 // it added and returns the error. Leftovers of a previous run make it fail
 // (with EEXIST-style errors) rather than share objects: run CleanupStale
 // first.
-func SetupHost(s HostSpec) (*Host, error) {
+func Setup(s Spec) (*Host, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
@@ -137,7 +166,11 @@ func (h *Host) added(what string, undo func() error) {
 	h.log.Debug().Str("object", what).Msg("added")
 }
 
-func (h *Host) setup(s HostSpec) error {
+// setup installs, in order: the sysctls (setupSysctls), the TUN link up,
+// the nftables guards, and the policy routing (setupRouting). Each object
+// registers its undo as soon as it exists, so that Close, which Setup
+// calls on failure, removes exactly what was added.
+func (h *Host) setup(s Spec) error {
 	nl, err := netlinkAt(h.ns)
 	if err != nil {
 		return fmt.Errorf("host: netlink: %w", err)
@@ -157,45 +190,8 @@ func (h *Host) setup(s HostSpec) error {
 		}
 	}
 
-	// Sysctls first: without forwarding nothing works, and a read-only
-	// /proc/sys is the most likely failure in a container.
-	fwd, err := ensureSysctl(sysctlIPForward, "1")
-	if err != nil {
-		return fmt.Errorf("host: enabling IPv4 forwarding: %w", err)
-	}
-	if fwd.restore != "" {
-		h.added("sysctl net.ipv4.ip_forward=1 (was "+fwd.restore+")", fwd.undo)
-	} else {
-		fwd.undo() // already on: leave it, and leave it on at Close
-		h.log.Debug().Msg("net.ipv4.ip_forward already 1, left as it is")
-	}
-	rp, err := ensureLooseRPFilter(s.TUN)
-	if err != nil {
-		return fmt.Errorf("host: loose reverse path filter on %s: %w", s.TUN, err)
-	}
-	if rp.restore != "" {
-		h.added("sysctl "+dotted(sysctlRPFilterKey(s.TUN))+"=2 (was "+rp.restore+")", rp.undo)
-	} else {
-		rp.undo()
-		h.log.Debug().Str("device", s.TUN).Msg("reverse path filter not strict, left as it is")
-	}
-
-	// The core writes packets into the TUN whose source is one of this
-	// host's own addresses: ICMP errors from the router's LAN address, and
-	// hairpinned packets from the WAN address. Without accept_local the
-	// kernel drops them as martians. The setting dies with the device.
-	if err := ensureAcceptLocal(s.TUN); err != nil {
-		return fmt.Errorf("host: accept_local on %s: %w", s.TUN, err)
-	}
-
-	// vpnmasq routes IPv4 only. Without this the kernel sends its own IPv6
-	// chatter (router solicitations, MLD) into the TUN as soon as it is up.
-	// The setting dies with the device; where /proc/sys is read-only or
-	// IPv6 is off, there is nothing to silence.
-	if v6, err := ensureSysctl("net/ipv6/conf/"+s.TUN+"/disable_ipv6", "1"); err == nil {
-		v6.file.close()
-	} else {
-		h.log.Debug().Err(err).Str("device", s.TUN).Msg("IPv6 left enabled on the TUN")
+	if err := h.setupSysctls(s.TUN); err != nil {
+		return err
 	}
 
 	if err := nl.LinkSetUp(tun); err != nil {
@@ -208,7 +204,62 @@ func (h *Host) setup(s HostSpec) error {
 	}
 	h.added("nftables tables ip+netdev "+nftTableName(s.TUN), func() error { return removeNft(int(h.ns), s.TUN) })
 
-	route := tunDefaultRoute(tun.Attrs().Index, s.Table)
+	return h.setupRouting(nl, s, tun.Attrs().Index)
+}
+
+// setupSysctls turns on IPv4 forwarding and makes the TUN accept what the
+// router writes into it. A setting already as needed is left alone, and
+// left as it is at Close too.
+func (h *Host) setupSysctls(tun string) error {
+	// Sysctls first: without forwarding nothing works, and a read-only
+	// /proc/sys is the most likely failure in a container.
+	fwd, err := ensureSysctl(sysctlIPForward, "1")
+	if err != nil {
+		return fmt.Errorf("host: enabling IPv4 forwarding: %w", err)
+	}
+	if fwd.restore != "" {
+		h.added("sysctl net.ipv4.ip_forward=1 (was "+fwd.restore+")", fwd.undo)
+	} else {
+		fwd.undo() // already on: leave it, and leave it on at Close
+		h.log.Debug().Msg("net.ipv4.ip_forward already 1, left as it is")
+	}
+	rp, err := ensureLooseRPFilter(tun)
+	if err != nil {
+		return fmt.Errorf("host: loose reverse path filter on %s: %w", tun, err)
+	}
+	if rp.restore != "" {
+		h.added("sysctl "+dotted(sysctlRPFilterKey(tun))+"=2 (was "+rp.restore+")", rp.undo)
+	} else {
+		rp.undo()
+		h.log.Debug().Str("device", tun).Msg("reverse path filter not strict, left as it is")
+	}
+
+	// The core writes packets into the TUN whose source is one of this
+	// host's own addresses: ICMP errors from the router's LAN address, and
+	// hairpinned packets from the WAN address. Without accept_local the
+	// kernel drops them as martians. The setting dies with the device.
+	if err := ensureAcceptLocal(tun); err != nil {
+		return fmt.Errorf("host: accept_local on %s: %w", tun, err)
+	}
+
+	// vpnmasq routes IPv4 only. Without this the kernel sends its own IPv6
+	// chatter (router solicitations, MLD) into the TUN as soon as it is up.
+	// The setting dies with the device; where /proc/sys is read-only or
+	// IPv6 is off, there is nothing to silence.
+	if v6, err := ensureSysctl("net/ipv6/conf/"+tun+"/disable_ipv6", "1"); err == nil {
+		v6.file.close()
+	} else {
+		h.log.Debug().Err(err).Str("device", tun).Msg("IPv6 left enabled on the TUN")
+	}
+	return nil
+}
+
+// setupRouting sends the LAN into the TUN: a default route through the
+// TUN in the instance's table, and one rule per LAN interface looking that
+// table up. A route or rule already there (EEXIST) is a previous run's
+// leftover, which the error points at.
+func (h *Host) setupRouting(nl *netlink.Handle, s Spec, tunIndex int) error {
+	route := tunDefaultRoute(tunIndex, s.Table)
 	if err := nl.RouteAdd(route); err != nil {
 		return fmt.Errorf("host: adding route default dev %s table %d: %w%s", s.TUN, s.Table, err, staleHint(err))
 	}
@@ -229,15 +280,15 @@ func (h *Host) setup(s HostSpec) error {
 }
 
 // nft is the description of the instance's nftables objects.
-func (s HostSpec) nft(tunIndex int) nftSpec {
+func (s Spec) nft(tunIndex int) nftSpec {
 	return nftSpec{
 		tun:              s.TUN,
 		tunIndex:         tunIndex,
 		wan:              s.WANInterface,
-		addr:             s.Capture.Addr,
-		ports:            s.Capture.Ports,
-		protocols:        s.Capture.Protocols,
-		prefixes:         s.Capture.Prefixes,
+		addr:             s.Guard.Addr,
+		ports:            s.Guard.Ports,
+		protocols:        s.Guard.Protocols,
+		prefixes:         s.Guard.Prefixes,
 		lans:             s.LANInterfaces,
 		hairpinPorts:     s.HairpinPorts,
 		hairpinProtocols: s.HairpinProtocols,
@@ -247,7 +298,7 @@ func (s HostSpec) nft(tunIndex int) nftSpec {
 // Hold installs the hold (nfthold_linux.go) for d: called by a stop that
 // leaves state for a successor, before Close removes the guards, so that
 // no packet finds neither.
-func (h *Host) Hold(s HostSpec, d time.Duration) error {
+func (h *Host) Hold(s Spec, d time.Duration) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.done {
@@ -268,7 +319,7 @@ func (h *Host) ReleaseHold(tun string) (bool, error) {
 	return true, removeHold(int(h.ns), tun)
 }
 
-// Close removes everything SetupHost added, newest first, and keeps going
+// Close removes everything Setup added, newest first, and keeps going
 // past failures so one stuck object does not leave the rest behind. It is
 // idempotent.
 func (h *Host) Close() error {
@@ -333,152 +384,6 @@ func staleHint(err error) string {
 		return " (left by a previous run? CleanupStale removes it)"
 	}
 	return ""
-}
-
-// CleanupStale removes what a previous run with the same TUN name, table
-// and rule priority left behind after dying without Close (kill -9), in the
-// network namespace of the calling thread: rules with that priority and
-// table, routes in that table, the instance's nftables tables, and the TUN
-// link itself if it is a TUN device nobody has open (a persistent one). It
-// never deletes a link of that name that is not a TUN, and refuses to touch
-// anything while the TUN is attached to a process: then the instance is
-// alive, not stale. Call it before creating the TUN.
-func CleanupStale(s HostSpec) error {
-	if err := s.Validate(); err != nil {
-		return err
-	}
-	ns, err := netns.Get()
-	if err != nil {
-		return fmt.Errorf("cleanup: opening the current network namespace: %w", err)
-	}
-	defer ns.Close()
-	nl, err := netlinkAt(ns)
-	if err != nil {
-		return fmt.Errorf("cleanup: netlink: %w", err)
-	}
-	defer nl.Close()
-	log := s.Log
-
-	var deleteTUN netlink.Link
-	switch link, err := nl.LinkByName(s.TUN); {
-	case errors.As(err, new(netlink.LinkNotFoundError)):
-	case err != nil:
-		return fmt.Errorf("cleanup: looking up %s: %w", s.TUN, err)
-	default:
-		t, ok := link.(*netlink.Tuntap)
-		switch {
-		case !ok || t.Mode != netlink.TUNTAP_MODE_TUN:
-			log.Debug().Str("link", s.TUN).Str("type", link.Type()).Msg("not a TUN device, left alone")
-		default:
-			inUse, err := tunInUse(t)
-			if err != nil {
-				return fmt.Errorf("cleanup: checking whether TUN %s is in use: %w", s.TUN, err)
-			}
-			if inUse {
-				return fmt.Errorf("cleanup: TUN %s is open by a running process (another instance?); not removing anything", s.TUN)
-			}
-			deleteTUN = link
-		}
-	}
-
-	var errs []error
-	rules, err := listWithRetry(func() ([]netlink.Rule, error) {
-		return nl.RuleListFiltered(netlink.FAMILY_V4, &netlink.Rule{Table: s.Table, Priority: s.RulePriority}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PRIORITY)
-	})
-	if err != nil {
-		errs = append(errs, fmt.Errorf("cleanup: listing rules: %w", err))
-	}
-	for _, r := range rules {
-		if err := ignoreGone(nl.RuleDel(&r)); err != nil {
-			errs = append(errs, fmt.Errorf("cleanup: deleting rule %s: %w", r, err))
-			continue
-		}
-		log.Debug().Str("object", fmt.Sprintf("rule iif %s lookup %d priority %d", r.IifName, r.Table, r.Priority)).Msg("removed stale")
-	}
-
-	routes, err := listWithRetry(func() ([]netlink.Route, error) {
-		return nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: s.Table}, netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		errs = append(errs, fmt.Errorf("cleanup: listing routes of table %d: %w", s.Table, err))
-	}
-	for _, r := range routes {
-		if err := ignoreGone(nl.RouteDel(&r)); err != nil {
-			errs = append(errs, fmt.Errorf("cleanup: deleting route %s: %w", r, err))
-			continue
-		}
-		log.Debug().Str("object", fmt.Sprintf("route %s table %d", r.Dst, r.Table)).Msg("removed stale")
-	}
-
-	present, err := nftTablesPresent(int(ns), s.TUN)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("cleanup: listing nftables tables: %w", err))
-	} else if len(present) > 0 {
-		if err := removeNft(int(ns), s.TUN); err != nil {
-			errs = append(errs, fmt.Errorf("cleanup: %w", err))
-		} else {
-			log.Debug().Str("object", "nftables "+strings.Join(present, ", ")).Msg("removed stale")
-		}
-	}
-
-	if deleteTUN != nil {
-		if err := ignoreGone(nl.LinkDel(deleteTUN)); err != nil {
-			errs = append(errs, fmt.Errorf("cleanup: deleting TUN %s: %w", s.TUN, err))
-		} else {
-			log.Debug().Str("object", "link "+s.TUN).Msg("removed stale")
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// listWithRetry repeats a netlink dump the kernel interrupted because the
-// list changed meanwhile.
-func listWithRetry[T any](list func() ([]T, error)) ([]T, error) {
-	var err error
-	for range 3 {
-		var out []T
-		out, err = list()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return out, err
-		}
-	}
-	return nil, err
-}
-
-// tunInUse reports whether a process has the TUN open. The kernel deletes
-// a non-persistent TUN with its last file descriptor, so one that exists is
-// in use; a persistent one is in use when it has queues attached, which the
-// kernel reports as a queue count for multi-queue devices and as carrier
-// (on while attached) for the others.
-func tunInUse(t *netlink.Tuntap) (bool, error) {
-	if t.NonPersist || t.Queues > 0 {
-		return true, nil
-	}
-	// vishvananda/netlink does not decode IFLA_CARRIER: ask for the link
-	// again and read it from the raw attributes.
-	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(t.Index)
-	req.AddData(msg)
-	replies, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
-	if err != nil {
-		return false, err
-	}
-	for _, reply := range replies {
-		if len(reply) < unix.SizeofIfInfomsg {
-			continue
-		}
-		attrs, err := nl.ParseRouteAttr(reply[unix.SizeofIfInfomsg:])
-		if err != nil {
-			return false, err
-		}
-		for _, a := range attrs {
-			if a.Attr.Type == unix.IFLA_CARRIER && len(a.Value) > 0 {
-				return a.Value[0] != 0, nil
-			}
-		}
-	}
-	return false, nil
 }
 
 // netlinkAt opens a netlink handle operating in ns. When ns is the calling

@@ -1,4 +1,4 @@
-package router
+package hostnet
 
 import (
 	"runtime"
@@ -152,14 +152,14 @@ func TestSysctlReadOnlyProcSysExplainsTheFix(t *testing.T) {
 	lab := newHostLab(t)
 	lab.openTUN(t)
 	err := inNetnsWithReadOnlySys(t, lab.router, func() error {
-		h, err := SetupHost(lab.spec())
+		h, err := Setup(lab.spec())
 		if err == nil {
 			h.Close()
 		}
 		return err
 	})
 	if err == nil {
-		t.Fatal("SetupHost succeeded with /proc/sys read-only and forwarding off")
+		t.Fatal("Setup succeeded with /proc/sys read-only and forwarding off")
 	}
 	if !strings.Contains(err.Error(), "--sysctl net.ipv4.ip_forward=1") {
 		t.Fatalf("error %q does not tell how to fix it", err)
@@ -171,7 +171,7 @@ func TestSysctlReadOnlyProcSysExplainsTheFix(t *testing.T) {
 	t.Run("with forwarding on but accept_local unset a read-only /proc/sys it fails and says how to fix it", func(t *testing.T) {
 		run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 		err := inNetnsWithReadOnlySys(t, lab.router, func() error {
-			h, err := SetupHost(lab.spec())
+			h, err := Setup(lab.spec())
 			if err == nil {
 				h.Close()
 			}
@@ -185,20 +185,20 @@ func TestSysctlReadOnlyProcSysExplainsTheFix(t *testing.T) {
 		run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 		run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.conf.all.accept_local=1")
 		err := inNetnsWithReadOnlySys(t, lab.router, func() error {
-			h, err := SetupHost(lab.spec())
+			h, err := Setup(lab.spec())
 			if err != nil {
 				return err
 			}
 			return h.Close()
 		})
 		if err != nil {
-			t.Fatalf("SetupHost with nothing to change: %v", err)
+			t.Fatalf("Setup with nothing to change: %v", err)
 		}
 	})
 	t.Run("with strict reverse path filtering a read-only /proc/sys fails and says how to fix it", func(t *testing.T) {
 		run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1")
 		err := inNetnsWithReadOnlySys(t, lab.router, func() error {
-			h, err := SetupHost(lab.spec())
+			h, err := Setup(lab.spec())
 			if err == nil {
 				h.Close()
 			}

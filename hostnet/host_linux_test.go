@@ -1,4 +1,4 @@
-package router
+package hostnet
 
 import (
 	"bytes"
@@ -45,21 +45,19 @@ func newHostLab(t *testing.T) hostLab {
 	return l
 }
 
-func (l hostLab) spec() HostSpec {
+func (l hostLab) spec() Spec {
 	wanAddr := netip.MustParseAddr("198.18.0.1")
 	ports := []config.PortRange{{First: 20000, Last: 20010}, {First: 8080, Last: 8080}}
-	return HostSpec{
+	return Spec{
 		TUN:           labTUN,
 		Table:         labTable,
 		RulePriority:  labPriority,
 		LANInterfaces: []string{"lan0"},
 		WANInterface:  "wan0",
-		Capture: Capture{
-			Interface: "wan0",
+		Guard: Guard{
 			Addr:      wanAddr,
 			Ports:     ports,
 			Protocols: []uint8{47, 50},
-			ICMP:      true,
 			Prefixes:  []netip.Prefix{netip.MustParsePrefix("10.77.0.0/24")},
 		},
 		HairpinPorts:     ports,
@@ -82,29 +80,29 @@ func (l hostLab) openTUN(t *testing.T) *os.File {
 	return f
 }
 
-func (l hostLab) setup(t *testing.T, s HostSpec) (*Host, error) {
+func (l hostLab) setup(t *testing.T, s Spec) (*Host, error) {
 	t.Helper()
 	var h *Host
 	err := inNetns(t, l.router, func() error {
 		var err error
-		h, err = SetupHost(s)
+		h, err = Setup(s)
 		return err
 	})
 	return h, err
 }
 
-func (l hostLab) mustSetup(t *testing.T, s HostSpec) *Host {
+func (l hostLab) mustSetup(t *testing.T, s Spec) *Host {
 	t.Helper()
 	s.Log = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
 	h, err := l.setup(t, s)
 	if err != nil {
-		t.Fatalf("SetupHost: %v", err)
+		t.Fatalf("Setup: %v", err)
 	}
 	t.Cleanup(func() { h.Close() })
 	return h
 }
 
-func (l hostLab) cleanupStale(t *testing.T, s HostSpec) error {
+func (l hostLab) cleanupStale(t *testing.T, s Spec) error {
 	t.Helper()
 	return inNetns(t, l.router, func() error { return CleanupStale(s) })
 }
@@ -351,22 +349,24 @@ func TestHostSetupRefusesBadSpecs(t *testing.T) {
 	good := hostLab{}.spec()
 	tests := []struct {
 		name   string
-		mutate func(s *HostSpec)
+		mutate func(s *Spec)
 	}{
-		{"a missing TUN name is refused", func(s *HostSpec) { s.TUN = "" }},
-		{"a TUN name longer than IFNAMSIZ is refused", func(s *HostSpec) { s.TUN = "vpnmasq-much-too-long" }},
-		{"the main table is refused", func(s *HostSpec) { s.Table = 254 }},
-		{"the local table is refused", func(s *HostSpec) { s.Table = 255 }},
-		{"table zero is refused", func(s *HostSpec) { s.Table = 0 }},
-		{"rule priority 0 (before local) is refused", func(s *HostSpec) { s.RulePriority = 0 }},
-		{"a rule priority after main is refused", func(s *HostSpec) { s.RulePriority = 32766 }},
-		{"no LAN interface is refused", func(s *HostSpec) { s.LANInterfaces = nil }},
-		{"the WAN as a LAN interface is refused", func(s *HostSpec) { s.LANInterfaces = []string{"wan0"} }},
-		{"the TUN as a LAN interface is refused", func(s *HostSpec) { s.LANInterfaces = []string{labTUN} }},
-		{"a capture on another interface is refused", func(s *HostSpec) { s.Capture.Interface = "eth9" }},
-		{"hairpinning all of TCP is refused", func(s *HostSpec) { s.HairpinProtocols = []uint8{6} }},
-		{"a reversed hairpin range is refused", func(s *HostSpec) { s.HairpinPorts = []config.PortRange{{First: 2, Last: 1}} }},
-		{"an invalid WAN address is refused", func(s *HostSpec) { s.Capture.Addr = netip.Addr{} }},
+		{"a missing TUN name is refused", func(s *Spec) { s.TUN = "" }},
+		{"a TUN name longer than IFNAMSIZ is refused", func(s *Spec) { s.TUN = "vpnmasq-much-too-long" }},
+		{"the main table is refused", func(s *Spec) { s.Table = 254 }},
+		{"the local table is refused", func(s *Spec) { s.Table = 255 }},
+		{"table zero is refused", func(s *Spec) { s.Table = 0 }},
+		{"rule priority 0 (before local) is refused", func(s *Spec) { s.RulePriority = 0 }},
+		{"a rule priority after main is refused", func(s *Spec) { s.RulePriority = 32766 }},
+		{"no LAN interface is refused", func(s *Spec) { s.LANInterfaces = nil }},
+		{"the WAN as a LAN interface is refused", func(s *Spec) { s.LANInterfaces = []string{"wan0"} }},
+		{"the TUN as a LAN interface is refused", func(s *Spec) { s.LANInterfaces = []string{labTUN} }},
+		// The guard has no interface of its own: it is always the WAN's.
+		{"no WAN interface is refused", func(s *Spec) { s.WANInterface = "" }},
+		{"guarding all of ICMP is refused", func(s *Spec) { s.Guard.Protocols = []uint8{1} }},
+		{"hairpinning all of TCP is refused", func(s *Spec) { s.HairpinProtocols = []uint8{6} }},
+		{"a reversed hairpin range is refused", func(s *Spec) { s.HairpinPorts = []config.PortRange{{First: 2, Last: 1}} }},
+		{"an invalid WAN address is refused", func(s *Spec) { s.Guard.Addr = netip.Addr{} }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -382,25 +382,25 @@ func TestHostSetupRefusesBadSpecs(t *testing.T) {
 func TestHostSetupFailureLeavesNothingBehind(t *testing.T) {
 	lab := newHostLab(t)
 	lab.openTUN(t)
-	// A rule identical to the one SetupHost adds last makes it fail at
+	// A rule identical to the one Setup adds last makes it fail at
 	// the very end, after everything else was installed.
 	run(t, "ip", "-n", lab.router, "rule", "add", "iif", "lan0", "lookup", fmt.Sprint(labTable), "priority", fmt.Sprint(labPriority))
 	_, err := lab.setup(t, lab.spec())
 	if err == nil {
-		t.Fatal("SetupHost succeeded despite a conflicting rule")
+		t.Fatal("Setup succeeded despite a conflicting rule")
 	}
 	if !strings.Contains(err.Error(), "CleanupStale") {
 		t.Errorf("error %q does not point at CleanupStale", err)
 	}
 	st := lab.state(t)
 	if len(st.routes) != 0 || len(st.tables) != 0 {
-		t.Fatalf("failed SetupHost left routes %v, tables %v", st.routes, st.tables)
+		t.Fatalf("failed Setup left routes %v, tables %v", st.routes, st.tables)
 	}
 	if len(st.rules) != 1 {
 		t.Fatalf("rules %v: the pre-existing one must stay, no other", st.rules)
 	}
 	if st.forward != "0" {
-		t.Fatalf("failed SetupHost left ip_forward=%s", st.forward)
+		t.Fatalf("failed Setup left ip_forward=%s", st.forward)
 	}
 }
 
@@ -408,7 +408,7 @@ func TestHostSetupFailsOnMissingTUN(t *testing.T) {
 	lab := newHostLab(t)
 	_, err := lab.setup(t, lab.spec())
 	if err == nil || !strings.Contains(err.Error(), labTUN) {
-		t.Fatalf("SetupHost without the TUN: %v, want an error naming %s", err, labTUN)
+		t.Fatalf("Setup without the TUN: %v, want an error naming %s", err, labTUN)
 	}
 	if st := lab.state(t); st.forward != "0" || len(st.leftovers()) > 0 {
 		t.Fatalf("left ip_forward=%s and %v", st.forward, st.leftovers())
@@ -422,10 +422,10 @@ func TestHostCleanupStaleRecoversFromACrash(t *testing.T) {
 	crashed := lab.mustSetup(t, spec) // never closed: the process "dies"
 	_ = crashed
 
-	t.Run("a second SetupHost over live objects fails and removes none of them", func(t *testing.T) {
+	t.Run("a second Setup over live objects fails and removes none of them", func(t *testing.T) {
 		_, err := lab.setup(t, spec)
 		if err == nil {
-			t.Fatal("second SetupHost succeeded")
+			t.Fatal("second Setup succeeded")
 		}
 		if !strings.Contains(err.Error(), "already exists") {
 			t.Errorf("error %q does not say what is in the way", err)
@@ -459,7 +459,7 @@ func TestHostCleanupStaleRecoversFromACrash(t *testing.T) {
 			t.Fatalf("CleanupStale: %v", err)
 		}
 	})
-	t.Run("SetupHost works again afterwards and Close cleans up", func(t *testing.T) {
+	t.Run("Setup works again afterwards and Close cleans up", func(t *testing.T) {
 		lab.openTUN(t)
 		h := lab.mustSetup(t, spec)
 		if st := lab.state(t); len(st.rules) != 1 || len(st.routes) != 1 || len(st.tables) != 2 {
@@ -531,7 +531,11 @@ func expectTUNPacket(t *testing.T, tun *os.File, src, dst string, dport uint16, 
 	if ip.TTL() != 63 {
 		t.Errorf("TTL %d, want 63 (decremented once by the router)", ip.TTL())
 	}
-	port, got := udpDstPortAndPayload(t, pkt)
+	if ip.Protocol() != uint8(header.UDPProtocolNumber) {
+		t.Fatalf("TUN packet is not UDP: % x", pkt)
+	}
+	u := header.UDP(ip.Payload())
+	port, got := u.DestinationPort(), u.Payload()
 	if port != dport || string(got) != payload {
 		t.Fatalf("TUN packet to port %d with %q, want %d with %q", port, got, dport, payload)
 	}
