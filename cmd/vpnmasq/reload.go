@@ -10,7 +10,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/router/admin"
+	"github.com/vpnmasq/vpnmasq/admin"
 )
 
 // reloadTimeout bounds the exchange: a reload reads the file and the

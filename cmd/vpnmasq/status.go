@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/router/admin"
+	"github.com/vpnmasq/vpnmasq/admin"
 )
 
 // statusTimeout bounds the whole exchange with the router: a router that
