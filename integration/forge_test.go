@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // Forged packets for the hardening tests: whole IPv4 packets built here and

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // fragmentDatagram splits a whole IPv4 packet (as ipv4Packet builds it)

@@ -21,7 +21,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // demoConfig runs the router on the lab's interfaces. JSON logs let the

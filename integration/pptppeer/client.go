@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // Client is a scripted PNS: one control connection to a server, its calls,

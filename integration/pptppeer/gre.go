@@ -8,7 +8,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // Enhanced GRE (RFC 2637 §4.1): the data channel of a PPTP call.

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // EchoPrefix starts the payload of every GRE packet the server sends back.
