@@ -215,11 +215,11 @@ func (h *countingHandler) Inbound(p *Packet, now int64) Result {
 	return Result{Verdict: VerdictDrop, Reason: DropUnsolicited}
 }
 
-func TestRegister(t *testing.T) {
-	t.Run("a registered handler receives its protocol in both directions", func(t *testing.T) {
+func TestProtocolDispatch(t *testing.T) {
+	t.Run("a protocol's handler receives its packets in both directions", func(t *testing.T) {
 		l := newLab(t, Config{})
 		h := &countingHandler{}
-		l.e.Register(ProtoAH, h)
+		l.e.handlers[ProtoAH] = h
 		r, _ := l.out(buildIPv4(ipHdr{src: lanA, dst: remote1, proto: ProtoAH}, make([]byte, 12)))
 		if r.Verdict != VerdictToWAN {
 			t.Errorf("verdict %s", verdictName(r.Verdict))
