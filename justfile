@@ -13,15 +13,16 @@ build:
 test:
     bash .ci/run
 
-# Unit tests with the race detector: every package but integration/ and cmd/.
+# Unit tests with the race detector: every package but the ones that build
+# namespace labs (integration/, cmd/, internal/lab/).
 unit:
-    go test -race -count=1 $(go list ./... | grep -v -e '/integration' -e '/cmd/')
+    go test -race -count=1 $(go list ./... | grep -v -e '/integration' -e '/cmd/' -e '/internal/lab')
 
 # Every fuzz target for a while each (one package and target per `go test -fuzz`).
 fuzz time="20s":
     #!/usr/bin/env bash
     set -euo pipefail
-    for pkg in $(go list ./... | grep -v -e '/integration' -e '/cmd/'); do
+    for pkg in $(go list ./... | grep -v -e '/integration' -e '/cmd/' -e '/internal/lab'); do
         for name in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
             echo "--- $pkg $name ({{time}})"
             go test -run='^$' -fuzz="^${name}\$" -fuzztime={{time}} "$pkg"

@@ -8,7 +8,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/lab"
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // Forged packets for the hardening tests: whole IPv4 packets built here and
@@ -64,79 +67,22 @@ func (s *rawSender) send(pkt []byte) error {
 
 func (s *rawSender) Close() error { return syscall.Close(s.fd) }
 
-// checksum is the Internet checksum of b, folded, not complemented, added to
-// sum.
-func checksumAdd(sum uint32, b []byte) uint32 {
-	for len(b) >= 2 {
-		sum += uint32(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
-	}
-	return sum
-}
-
-func checksumFinish(sum uint32) uint16 {
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
-}
-
-// ipv4Packet wraps an L4 payload (whose checksum field is still zero) in an
-// IPv4 header and fills in both checksums. csumOff is the offset of the L4
-// checksum in l4.
-func ipv4Packet(src, dst netip.Addr, proto uint8, l4 []byte, csumOff int) []byte {
-	pkt := make([]byte, 20+len(l4))
-	h := pkt[:20]
-	h[0] = 0x45
-	binary.BigEndian.PutUint16(h[2:], uint16(len(pkt)))
-	binary.BigEndian.PutUint16(h[4:], uint16(len(l4)*7919)) // any ID; no fragments
-	h[6] = 0x40                                             // DF
-	h[8] = 64
-	h[9] = proto
-	s, d := src.As4(), dst.As4()
-	copy(h[12:16], s[:])
-	copy(h[16:20], d[:])
-	binary.BigEndian.PutUint16(h[10:], checksumFinish(checksumAdd(0, h)))
-
-	copy(pkt[20:], l4)
-	pseudo := make([]byte, 12)
-	copy(pseudo[0:4], s[:])
-	copy(pseudo[4:8], d[:])
-	pseudo[9] = proto
-	binary.BigEndian.PutUint16(pseudo[10:], uint16(len(l4)))
-	c := checksumFinish(checksumAdd(checksumAdd(0, pseudo), pkt[20:]))
-	if proto == syscall.IPPROTO_UDP && c == 0 {
-		c = 0xffff
-	}
-	binary.BigEndian.PutUint16(pkt[20+csumOff:], c)
-	return pkt
+// forgedIPv4 is the IPv4 header of every forged packet: DF set, and an ID
+// that differs with the length (there are no fragments to tell apart).
+func forgedIPv4(src, dst netip.Addr, proto uint8, l4 []byte) []byte {
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: proto, ID: uint16(len(l4) * 7919),
+		Flags: header.IPv4FlagDontFragment}, l4)
 }
 
 // tcpPacket builds a TCP segment without options.
 func tcpPacket(src, dst netip.AddrPort, seq, ack uint32, flags uint8, window uint16, payload []byte) []byte {
-	l4 := make([]byte, 20+len(payload))
-	binary.BigEndian.PutUint16(l4[0:], src.Port())
-	binary.BigEndian.PutUint16(l4[2:], dst.Port())
-	binary.BigEndian.PutUint32(l4[4:], seq)
-	binary.BigEndian.PutUint32(l4[8:], ack)
-	l4[12] = 5 << 4
-	l4[13] = flags
-	binary.BigEndian.PutUint16(l4[14:], window)
-	copy(l4[20:], payload)
-	return ipv4Packet(src.Addr(), dst.Addr(), syscall.IPPROTO_TCP, l4, 16)
+	return forgedIPv4(src.Addr(), dst.Addr(), syscall.IPPROTO_TCP,
+		testpacket.TCP(testpacket.TCPHeader{Src: src, Dst: dst, Seq: seq, Ack: ack, Flags: header.TCPFlags(flags), Window: window}, payload))
 }
 
 // udpPacket builds a UDP datagram.
 func udpPacket(src, dst netip.AddrPort, payload []byte) []byte {
-	l4 := make([]byte, 8+len(payload))
-	binary.BigEndian.PutUint16(l4[0:], src.Port())
-	binary.BigEndian.PutUint16(l4[2:], dst.Port())
-	binary.BigEndian.PutUint16(l4[4:], uint16(len(l4)))
-	copy(l4[8:], payload)
-	return ipv4Packet(src.Addr(), dst.Addr(), syscall.IPPROTO_UDP, l4, 6)
+	return forgedIPv4(src.Addr(), dst.Addr(), syscall.IPPROTO_UDP, testpacket.UDP(src, dst, payload))
 }
 
 // tcpSeen is one TCP segment a namespace received.

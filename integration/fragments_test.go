@@ -11,10 +11,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
-// fragmentDatagram splits a whole IPv4 packet (as ipv4Packet builds it)
+// fragmentDatagram splits a whole IPv4 packet (as forgedIPv4 builds it)
 // into fragments carrying at most chunk payload bytes each (a multiple of
 // 8), first fragment first, with DF clear and the given identification.
 func fragmentDatagram(pkt []byte, id uint16, chunk int) [][]byte {
@@ -33,8 +35,9 @@ func fragmentDatagram(pkt []byte, id uint16, chunk int) [][]byte {
 			flagsOff |= 0x2000 // MF
 		}
 		binary.BigEndian.PutUint16(f[6:], flagsOff)
-		f[10], f[11] = 0, 0
-		binary.BigEndian.PutUint16(f[10:], checksumFinish(checksumAdd(0, f[:hlen])))
+		ip := header.IPv4(f)
+		ip.SetChecksum(0)
+		ip.SetChecksum(^ip.CalculateChecksum())
 		out = append(out, f)
 	}
 	return out

@@ -31,7 +31,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // hardeningConfig is labConfig with extra [nat] keys, an optional [limits]

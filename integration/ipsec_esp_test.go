@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // Raw ESP (IP protocol 50) has no ports: a masquerade tells the flows of

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // Addresses of the gateway-behind-the-router setup: lan1 is an IPsec

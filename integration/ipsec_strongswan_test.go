@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // Addresses of the road-warrior setup: the WAN host is an IPsec gateway

@@ -1,5 +1,5 @@
 // Package integration runs the real vpnmasq binary inside a namespace lab
-// (see integration/lab) and drives traffic through it with real tools.
+// (see internal/lab) and drives traffic through it with real tools.
 // Everything happens inside namespaces the tests create and delete; the
 // host's own interfaces and routes are never touched. Root is required.
 package integration
@@ -24,7 +24,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // vpnmasqBin is the binary under test, built once by TestMain.

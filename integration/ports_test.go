@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // TestNATPortsStayApartFromTheHostsEphemeralPorts: vpnmasq's guard drops

@@ -45,7 +45,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // realPPTPTools are the programs the real-peer PPTP tests run, with the

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // TestProfileUnderLoad runs iperf3 from lan1 to the WAN host through

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // reloadBlob is the running transfer's size; at reloadRate it takes about

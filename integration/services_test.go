@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
 	"github.com/vpnmasq/vpnmasq/integration/pptppeer"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // serviceAddr is the default service address (config: services.address).

@@ -28,7 +28,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // ikeVersions are the IKE versions every strongSwan scenario runs with.

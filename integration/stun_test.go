@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // The NAT behaviour as a standard RFC 5780 prober sees it: coturn's

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 func TestMasqueradeCarriesLANTrafficToTheWAN(t *testing.T) {

@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/net/ipv4"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // Packets from the LAN are expired by the router namespace's own kernel

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // ahPkt is an AH packet (IP protocol 51, RFC 4302) carrying ESP: next
@@ -15,7 +17,7 @@ func ahPkt(src, dst netip.Addr, spi uint32) []byte {
 	binary.BigEndian.PutUint32(b[4:8], spi)
 	binary.BigEndian.PutUint32(b[8:12], 1)
 	copy(b[12:24], "integrity-cv")
-	return buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoAH}, append(b, "inner payload"...))
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoAH}, append(b, "inner payload"...))
 }
 
 func TestAHRefused(t *testing.T) {

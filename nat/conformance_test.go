@@ -8,6 +8,8 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // Tests for rows of docs/conformance.md that no other test shows. Each
@@ -160,8 +162,8 @@ func TestRFC5508Conformance(t *testing.T) {
 	})
 	t.Run("REQ-3b: the transport header of an embedded packet with IP options is found past the options", func(t *testing.T) {
 		l := newLab(t, Config{})
-		b := buildIPv4(ipHdr{src: lanA, dst: remote1, proto: ProtoUDP, optWords: 2},
-			udpSegment(ap(lanA, 5000), ap(remote1, 53), []byte("with options")))
+		b := testpacket.IPv4(testpacket.IPv4Header{Src: lanA, Dst: remote1, Proto: ProtoUDP, OptWords: 2},
+			testpacket.UDP(ap(lanA, 5000), ap(remote1, 53), []byte("with options")))
 		out := l.mustOut(b, VerdictToWAN)
 		p := l.mustIn(portUnreachable(remote1, wanAddr, out.Buf), VerdictToLAN)
 		embedded := p.L4[header.ICMPv4MinimumSize:]
@@ -203,8 +205,8 @@ func TestRFC5508Conformance(t *testing.T) {
 		ext := []byte{0x20, 0, 0, 0, 0, 8, 2, 1, 'e', 'x', 't', '!'}
 		binary.BigEndian.PutUint16(ext[2:4], ^checksum.Checksum(ext, 0))
 		body = append(body, ext...)
-		b := buildIPv4(ipHdr{src: router, dst: wanAddr, proto: ProtoICMP},
-			icmpMessage(header.ICMPv4TimeExceeded, header.ICMPv4TTLExceeded, [4]byte{0, origLen / 4, 0, 0}, body))
+		b := testpacket.IPv4(testpacket.IPv4Header{Src: router, Dst: wanAddr, Proto: ProtoICMP},
+			testpacket.ICMP(header.ICMPv4TimeExceeded, header.ICMPv4TTLExceeded, [4]byte{0, origLen / 4, 0, 0}, body))
 		p := l.mustIn(b, VerdictToLAN)
 		if p.DstAddr() != lanA {
 			t.Fatalf("error delivered to %v", p.DstAddr())
@@ -286,8 +288,8 @@ func TestRFC5508Conformance(t *testing.T) {
 			9,  // Router Advertisement
 		} {
 			l := newLab(t, Config{})
-			b := buildIPv4(ipHdr{src: lanA, dst: remote1, proto: ProtoICMP},
-				icmpMessage(typ, 0, [4]byte{0, 1, 0, 1}, make([]byte, 12)))
+			b := testpacket.IPv4(testpacket.IPv4Header{Src: lanA, Dst: remote1, Proto: ProtoICMP},
+				testpacket.ICMP(typ, 0, [4]byte{0, 1, 0, 1}, make([]byte, 12)))
 			r, _ := l.out(b)
 			wantDrop(t, r, DropUnsupported)
 		}

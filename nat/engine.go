@@ -33,9 +33,9 @@
 // (limits.go, table.go). No WAN packet changes state without a reason: in
 // window, within quota, or confirmed.
 //
-// Each IP protocol has a Handler; TCP, UDP and ICMP share the endpoint
-// mapping table in table.go. VPN protocols (ISAKMP, ESP, GRE, PPTP control)
-// register their own handlers beside them.
+// Each IP protocol has a handler; TCP, UDP and ICMP share the endpoint
+// mapping table in table.go. VPN protocols (ISAKMP, ESP, AH, GRE, PPTP
+// control) have their own handlers beside them.
 package nat
 
 import (
@@ -61,7 +61,9 @@ const (
 
 // Forward is a port forward: traffic to the WAN address on external ports
 // Ports goes to To, whose port is ToPort + (port - Ports.First). For GRE and
-// ESP, Ports and ToPort are zero: the whole protocol goes to To.
+// ESP, Ports and ToPort are zero: the whole protocol goes to To. Proto is
+// TCP, UDP, GRE or ESP (the configuration accepts no other); a forward of
+// any other protocol has no effect.
 type Forward struct {
 	Proto  uint8
 	Ports  PortRange
@@ -130,9 +132,9 @@ var (
 	toLAN = Result{Verdict: VerdictToLAN}
 )
 
-// Handler masquerades one IP protocol. It runs with the engine's lock held
-// and may use the engine's shared tables.
-type Handler interface {
+// protoHandler masquerades one IP protocol. It runs with the engine's lock
+// held and may use the engine's shared tables.
+type protoHandler interface {
 	// Outbound rewrites a LAN→WAN packet so that its source is the WAN address.
 	Outbound(p *Packet, now int64) Result
 	// Inbound rewrites a WAN→LAN packet addressed to the WAN address so that
@@ -150,11 +152,12 @@ type Engine struct {
 	clock    Clock
 	base     time.Time
 	log      zerolog.Logger
-	handlers [256]Handler
+	handlers [256]protoHandler
 	table    table
 	frags    fragTable
 	ike      ikeTracker
 	esp      *espHandler
+	ah       *ahHandler
 	pptp     pptpTracker
 	gre      *greHandler
 	hosts    hostTable // per-LAN-host quotas and new-flow buckets
@@ -199,7 +202,8 @@ func New(cfg Config) *Engine {
 	e.ike.init(e)
 	e.esp = newESPHandler(e)
 	e.handlers[ProtoESP] = e.esp
-	e.handlers[ProtoAH] = &ahHandler{e: e, refused: make(map[hostRemote]*ahRefused)}
+	e.ah = &ahHandler{e: e, refused: make(map[hostRemote]*ahRefused)}
+	e.handlers[ProtoAH] = e.ah
 	e.pptp.init(e)
 	e.gre = newGREHandler(e)
 	e.handlers[ProtoGRE] = e.gre
@@ -216,19 +220,9 @@ func New(cfg Config) *Engine {
 			// the forward takes the rest (the PPTP server behind the
 			// router).
 			e.gre.forward, e.gre.forwardTo = true, f.To.As4()
-		default:
-			e.handlers[f.Proto] = &wholeProtoForward{e: e, proto: f.Proto, to: f.To.As4()}
 		}
 	}
 	return e
-}
-
-// Register installs the handler for an IP protocol, replacing any other.
-// VPN protocol handlers use it.
-func (e *Engine) Register(proto uint8, h Handler) {
-	e.mu.Lock()
-	e.handlers[proto] = h
-	e.mu.Unlock()
 }
 
 // WANAddr is the address LAN hosts are masqueraded behind. It may be

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 func TestResourceLimits(t *testing.T) {
@@ -174,7 +176,7 @@ func TestWholeProtocolForward(t *testing.T) {
 		body := []byte{0, 0, 0x88, 0x0b, 1, 2, 3, 4, 5, 6, 7, 8}
 		t.Run(name+" forward delivers inbound packets to the internal host", func(t *testing.T) {
 			l := newLab(t, Config{Forwards: []Forward{{Proto: proto, To: lanB}}})
-			p := l.mustIn(buildIPv4(ipHdr{src: remote1, dst: wanAddr, proto: proto}, body), VerdictToLAN)
+			p := l.mustIn(testpacket.IPv4(testpacket.IPv4Header{Src: remote1, Dst: wanAddr, Proto: proto}, body), VerdictToLAN)
 			if p.DstAddr() != lanB || p.SrcAddr() != remote1 {
 				t.Errorf("delivered %v→%v", p.SrcAddr(), p.DstAddr())
 			}
@@ -184,7 +186,7 @@ func TestWholeProtocolForward(t *testing.T) {
 		})
 		t.Run(name+" forward masquerades the internal host's packets", func(t *testing.T) {
 			l := newLab(t, Config{Forwards: []Forward{{Proto: proto, To: lanB}}})
-			p := l.mustOut(buildIPv4(ipHdr{src: lanB, dst: remote1, proto: proto}, body), VerdictToWAN)
+			p := l.mustOut(testpacket.IPv4(testpacket.IPv4Header{Src: lanB, Dst: remote1, Proto: proto}, body), VerdictToWAN)
 			if p.SrcAddr() != wanAddr || p.DstAddr() != remote1 {
 				t.Errorf("left as %v→%v", p.SrcAddr(), p.DstAddr())
 			}
@@ -194,7 +196,7 @@ func TestWholeProtocolForward(t *testing.T) {
 	}
 	t.Run("fragmented gre follows the forward", func(t *testing.T) {
 		l := newLab(t, Config{Forwards: []Forward{{Proto: ProtoGRE, To: lanB}}})
-		first, tail := fragmentAt(buildIPv4(ipHdr{src: remote1, dst: wanAddr, proto: ProtoGRE, id: 7}, make([]byte, 64)), 32)
+		first, tail := fragmentAt(testpacket.IPv4(testpacket.IPv4Header{Src: remote1, Dst: wanAddr, Proto: ProtoGRE, ID: 7}, make([]byte, 64)), 32)
 		l.mustIn(first, VerdictToLAN)
 		if p := l.mustIn(tail, VerdictToLAN); p.DstAddr() != lanB {
 			t.Errorf("tail to %v", p.DstAddr())
@@ -215,16 +217,16 @@ func (h *countingHandler) Inbound(p *Packet, now int64) Result {
 	return Result{Verdict: VerdictDrop, Reason: DropUnsolicited}
 }
 
-func TestRegister(t *testing.T) {
-	t.Run("a registered handler receives its protocol in both directions", func(t *testing.T) {
+func TestProtocolDispatch(t *testing.T) {
+	t.Run("a protocol's handler receives its packets in both directions", func(t *testing.T) {
 		l := newLab(t, Config{})
 		h := &countingHandler{}
-		l.e.Register(ProtoAH, h)
-		r, _ := l.out(buildIPv4(ipHdr{src: lanA, dst: remote1, proto: ProtoAH}, make([]byte, 12)))
+		l.e.handlers[ProtoAH] = h
+		r, _ := l.out(testpacket.IPv4(testpacket.IPv4Header{Src: lanA, Dst: remote1, Proto: ProtoAH}, make([]byte, 12)))
 		if r.Verdict != VerdictToWAN {
 			t.Errorf("verdict %s", verdictName(r.Verdict))
 		}
-		r, _ = l.in(buildIPv4(ipHdr{src: remote1, dst: wanAddr, proto: ProtoAH}, make([]byte, 12)))
+		r, _ = l.in(testpacket.IPv4(testpacket.IPv4Header{Src: remote1, Dst: wanAddr, Proto: ProtoAH}, make([]byte, 12)))
 		wantDrop(t, r, DropUnsolicited)
 		if h.out != 1 || h.in != 1 || l.e.Drops.Get(DropUnsolicited) != 1 {
 			t.Errorf("handler saw %d out %d in; unsolicited counter %d", h.out, h.in, l.e.Drops.Get(DropUnsolicited))

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // espPkt is a raw ESP packet (IP protocol 50): SPI, sequence number and
@@ -17,7 +19,7 @@ func espPkt(src, dst netip.Addr, spi, seq uint32) []byte {
 	binary.BigEndian.PutUint32(b[0:4], spi)
 	binary.BigEndian.PutUint32(b[4:8], seq)
 	b = append(b, "ciphertext 0123456789abcdefghijklmnop"...)
-	return buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoESP, id: uint16(seq)}, b)
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoESP, ID: uint16(seq)}, b)
 }
 
 func espSPIOf(p *Packet) uint32 { return binary.BigEndian.Uint32(p.L4[0:4]) }
@@ -302,7 +304,7 @@ func TestESPAssociation(t *testing.T) {
 	t.Run("ESP shorter than SPI and sequence number is dropped as malformed both ways", func(t *testing.T) {
 		l := newLab(t, Config{})
 		short := func(src, dst netip.Addr) []byte {
-			return buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoESP}, []byte{0, 0, 0, 0xa1, 0, 0, 0})
+			return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoESP}, []byte{0, 0, 0, 0xa1, 0, 0, 0})
 		}
 		l.espDrop(short(lanA, remote1), true, DropMalformed)
 		l.espDrop(short(remote1, wanAddr), false, DropMalformed)
@@ -374,7 +376,7 @@ func TestESPAssociation(t *testing.T) {
 			b := make([]byte, 8, 8+len(bigPayload))
 			binary.BigEndian.PutUint32(b, spi)
 			binary.BigEndian.PutUint32(b[4:], 1)
-			return buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoESP, id: 0x5151}, append(b, bigPayload...))
+			return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoESP, ID: 0x5151}, append(b, bigPayload...))
 		}
 		first, tail := fragmentAt(big(lanA, remote1, 0xa1), 64)
 		if p := l.mustOut(first, VerdictToWAN); p.SrcAddr() != wanAddr {

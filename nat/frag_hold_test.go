@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // fragHoldDuration is how long a fragment waits for its first fragment.
@@ -44,14 +46,14 @@ func fragments(b []byte, cuts ...int) [][]byte {
 
 // udpOfSize is a UDP datagram with a payload of n bytes.
 func udpOfSize(src, dst netip.AddrPort, id uint16, n int) []byte {
-	return buildIPv4(ipHdr{src: src.Addr(), dst: dst.Addr(), proto: ProtoUDP, id: id},
-		udpSegment(src, dst, []byte(strings.Repeat("x", n))))
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: ProtoUDP, ID: id},
+		testpacket.UDP(src, dst, []byte(strings.Repeat("x", n))))
 }
 
 // tailPkt is a non-first fragment (offset 64, last) of a UDP datagram,
 // size bytes of payload: what an outsider forges.
 func tailPkt(src, dst netip.Addr, id uint16, size int) []byte {
-	return buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoUDP, id: id, fragOff: 64}, make([]byte, size))
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoUDP, ID: id, FragOff: 64}, make([]byte, size))
 }
 
 // espOfSize is an ESP packet with SPI spi and a body of n bytes.
@@ -60,7 +62,7 @@ func espOfSize(src, dst netip.Addr, spi uint32, n int) []byte {
 	binary.BigEndian.PutUint32(b[0:4], spi)
 	binary.BigEndian.PutUint32(b[4:8], 1)
 	b = append(b, bytes.Repeat([]byte{0xe5}, n)...)
-	return buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoESP, id: 0x0e5e}, b)
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoESP, ID: 0x0e5e}, b)
 }
 
 func TestFragmentsOutOfOrder(t *testing.T) {
@@ -144,7 +146,7 @@ func TestFragmentsOutOfOrder(t *testing.T) {
 				ext := l.mustOut(tcpPkt(ap(lanA, 40000), ap(remote1, 443), syn), VerdictToWAN).SrcPort
 				l.mustIn(tcpPkt(ap(remote1, 443), ap(wanAddr, ext), syn|ack), VerdictToLAN)
 				l.mustOut(tcpPkt(ap(lanA, 40000), ap(remote1, 443), ack), VerdictToWAN)
-				return dgram{buildIPv4(ipHdr{src: remote1, dst: wanAddr, proto: ProtoTCP, id: 0xb003},
+				return dgram{testpacket.IPv4(testpacket.IPv4Header{Src: remote1, Dst: wanAddr, Proto: ProtoTCP, ID: 0xb003},
 					tcpSegment(ap(remote1, 443), ap(wanAddr, ext), ack|header.TCPFlagPsh, 0, []byte(bigPayload))), false}
 			},
 			cuts: []int{64}, order: []int{1, 0},

@@ -7,24 +7,26 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 var bigPayload = strings.Repeat("fragmented payload 0123456789 ", 20)
 
 func bigUDP(src, dst netip.AddrPort, id uint16) []byte {
-	return buildIPv4(ipHdr{src: src.Addr(), dst: dst.Addr(), proto: ProtoUDP, id: id},
-		udpSegment(src, dst, []byte(bigPayload)))
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: ProtoUDP, ID: id},
+		testpacket.UDP(src, dst, []byte(bigPayload)))
 }
 
 func bigTCP(src, dst netip.AddrPort, id uint16) []byte {
-	return buildIPv4(ipHdr{src: src.Addr(), dst: dst.Addr(), proto: ProtoTCP, id: id},
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: ProtoTCP, ID: id},
 		tcpSegment(src, dst, ack|header.TCPFlagPsh, 2, []byte(bigPayload)))
 }
 
 func bigEcho(src, dst netip.Addr, ident uint16) []byte {
 	rest := [4]byte{byte(ident >> 8), byte(ident), 0, 1}
-	return buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoICMP, id: 0x0707},
-		icmpMessage(header.ICMPv4Echo, 0, rest, []byte(bigPayload)))
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoICMP, ID: 0x0707},
+		testpacket.ICMP(header.ICMPv4Echo, 0, rest, []byte(bigPayload)))
 }
 
 func TestFragments(t *testing.T) {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // FuzzParse feeds arbitrary bytes to Packet.Parse: it must never panic, and
@@ -23,8 +25,8 @@ func FuzzParse(f *testing.F) {
 		tcpDataPkt(ap(remote1, 443), ap(wanAddr, 20000), ack, "data"),
 		echoPkt(header.ICMPv4Echo, lanA, remote1, 7, 1),
 		portUnreachable(remote1, wanAddr, udp),
-		buildIPv4(ipHdr{src: lanA, dst: remote1, proto: ProtoUDP, optWords: 10}, udpSegment(ap(lanA, 1), ap(remote1, 2), nil)),
-		buildIPv4(ipHdr{src: remote1, dst: wanAddr, proto: ProtoGRE}, make([]byte, 8)),
+		testpacket.IPv4(testpacket.IPv4Header{Src: lanA, Dst: remote1, Proto: ProtoUDP, OptWords: 10}, testpacket.UDP(ap(lanA, 1), ap(remote1, 2), nil)),
+		testpacket.IPv4(testpacket.IPv4Header{Src: remote1, Dst: wanAddr, Proto: ProtoGRE}, make([]byte, 8)),
 		first, tail,
 		append(append([]byte(nil), udp...), 0, 0, 0, 0),
 		udp[:20],
@@ -235,7 +237,7 @@ func (fr *fuzzRun) build(in *fuzzInput, outbound, big bool) []byte {
 	case 4:
 		return echoPkt(header.ICMPv4Type(in.byte()%20), src, dst, sp, dp)
 	default:
-		return buildIPv4(ipHdr{src: src, dst: dst, proto: []uint8{ProtoGRE, ProtoESP, ProtoAH}[sel%3]}, []byte(payload+payload))
+		return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: []uint8{ProtoGRE, ProtoESP, ProtoAH}[sel%3]}, []byte(payload+payload))
 	}
 }
 
@@ -264,7 +266,7 @@ func (fr *fuzzRun) reply(in *fuzzInput) ([]byte, bool) {
 		}
 		b = echoPkt(typ, src.Addr(), dst.Addr(), p.SrcPort, 1)
 	default:
-		b = buildIPv4(ipHdr{src: src.Addr(), dst: dst.Addr(), proto: p.Proto}, make([]byte, 16))
+		b = testpacket.IPv4(testpacket.IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: p.Proto}, make([]byte, 16))
 	}
 	// A packet that left for the WAN is answered from the WAN; one that was
 	// delivered to the LAN is answered by the LAN host.
@@ -563,7 +565,7 @@ func FuzzICMPError(f *testing.F) {
 			header.ICMPv4ParamProblem, header.ICMPv4SrcQuench, header.ICMPv4Redirect}
 		var rest [4]byte
 		binary.BigEndian.PutUint16(rest[2:], 1400)
-		msg := icmpMessage(types[int(typ)%len(types)], header.ICMPv4Code(code), rest, body)
+		msg := testpacket.ICMP(types[int(typ)%len(types)], header.ICMPv4Code(code), rest, body)
 		if len(msg)+header.IPv4MinimumSize > 0xffff {
 			return
 		}
@@ -573,7 +575,7 @@ func FuzzICMPError(f *testing.F) {
 				src, dst = lanA, remote1
 			}
 			var p Packet
-			if p.Parse(buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoICMP}, msg)) != DropNone {
+			if p.Parse(testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoICMP}, msg)) != DropNone {
 				t.Fatal("test packet does not parse")
 			}
 			var r Result

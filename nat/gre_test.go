@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // grePkt is enhanced GRE (RFC 2637 section 4.1) with a sequence number:
@@ -19,7 +21,7 @@ func grePkt(src, dst netip.Addr, callID uint16, payload []byte) []byte {
 	binary.BigEndian.PutUint16(b[6:], callID)
 	binary.BigEndian.PutUint32(b[8:], 1)
 	copy(b[12:], payload)
-	return buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoGRE, id: 0x4444}, b)
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoGRE, ID: 0x4444}, b)
 }
 
 // greV0Pkt is plain GRE (RFC 2784) carrying IPv4.
@@ -27,7 +29,7 @@ func greV0Pkt(src, dst netip.Addr, payload []byte) []byte {
 	b := make([]byte, 4+len(payload))
 	binary.BigEndian.PutUint16(b[2:], 0x0800)
 	copy(b[4:], payload)
-	return buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoGRE, id: 0x5555}, b)
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoGRE, ID: 0x5555}, b)
 }
 
 func TestGRE(t *testing.T) {
@@ -63,7 +65,7 @@ func TestGRE(t *testing.T) {
 			if tc.inbnd {
 				src, dst, run = remote1, wanAddr, l.in
 			}
-			r, _ := run(buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoGRE}, tc.gre))
+			r, _ := run(testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoGRE}, tc.gre))
 			wantDrop(t, r, DropGREMalformed)
 		})
 	}

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 func TestICMPEcho(t *testing.T) {
@@ -84,8 +86,8 @@ func TestICMPEcho(t *testing.T) {
 	})
 	t.Run("icmp queries other than echo are not masqueraded", func(t *testing.T) {
 		l := newLab(t, Config{})
-		b := buildIPv4(ipHdr{src: lanA, dst: remote1, proto: ProtoICMP},
-			icmpMessage(header.ICMPv4Timestamp, 0, [4]byte{0, 1, 0, 1}, make([]byte, 12)))
+		b := testpacket.IPv4(testpacket.IPv4Header{Src: lanA, Dst: remote1, Proto: ProtoICMP},
+			testpacket.ICMP(header.ICMPv4Timestamp, 0, [4]byte{0, 1, 0, 1}, make([]byte, 12)))
 		r, _ := l.out(b)
 		wantDrop(t, r, DropUnsupported)
 	})

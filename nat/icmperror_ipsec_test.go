@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // espBody is an ESP header (SPI, sequence) and a few payload bytes.
@@ -18,7 +20,7 @@ func espBody(spi, seq uint32) []byte {
 func TestICMPErrorsAboutIPsecReachTheLANHost(t *testing.T) {
 	t.Run("fragmentation needed about outbound ESP reaches the host that owns the SPI", func(t *testing.T) {
 		l := newLab(t, Config{})
-		sent := l.mustOut(buildIPv4(ipHdr{src: lanA, dst: remote1, proto: ProtoESP}, espBody(0x1111, 1)), VerdictToWAN)
+		sent := l.mustOut(testpacket.IPv4(testpacket.IPv4Header{Src: lanA, Dst: remote1, Proto: ProtoESP}, espBody(0x1111, 1)), VerdictToWAN)
 		quoted := append([]byte(nil), sent.Buf...)
 		// The remote's side answers: frag needed, quoting the ESP packet
 		// as it left the router (from the WAN address).
@@ -43,7 +45,7 @@ func TestICMPErrorsAboutIPsecReachTheLANHost(t *testing.T) {
 	})
 	t.Run("an error about ESP nobody sent goes to the host's own stack", func(t *testing.T) {
 		l := newLab(t, Config{})
-		orig := buildIPv4(ipHdr{src: wanAddr, dst: remote1, proto: ProtoESP}, espBody(0x2222, 1))
+		orig := testpacket.IPv4(testpacket.IPv4Header{Src: wanAddr, Dst: remote1, Proto: ProtoESP}, espBody(0x2222, 1))
 		r, _ := l.in(icmpErrPkt(remote1, wanAddr, header.ICMPv4DstUnreachable, header.ICMPv4FragmentationNeeded, orig, 28))
 		if r.Verdict != VerdictHost {
 			t.Errorf("verdict %s, want host", verdictName(r.Verdict))

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // quoted is the packet embedded in a translated ICMP error.
@@ -197,7 +199,7 @@ func TestICMPErrorValidation(t *testing.T) {
 			return portUnreachable(remote1, wanAddr, tail)
 		}, DropICMPError, false},
 		{"icmp error about an unsupported protocol is dropped", func(out *Packet) []byte {
-			return portUnreachable(remote1, wanAddr, buildIPv4(ipHdr{src: wanAddr, dst: remote1, proto: 132}, make([]byte, 8)))
+			return portUnreachable(remote1, wanAddr, testpacket.IPv4(testpacket.IPv4Header{Src: wanAddr, Dst: remote1, Proto: 132}, make([]byte, 8)))
 		}, DropICMPError, false},
 		{"icmp error about an unmapped port goes to the host", func(out *Packet) []byte {
 			return portUnreachable(remote1, wanAddr, udpPkt(ap(wanAddr, out.SrcPort+1), ap(remote1, 53), "q"))

@@ -464,17 +464,6 @@ func (t *ikeTracker) mostRecentHost(remote [4]byte, now int64) ([4]byte, bool) {
 	return latest, n > 0
 }
 
-// lastContact is when host last exchanged IKE with remote (ok false if
-// never, or timed out).
-func (t *ikeTracker) lastContact(host, remote [4]byte, now int64) (int64, bool) {
-	c := t.lastIKE[remote]
-	if c == nil {
-		return 0, false
-	}
-	at, ok := c.hosts[host]
-	return at, ok && now-at < t.timeout()
-}
-
 func (t *ikeTracker) expire(now int64) {
 	for _, s := range t.byI {
 		if t.dead(s, now) {

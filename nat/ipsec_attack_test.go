@@ -171,6 +171,17 @@ func TestRemoteStartedIKESession(t *testing.T) {
 	})
 }
 
+// lastContact is when host last exchanged IKE with remote (ok false if
+// never, or timed out).
+func (t *ikeTracker) lastContact(host, remote [4]byte, now int64) (int64, bool) {
+	c := t.lastIKE[remote]
+	if c == nil {
+		return 0, false
+	}
+	at, ok := c.hosts[host]
+	return at, ok && now-at < t.timeout()
+}
+
 // espForged sends a forged ESP packet from remote and fails if it reached
 // any host but allowed (the host the rules name may get it: its IPsec
 // stack drops an SA it does not know).

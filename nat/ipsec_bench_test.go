@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // ipsecBenchHosts × ipsecBenchRemotes SPI pairs (3840) and as many IKE
@@ -95,7 +97,7 @@ func BenchmarkICMPErrorAboutESP(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			l := ipsecBenchLab(b)
-			orig := buildIPv4(ipHdr{src: wanAddr, dst: benchRemote(7), proto: ProtoESP}, espBody(tc.spi, 1))
+			orig := testpacket.IPv4(testpacket.IPv4Header{Src: wanAddr, Dst: benchRemote(7), Proto: ProtoESP}, espBody(tc.spi, 1))
 			tmpl := icmpErrPkt(benchRemote(7), wanAddr, header.ICMPv4DstUnreachable, header.ICMPv4FragmentationNeeded, orig, 28)
 			buf := make([]byte, len(tmpl))
 			var p Packet

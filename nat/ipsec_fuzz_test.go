@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // FuzzIKEParse feeds arbitrary bytes to parseIKEHeader and classifyNATT:
@@ -253,7 +255,7 @@ func (fz *ipsecFuzz) step(in *fuzzInput) {
 		}
 		body := make([]byte, 8, 8+len(bigPayload))
 		binary.BigEndian.PutUint32(body, ipsecFuzzSPIs[in.byte()%8])
-		first, tail := fragmentAt(buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoESP, id: uint16(op)}, append(body, bigPayload...)), 64)
+		first, tail := fragmentAt(testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoESP, ID: uint16(op)}, append(body, bigPayload...)), 64)
 		if sel&0x40 != 0 {
 			first, tail = tail, first
 		}

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // Tests of the bounds on the engine's state and the fair shares of it:
@@ -283,8 +285,8 @@ func TestICMPErrorsNeedTheQuotedFlow(t *testing.T) {
 func TestFragmentEntriesPerHost(t *testing.T) {
 	l := newLab(t, Config{Limits: Limits{MaxFragmentsPerHost: 8}})
 	firstFragment := func(host netip.Addr, id uint16) []byte {
-		b := buildIPv4(ipHdr{src: host, dst: remote1, proto: ProtoUDP, id: id},
-			udpSegment(ap(host, 5000), ap(remote1, 53), make([]byte, 64)))
+		b := testpacket.IPv4(testpacket.IPv4Header{Src: host, Dst: remote1, Proto: ProtoUDP, ID: id},
+			testpacket.UDP(ap(host, 5000), ap(remote1, 53), make([]byte, 64)))
 		first, _ := fragmentAt(b, 48)
 		return first
 	}

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 func TestParseAcceptsWellFormedPackets(t *testing.T) {
@@ -30,11 +32,11 @@ func TestParseAcceptsWellFormedPackets(t *testing.T) {
 			proto: ProtoICMP, sp: 0x1234, dp: 0x1234, icmpType: header.ICMPv4Echo, l4Len: 8 + 23},
 		{name: "icmp error has no ports", pkt: portUnreachable(remote1, wanAddr, udp),
 			proto: ProtoICMP, icmpType: header.ICMPv4DstUnreachable, l4Len: 8 + len(udp)},
-		{name: "ipv4 options move the transport header", pkt: buildIPv4(ipHdr{src: lanA, dst: remote1, proto: ProtoUDP, optWords: 3},
-			udpSegment(ap(lanA, 7), ap(remote1, 9), []byte("x"))), proto: ProtoUDP, sp: 7, dp: 9, l4Len: 9},
+		{name: "ipv4 options move the transport header", pkt: testpacket.IPv4(testpacket.IPv4Header{Src: lanA, Dst: remote1, Proto: ProtoUDP, OptWords: 3},
+			testpacket.UDP(ap(lanA, 7), ap(remote1, 9), []byte("x"))), proto: ProtoUDP, sp: 7, dp: 9, l4Len: 9},
 		{name: "first fragment keeps its ports", pkt: first, proto: ProtoUDP, sp: 5000, dp: 53, more: true, l4Len: 16},
 		{name: "non-first fragment has no transport view", pkt: tail, proto: ProtoUDP, fragOff: 16, l4Len: -1},
-		{name: "unknown protocol is parsed at the ip layer", pkt: buildIPv4(ipHdr{src: lanA, dst: remote1, proto: ProtoGRE}, []byte{0, 0, 0x08, 0}),
+		{name: "unknown protocol is parsed at the ip layer", pkt: testpacket.IPv4(testpacket.IPv4Header{Src: lanA, Dst: remote1, Proto: ProtoGRE}, []byte{0, 0, 0x08, 0}),
 			proto: ProtoGRE, l4Len: 4},
 	}
 	for _, tc := range tests {
@@ -90,7 +92,7 @@ func TestParseCutsLinkPadding(t *testing.T) {
 func TestParseResetsThePacket(t *testing.T) {
 	var p Packet
 	mustParseInto(t, &p, tcpPkt(ap(lanA, 1), ap(remote1, 2), header.TCPFlagSyn))
-	mustParseInto(t, &p, buildIPv4(ipHdr{src: lanA, dst: remote1, proto: ProtoESP}, make([]byte, 8)))
+	mustParseInto(t, &p, testpacket.IPv4(testpacket.IPv4Header{Src: lanA, Dst: remote1, Proto: ProtoESP}, make([]byte, 8)))
 	if p.SrcPort != 0 || p.DstPort != 0 || p.TCPFlags != 0 {
 		t.Errorf("fields of the previous packet survived: ports %d→%d flags %v", p.SrcPort, p.DstPort, p.TCPFlags)
 	}

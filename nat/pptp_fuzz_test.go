@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // FuzzPPTPControl feeds an arbitrary byte stream through a control
@@ -97,9 +99,9 @@ func FuzzGRE(f *testing.F) {
 		var r Result
 		var p *Packet
 		if inbound {
-			r, p = s.in(buildIPv4(ipHdr{src: remote1, dst: wanAddr, proto: ProtoGRE}, gre))
+			r, p = s.in(testpacket.IPv4(testpacket.IPv4Header{Src: remote1, Dst: wanAddr, Proto: ProtoGRE}, gre))
 		} else {
-			r, p = s.out(buildIPv4(ipHdr{src: lanA, dst: remote1, proto: ProtoGRE}, gre))
+			r, p = s.out(testpacket.IPv4(testpacket.IPv4Header{Src: lanA, Dst: remote1, Proto: ProtoGRE}, gre))
 		}
 		if r.Verdict == VerdictDrop {
 			return

@@ -6,8 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // pptpMsg builds a control message of its type's fixed length. The sender's
@@ -115,33 +116,23 @@ func newPPTPLab(t *testing.T, cfg Config) *pptpLab {
 
 // tcpSeqPkt is a TCP segment with explicit sequence number and flags.
 func tcpSeqPkt(src, dst netip.AddrPort, flags header.TCPFlags, seq uint32, payload []byte) []byte {
-	seg := tcpSegment(src, dst, flags, 0, payload)
-	tcp := header.TCP(seg)
-	tcp.SetSequenceNumber(seq)
-	// Acknowledge the other side's SYN in the lab's sequence spaces (open):
-	// in window for the connection tracker as long as less than a window
-	// of data was sent since.
+	return tcpSeqAckPkt(src, dst, flags, seq, pptpAck(src), payload)
+}
+
+// pptpAck acknowledges the other side's SYN in the lab's sequence spaces
+// (open): in window for the connection tracker as long as less than a
+// window of data was sent since.
+func pptpAck(src netip.AddrPort) uint32 {
 	if src.Addr().Is4() && src.Addr().As4()[0] == 10 {
-		tcp.SetAckNumber(pptpServerISS + 1)
-	} else {
-		tcp.SetAckNumber(pptpClientISS + 1)
+		return pptpServerISS + 1
 	}
-	tcp.SetChecksum(0)
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, taddr(src.Addr()), taddr(dst.Addr()), uint16(len(seg)))
-	tcp.SetChecksum(^checksum.Checksum(seg, xsum))
-	return buildIPv4(ipHdr{src: src.Addr(), dst: dst.Addr(), proto: ProtoTCP, id: 0x3333}, seg)
+	return pptpClientISS + 1
 }
 
 // tcpSeqAckPkt is tcpSeqPkt with an explicit acknowledgment number.
 func tcpSeqAckPkt(src, dst netip.AddrPort, flags header.TCPFlags, seq, ack uint32, payload []byte) []byte {
-	b := tcpSeqPkt(src, dst, flags, seq, payload)
-	ip := header.IPv4(b)
-	tcp := header.TCP(b[ip.HeaderLength():])
-	tcp.SetAckNumber(ack)
-	tcp.SetChecksum(0)
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, taddr(src.Addr()), taddr(dst.Addr()), uint16(len(tcp)))
-	tcp.SetChecksum(^checksum.Checksum(tcp, xsum))
-	return b
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: ProtoTCP, ID: 0x3333},
+		testpacket.TCP(testpacket.TCPHeader{Src: src, Dst: dst, Seq: seq, Ack: ack, Flags: flags, Window: 65000}, payload))
 }
 
 // The initial sequence numbers of the lab's control connections.

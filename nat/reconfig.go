@@ -119,8 +119,6 @@ func (e *Engine) installForward(f Forward, now int64) int {
 		e.esp.forward, e.esp.forwardTo = true, f.To.As4()
 	case ProtoGRE:
 		e.gre.forward, e.gre.forwardTo = true, f.To.As4()
-	default:
-		e.handlers[f.Proto] = &wholeProtoForward{e: e, proto: f.Proto, to: f.To.As4()}
 	}
 	return 0
 }
@@ -146,10 +144,6 @@ func (e *Engine) removeForward(f Forward, now int64) int {
 	case ProtoGRE:
 		if e.gre.forwardTo == f.To.As4() {
 			e.gre.forward, e.gre.forwardTo = false, [4]byte{}
-		}
-	default:
-		if h, ok := e.handlers[f.Proto].(*wholeProtoForward); ok && h.to == f.To.As4() {
-			e.handlers[f.Proto] = nil
 		}
 	}
 	return 0

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 func TestReconfigure(t *testing.T) {
@@ -125,13 +127,13 @@ func TestReconfigure(t *testing.T) {
 		for _, proto := range []uint8{ProtoGRE, ProtoESP} {
 			body := []byte{0, 0, 0x88, 0x0b, 1, 2, 3, 4, 5, 6, 7, 8}
 			l := newLab(t, Config{Forwards: []Forward{{Proto: proto, To: lanB}}})
-			l.mustIn(buildIPv4(ipHdr{src: remote1, dst: wanAddr, proto: proto}, body), VerdictToLAN)
+			l.mustIn(testpacket.IPv4(testpacket.IPv4Header{Src: remote1, Dst: wanAddr, Proto: proto}, body), VerdictToLAN)
 			l.e.Reconfigure(Config{})
-			if r, _ := l.in(buildIPv4(ipHdr{src: remote1, dst: wanAddr, proto: proto}, body)); r.Verdict != VerdictDrop {
+			if r, _ := l.in(testpacket.IPv4(testpacket.IPv4Header{Src: remote1, Dst: wanAddr, Proto: proto}, body)); r.Verdict != VerdictDrop {
 				t.Errorf("%s still delivered after its forward was removed", protoName(proto))
 			}
 			l.e.Reconfigure(Config{Forwards: []Forward{{Proto: proto, To: lanA}}})
-			if p := l.mustIn(buildIPv4(ipHdr{src: remote1, dst: wanAddr, proto: proto}, body), VerdictToLAN); p.DstAddr() != lanA {
+			if p := l.mustIn(testpacket.IPv4(testpacket.IPv4Header{Src: remote1, Dst: wanAddr, Proto: proto}, body), VerdictToLAN); p.DstAddr() != lanA {
 				t.Errorf("%s delivered to %v, want the new target", protoName(proto), p.DstAddr())
 			}
 		}

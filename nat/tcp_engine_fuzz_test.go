@@ -7,6 +7,8 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // fzTransitory is FuzzTCPEngine's transitory timeout: short, so that a flow
@@ -122,7 +124,7 @@ func FuzzTCPEngine(f *testing.F) {
 			xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, taddr(src.Addr()), taddr(dst.Addr()), uint16(len(b)))
 			tcp.SetChecksum(^checksum.Checksum(b, xsum))
 			ipID++
-			return buildIPv4(ipHdr{src: src.Addr(), dst: dst.Addr(), proto: ProtoTCP, id: ipID}, b)
+			return testpacket.IPv4(testpacket.IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: ProtoTCP, ID: ipID}, b)
 		}
 		// through runs a packet through the engine, Outbound from the LAN
 		// host and Inbound from the WAN. l.out and l.in check the

@@ -6,8 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 const (
@@ -322,14 +323,8 @@ func TestHairpin(t *testing.T) {
 // tcpSegPkt is a TCP segment with explicit sequence and acknowledgement
 // numbers, for the tests that play both endpoints exactly.
 func tcpSegPkt(src, dst netip.AddrPort, flags header.TCPFlags, seq, ackN uint32, payload string) []byte {
-	b := tcpSegment(src, dst, flags, 0, []byte(payload))
-	tcp := header.TCP(b)
-	tcp.SetSequenceNumber(seq)
-	tcp.SetAckNumber(ackN)
-	tcp.SetChecksum(0)
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, taddr(src.Addr()), taddr(dst.Addr()), uint16(len(b)))
-	tcp.SetChecksum(^checksum.Checksum(b, xsum))
-	return buildIPv4(ipHdr{src: src.Addr(), dst: dst.Addr(), proto: ProtoTCP, id: 0x5555}, b)
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: ProtoTCP, ID: 0x5555},
+		testpacket.TCP(testpacket.TCPHeader{Src: src, Dst: dst, Seq: seq, Ack: ackN, Flags: flags, Window: 65000}, []byte(payload)))
 }
 
 // seqConn is an established connection lanA:40000 → remote1:443 whose

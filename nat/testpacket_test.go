@@ -11,6 +11,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // Addresses of the test topology: the WAN side lives in 198.18.0.0/15, the
@@ -28,61 +30,6 @@ func ap(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a,
 
 func taddr(a netip.Addr) tcpip.Address { return tcpip.AddrFrom4(a.As4()) }
 
-// ipHdr describes the IPv4 header the builders write.
-type ipHdr struct {
-	src, dst netip.Addr
-	proto    uint8
-	id       uint16
-	flags    uint8
-	fragOff  uint16
-	ttl      uint8
-	optWords int // option words (NOP-filled) beyond the 20-byte header
-}
-
-// buildIPv4 encodes an IPv4 header in front of payload and sets a correct
-// header checksum.
-func buildIPv4(h ipHdr, payload []byte) []byte {
-	hlen := header.IPv4MinimumSize + 4*h.optWords
-	b := make([]byte, hlen+len(payload))
-	ip := header.IPv4(b)
-	ttl := h.ttl
-	if ttl == 0 {
-		ttl = 64
-	}
-	ip.Encode(&header.IPv4Fields{
-		TotalLength:    uint16(len(b)),
-		ID:             h.id,
-		Flags:          h.flags,
-		FragmentOffset: h.fragOff,
-		TTL:            ttl,
-		Protocol:       h.proto,
-		SrcAddr:        taddr(h.src),
-		DstAddr:        taddr(h.dst),
-	})
-	for i := header.IPv4MinimumSize; i < hlen; i++ {
-		b[i] = byte(header.IPv4OptionNOPType)
-	}
-	ip.SetHeaderLength(uint8(hlen))
-	copy(b[hlen:], payload)
-	ip.SetChecksum(^ip.CalculateChecksum())
-	return b
-}
-
-// udpSegment builds a UDP header and payload with a correct checksum.
-func udpSegment(src, dst netip.AddrPort, payload []byte) []byte {
-	b := make([]byte, header.UDPMinimumSize+len(payload))
-	u := header.UDP(b)
-	u.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(len(b))})
-	copy(b[header.UDPMinimumSize:], payload)
-	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, taddr(src.Addr()), taddr(dst.Addr()), uint16(len(b)))
-	xsum = ^checksum.Checksum(b, xsum)
-	if xsum == 0 {
-		xsum = 0xffff // zero means "no checksum" in UDP
-	}
-	u.SetChecksum(xsum)
-	return b
-}
-
 // testISS is the initial sequence number of every endpoint the builders
 // speak for. With one ISS on both sides, each segment is coherent whichever
 // way it goes: a SYN is at testISS, everything after it at testISS+1, and
@@ -94,63 +41,32 @@ const testISS = 0x01020304
 // tcpSegment builds a TCP header (optWords of NOP options) and payload with
 // a correct checksum, at the sequence numbers testISS describes.
 func tcpSegment(src, dst netip.AddrPort, flags header.TCPFlags, optWords int, payload []byte) []byte {
-	hlen := header.TCPMinimumSize + 4*optWords
-	b := make([]byte, hlen+len(payload))
-	tcp := header.TCP(b)
 	seq := uint32(testISS + 1)
 	if flags&header.TCPFlagSyn != 0 {
 		seq = testISS
 	}
-	tcp.Encode(&header.TCPFields{
-		SrcPort:    src.Port(),
-		DstPort:    dst.Port(),
-		SeqNum:     seq,
-		AckNum:     testISS + 1,
-		DataOffset: uint8(hlen),
-		Flags:      flags,
-		WindowSize: 65000,
-	})
-	for i := header.TCPMinimumSize; i < hlen; i++ {
-		b[i] = 1 // TCP option NOP
-	}
-	copy(b[hlen:], payload)
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, taddr(src.Addr()), taddr(dst.Addr()), uint16(len(b)))
-	tcp.SetChecksum(^checksum.Checksum(b, xsum))
-	return b
-}
-
-// icmpMessage builds an ICMP message: type, code, the 4-byte rest of header
-// and the body, with a correct checksum.
-func icmpMessage(typ header.ICMPv4Type, code header.ICMPv4Code, rest [4]byte, body []byte) []byte {
-	b := make([]byte, header.ICMPv4MinimumSize+len(body))
-	icmp := header.ICMPv4(b)
-	icmp.SetType(typ)
-	icmp.SetCode(code)
-	copy(b[4:8], rest[:])
-	copy(b[header.ICMPv4MinimumSize:], body)
-	icmp.SetChecksum(^checksum.Checksum(b, 0))
-	return b
+	return testpacket.TCP(testpacket.TCPHeader{Src: src, Dst: dst, Seq: seq, Ack: testISS + 1, Flags: flags, Window: 65000, OptWords: optWords}, payload)
 }
 
 func udpPkt(src, dst netip.AddrPort, payload string) []byte {
-	return buildIPv4(ipHdr{src: src.Addr(), dst: dst.Addr(), proto: ProtoUDP, id: 0x1111},
-		udpSegment(src, dst, []byte(payload)))
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: ProtoUDP, ID: 0x1111},
+		testpacket.UDP(src, dst, []byte(payload)))
 }
 
 func tcpPkt(src, dst netip.AddrPort, flags header.TCPFlags) []byte {
-	return buildIPv4(ipHdr{src: src.Addr(), dst: dst.Addr(), proto: ProtoTCP, id: 0x2222},
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: ProtoTCP, ID: 0x2222},
 		tcpSegment(src, dst, flags, 0, nil))
 }
 
 func tcpDataPkt(src, dst netip.AddrPort, flags header.TCPFlags, payload string) []byte {
-	return buildIPv4(ipHdr{src: src.Addr(), dst: dst.Addr(), proto: ProtoTCP, id: 0x2223},
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: ProtoTCP, ID: 0x2223},
 		tcpSegment(src, dst, flags, 1, []byte(payload)))
 }
 
 func echoPkt(typ header.ICMPv4Type, src, dst netip.Addr, ident, seq uint16) []byte {
 	rest := [4]byte{byte(ident >> 8), byte(ident), byte(seq >> 8), byte(seq)}
-	return buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoICMP, id: 0x3333},
-		icmpMessage(typ, 0, rest, []byte("ping payload 0123456789")))
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoICMP, ID: 0x3333},
+		testpacket.ICMP(typ, 0, rest, []byte("ping payload 0123456789")))
 }
 
 // icmpErrPkt builds an ICMP error from src to dst about the packet orig,
@@ -160,8 +76,8 @@ func icmpErrPkt(src, dst netip.Addr, typ header.ICMPv4Type, code header.ICMPv4Co
 		keep = len(orig)
 	}
 	quoted := append([]byte(nil), orig[:keep]...)
-	return buildIPv4(ipHdr{src: src, dst: dst, proto: ProtoICMP, id: 0x4444},
-		icmpMessage(typ, code, [4]byte{}, quoted))
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: ProtoICMP, ID: 0x4444},
+		testpacket.ICMP(typ, code, [4]byte{}, quoted))
 }
 
 // portUnreachable is the most common error: ICMP 3/3 quoting the whole packet.

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 func TestUDPMapping(t *testing.T) {
@@ -77,8 +79,8 @@ func TestUDPMapping(t *testing.T) {
 	})
 	t.Run("ipv4 options do not disturb the translation", func(t *testing.T) {
 		l := newLab(t, Config{})
-		b := buildIPv4(ipHdr{src: lanA, dst: remote1, proto: ProtoUDP, optWords: 2},
-			udpSegment(ap(lanA, 5000), ap(remote1, 53), []byte("opts")))
+		b := testpacket.IPv4(testpacket.IPv4Header{Src: lanA, Dst: remote1, Proto: ProtoUDP, OptWords: 2},
+			testpacket.UDP(ap(lanA, 5000), ap(remote1, 53), []byte("opts")))
 		p := l.mustOut(b, VerdictToWAN)
 		if p.SrcAddr() != wanAddr {
 			t.Errorf("source %v", p.SrcAddr())

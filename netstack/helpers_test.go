@@ -14,6 +14,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
 // The test topology: the service address in TEST-NET-1, LAN hosts in the
@@ -99,44 +101,16 @@ func newTestStack(t testing.TB, cfg Config) (*Stack, *capture) {
 
 // buildIPv4 puts an IPv4 header with a correct checksum in front of payload.
 func buildIPv4(src, dst netip.Addr, proto tcpip.TransportProtocolNumber, payload []byte) []byte {
-	b := make([]byte, header.IPv4MinimumSize+len(payload))
-	ip := header.IPv4(b)
-	ip.Encode(&header.IPv4Fields{
-		TotalLength: uint16(len(b)),
-		ID:          0x4242,
-		TTL:         64,
-		Protocol:    uint8(proto),
-		SrcAddr:     taddr(src),
-		DstAddr:     taddr(dst),
-	})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	copy(b[header.IPv4MinimumSize:], payload)
-	return b
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: uint8(proto), ID: 0x4242}, payload)
 }
 
 func echoRequest(src, dst netip.Addr, ident, seq uint16, payload string) []byte {
-	b := make([]byte, header.ICMPv4MinimumSize+len(payload))
-	icmp := header.ICMPv4(b)
-	icmp.SetType(header.ICMPv4Echo)
-	icmp.SetIdent(ident)
-	icmp.SetSequence(seq)
-	copy(b[header.ICMPv4MinimumSize:], payload)
-	icmp.SetChecksum(^checksum.Checksum(b, 0))
-	return buildIPv4(src, dst, header.ICMPv4ProtocolNumber, b)
+	rest := [4]byte{byte(ident >> 8), byte(ident), byte(seq >> 8), byte(seq)}
+	return buildIPv4(src, dst, header.ICMPv4ProtocolNumber, testpacket.ICMP(header.ICMPv4Echo, 0, rest, []byte(payload)))
 }
 
 func udpPacket(src, dst netip.AddrPort, payload []byte) []byte {
-	b := make([]byte, header.UDPMinimumSize+len(payload))
-	u := header.UDP(b)
-	u.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(len(b))})
-	copy(b[header.UDPMinimumSize:], payload)
-	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, taddr(src.Addr()), taddr(dst.Addr()), uint16(len(b)))
-	xsum = ^checksum.Checksum(b, xsum)
-	if xsum == 0 {
-		xsum = 0xffff // zero means "no checksum" in UDP
-	}
-	u.SetChecksum(xsum)
-	return buildIPv4(src.Addr(), dst.Addr(), header.UDPProtocolNumber, b)
+	return buildIPv4(src.Addr(), dst.Addr(), header.UDPProtocolNumber, testpacket.UDP(src, dst, payload))
 }
 
 // checkIPv4 fails the test unless p is a valid IPv4 packet with correct
@@ -363,19 +337,8 @@ func exchangeUDP(t *testing.T, s *Stack, c *capture, srcPort uint16, msg []byte)
 }
 
 func tcpSYN(src, dst netip.AddrPort) []byte {
-	b := make([]byte, header.TCPMinimumSize)
-	tcp := header.TCP(b)
-	tcp.Encode(&header.TCPFields{
-		SrcPort:    src.Port(),
-		DstPort:    dst.Port(),
-		SeqNum:     0x01020304,
-		DataOffset: header.TCPMinimumSize,
-		Flags:      header.TCPFlagSyn,
-		WindowSize: 65000,
-	})
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, taddr(src.Addr()), taddr(dst.Addr()), uint16(len(b)))
-	tcp.SetChecksum(^checksum.Checksum(b, xsum))
-	return buildIPv4(src.Addr(), dst.Addr(), header.TCPProtocolNumber, b)
+	return buildIPv4(src.Addr(), dst.Addr(), header.TCPProtocolNumber,
+		testpacket.TCP(testpacket.TCPHeader{Src: src, Dst: dst, Seq: 0x01020304, Flags: header.TCPFlagSyn, Window: 65000}, nil))
 }
 
 // eventually polls cond until it holds or waitFor passes.

@@ -11,10 +11,10 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vpnmasq/vpnmasq/admin"
 	"github.com/vpnmasq/vpnmasq/config"
 	"github.com/vpnmasq/vpnmasq/hostnet"
 	"github.com/vpnmasq/vpnmasq/nat"
-	"github.com/vpnmasq/vpnmasq/router/admin"
 )
 
 // Live reconfiguration (SIGHUP, `vpnmasq reload`). A reload reads and

@@ -11,9 +11,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vpnmasq/vpnmasq/admin"
 	"github.com/vpnmasq/vpnmasq/nat"
 	"github.com/vpnmasq/vpnmasq/netstack"
-	"github.com/vpnmasq/vpnmasq/router/admin"
 )
 
 // Version is the vpnmasq version the admin API reports; the command sets it.

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -19,35 +17,23 @@ func cmdCheck(args []string) int {
 	return runCheck(args, os.Stdout, os.Stderr, hostnet.ReadEphemeral)
 }
 
+const checkAbout = `Loads and validates FILE without changing anything on the host; values
+left to the host (interfaces, addresses, MTU) are filled in only by
+` + "`vpnmasq run`" + `. The NAT's ports are compared with the ephemeral ports of
+the network namespace check runs in (net.ipv4.ip_local_port_range, less
+net.ipv4.ip_local_reserved_ports): run it where vpnmasq runs. An overlap
+with nat.port_range is an error, one with a forward's port a warning.`
+
 // runCheck loads and validates a configuration file, and compares its ports
 // with the ephemeral ports of the network namespace it runs in, which
 // ephemeral reads; it changes nothing on the host. It prints every problem
 // as "file:line: key: msg" and returns 2, or prints "<file>: OK" and a
 // summary and returns 0; warnings go to stderr either way.
 func runCheck(args []string, stdout, stderr io.Writer, ephemeral func() (config.Ephemeral, error)) int {
-	flags := flag.NewFlagSet("check", flag.ContinueOnError)
-	flags.SetOutput(stderr)
+	flags := newFlags("check", "check --config FILE", checkAbout, stderr)
 	path := flags.String("config", "", "configuration `FILE` to check (required)")
-	flags.Usage = func() {
-		fmt.Fprintf(stderr, "usage: vpnmasq check --config FILE\n\n"+
-			"Loads and validates FILE without changing anything on the host; values\n"+
-			"left to the host (interfaces, addresses, MTU) are filled in only by\n"+
-			"`vpnmasq run`. The NAT's ports are compared with the ephemeral ports of\n"+
-			"the network namespace check runs in (net.ipv4.ip_local_port_range, less\n"+
-			"net.ipv4.ip_local_reserved_ports): run it where vpnmasq runs. An overlap\n"+
-			"with nat.port_range is an error, one with a forward's port a warning.\n\n")
-		flags.PrintDefaults()
-	}
-	if err := flags.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if flags.NArg() > 0 {
-		fmt.Fprintf(stderr, "check: unexpected argument %q\n", flags.Arg(0))
-		flags.Usage()
-		return 2
+	if code, ok := parseFlags(flags, args); !ok {
+		return code
 	}
 	if *path == "" {
 		fmt.Fprintln(stderr, "check: --config FILE is required")

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,7 +20,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // demoConfig runs the router on the lab's interfaces. JSON logs let the
@@ -41,18 +40,18 @@ level = "info"
 format = "json"
 `
 
+const demoAbout = `Builds a throwaway network-namespace lab, routes HTTP, UDP and ping from
+two LAN hosts through the real router, prints the NAT table and removes
+the lab again. It needs root: it creates network namespaces.`
+
 // cmdDemo builds a namespace lab, runs the real router in it, sends HTTP,
 // UDP and ping from two LAN hosts through it, prints what happened and
 // the NAT table, and removes everything again.
 func cmdDemo(args []string) int {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	size := fs.Int64("bytes", 4<<20, "size of each HTTP download")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "vpnmasq demo: unexpected argument %q\n", fs.Arg(0))
-		return 2
+	flags := newFlags("demo", "demo [--bytes N]", demoAbout, os.Stderr)
+	size := flags.Int64("bytes", 4<<20, "`N` bytes in each HTTP download")
+	if code, ok := parseFlags(flags, args); !ok {
+		return code
 	}
 	if *size < 0 || *size > lab.MaxBlob {
 		fmt.Fprintf(os.Stderr, "vpnmasq demo: -bytes must be in 0..%d\n", int64(lab.MaxBlob))

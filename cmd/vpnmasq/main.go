@@ -1,13 +1,14 @@
 // Command vpnmasq is a userspace IPv4 masquerading router that lets VPN
 // traffic through: LAN hosts point their default route at it, it captures
 // their packets on a TUN device, masquerades them behind the WAN address and
-// sends them out through a raw socket.
+// sends them out of the WAN interface as Ethernet frames (AF_PACKET), or
+// through a raw socket where a frame cannot be addressed yet.
 //
 //	vpnmasq run [--config FILE]    run the router (embedded default without a file)
 //	vpnmasq check --config FILE    validate a configuration and its ports on this host (exit 2 on errors)
 //	vpnmasq status [--json]        print the running router's tables (admin socket)
 //	vpnmasq reload                 make the running router re-read its file (like SIGHUP)
-//	vpnmasq demo                   build a throwaway namespace lab and show it working
+//	vpnmasq demo [--bytes N]       build a throwaway namespace lab and show it working
 //	vpnmasq version
 package main
 
@@ -36,7 +37,7 @@ commands:
                         DNS upstreams and log level apply live, keeping every mapping;
                         interfaces, addresses and the TUN need a restart; exit 1 when
                         the file has problems (they are printed, nothing changes)
-  demo                  build a throwaway network-namespace lab, route HTTP, UDP and
+  demo [--bytes N]      build a throwaway network-namespace lab, route HTTP, UDP and
                         ping through the real router, print the NAT table, clean up
   version               print the version
 `

@@ -2,15 +2,13 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/router/admin"
+	"github.com/vpnmasq/vpnmasq/admin"
 )
 
 // reloadTimeout bounds the exchange: a reload reads the file and the
@@ -20,34 +18,22 @@ const reloadTimeout = 30 * time.Second
 // cmdReload implements `vpnmasq reload [--socket PATH]`.
 func cmdReload(args []string) int { return runReload(args, os.Stdout, os.Stderr) }
 
+const reloadAbout = `Makes the running router re-read its configuration file, like SIGHUP.
+Timeouts, limits, forwards, routing.no_nat, the admin allow list and
+token, DNS upstreams and the log level apply at once, keeping every
+mapping; interfaces, addresses, the TUN, the service address and
+nat.port_range need a restart. A file with problems changes nothing.`
+
 // runReload asks the running router to re-read its configuration file
 // (POST /api/v1/reload on the admin unix socket; SIGHUP does the same) and
 // prints what it applied, what needs a restart, or the file's problems.
 // It returns 0 when the file was applied, 1 when it was refused or the
 // router could not be asked, 2 on usage errors.
 func runReload(args []string, stdout, stderr io.Writer) int {
-	flags := flag.NewFlagSet("reload", flag.ContinueOnError)
-	flags.SetOutput(stderr)
+	flags := newFlags("reload", "reload [--socket PATH]", reloadAbout, stderr)
 	socket := flags.String("socket", admin.DefaultSocket, "the router's admin unix socket `PATH`")
-	flags.Usage = func() {
-		fmt.Fprintf(stderr, "usage: vpnmasq reload [--socket PATH]\n\n"+
-			"Makes the running router re-read its configuration file, like SIGHUP.\n"+
-			"Timeouts, limits, forwards, routing.no_nat, the admin allow list and\n"+
-			"token, DNS upstreams and the log level apply at once, keeping every\n"+
-			"mapping; interfaces, addresses, the TUN, the service address and\n"+
-			"nat.port_range need a restart. A file with problems changes nothing.\n\n")
-		flags.PrintDefaults()
-	}
-	if err := flags.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if flags.NArg() > 0 {
-		fmt.Fprintf(stderr, "reload: unexpected argument %q\n", flags.Arg(0))
-		flags.Usage()
-		return 2
+	if code, ok := parseFlags(flags, args); !ok {
+		return code
 	}
 	resp, body, err := askRouter(*socket, http.MethodPost, "/api/v1/reload", reloadTimeout)
 	if err != nil {

@@ -8,7 +8,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/vpnmasq/vpnmasq/router/admin"
+	"github.com/vpnmasq/vpnmasq/admin"
 )
 
 // reloadingRouter is a fake router whose reload answers res.

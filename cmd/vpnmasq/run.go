@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -23,36 +22,22 @@ import (
 // container image mounts the configuration there).
 const defaultConfigPath = "/etc/vpnmasq/vpnmasq.toml"
 
+const runAbout = `Runs the router until SIGINT or SIGTERM, which tear down what it set up
+on the host. Without --config it reads ` + defaultConfigPath + ` when that
+exists, else the embedded default. SIGHUP re-reads the file (see
+` + "`vpnmasq reload`" + `); SIGUSR1 logs the NAT table. It needs root: it
+creates a TUN device and changes routing and nftables.`
+
+// cmdRun implements `vpnmasq run [--config FILE]`.
 func cmdRun(args []string) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	path := fs.String("config", "", "configuration file (TOML)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	flags := newFlags("run", "run [--config FILE]", runAbout, os.Stderr)
+	path := flags.String("config", "", "configuration `FILE` (TOML)")
+	if code, ok := parseFlags(flags, args); !ok {
+		return code
 	}
-	if *path == "" {
-		if _, err := os.Stat(defaultConfigPath); err == nil {
-			*path = defaultConfigPath
-		}
-	}
-	var cfg *config.Config
-	if *path == "" {
-		cfg = config.Default()
-	} else {
-		var err error
-		if cfg, err = config.Load(*path); err != nil {
-			printConfigErrors(os.Stderr, err)
-			return 2
-		}
-	}
-	// Everything below reads the host; nothing changes it until Start.
-	host, err := hostnet.ReadHost()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "vpnmasq: reading interfaces: %v\n", err)
-		return 1
-	}
-	if err := cfg.Resolve(host); err != nil {
-		printConfigErrors(os.Stderr, err)
-		return 2
+	cfg, host, code := loadRunConfig(*path)
+	if cfg == nil {
+		return code
 	}
 	log := newLogger(cfg.Log, os.Stderr)
 	for _, w := range cfg.Warnings {
@@ -77,6 +62,46 @@ func cmdRun(args []string) int {
 		Int("forwards", len(cfg.Forwards)).
 		Stringer("service_addr", cfg.Services.Address).
 		Msg("starting")
+	return serve(r, cfg, log)
+}
+
+// loadRunConfig loads the configuration run uses (path, else
+// defaultConfigPath when it exists, else the embedded default) and
+// resolves it against the host's interfaces, which it reads; nothing on
+// the host changes. On failure it has printed why and returns a nil
+// configuration and the exit code: 2 for the configuration's problems, 1
+// when the host cannot be read.
+func loadRunConfig(path string) (*config.Config, *config.Host, int) {
+	if path == "" {
+		if _, err := os.Stat(defaultConfigPath); err == nil {
+			path = defaultConfigPath
+		}
+	}
+	cfg := config.Default()
+	if path != "" {
+		var err error
+		if cfg, err = config.Load(path); err != nil {
+			printConfigErrors(os.Stderr, err)
+			return nil, nil, 2
+		}
+	}
+	host, err := hostnet.ReadHost()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vpnmasq: reading interfaces: %v\n", err)
+		return nil, nil, 1
+	}
+	if err := cfg.Resolve(host); err != nil {
+		printConfigErrors(os.Stderr, err)
+		return nil, nil, 2
+	}
+	return cfg, host, 0
+}
+
+// serve starts the router and runs it until SIGINT or SIGTERM, logging the
+// NAT table on SIGUSR1 and reloading the configuration on SIGHUP. It
+// returns the exit code: 0 after a clean stop, 1 when the start or the
+// router failed.
+func serve(r *router.Router, cfg *config.Config, log zerolog.Logger) int {
 	// Signals are caught before anything changes on the host: a SIGTERM
 	// during start-up still ends in a clean teardown, never in Go's default
 	// exit that would leave rules and tables behind.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -16,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/router/admin"
+	"github.com/vpnmasq/vpnmasq/admin"
 )
 
 // statusTimeout bounds the whole exchange with the router: a router that
@@ -26,33 +25,21 @@ const statusTimeout = 10 * time.Second
 // cmdStatus implements `vpnmasq status [--json | --health] [--socket PATH]`.
 func cmdStatus(args []string) int { return runStatus(args, os.Stdout, os.Stderr) }
 
+const statusAbout = `Shows the running router's state: VPN sessions, the LAN hosts holding the
+most NAT state, NAT mappings (the first 100), traffic, drops
+and DNS counters. The socket is root-only.`
+
 // runStatus asks the running router for its state over the admin unix
 // socket and prints it as text tables, or as the API's JSON with --json.
 // It returns 0 on success, 1 when the router cannot be asked, 2 on usage
 // errors.
 func runStatus(args []string, stdout, stderr io.Writer) int {
-	flags := flag.NewFlagSet("status", flag.ContinueOnError)
-	flags.SetOutput(stderr)
+	flags := newFlags("status", "status [--json | --health] [--socket PATH]", statusAbout, stderr)
 	asJSON := flags.Bool("json", false, "print the router's JSON (/api/v1/status) instead of tables")
 	health := flags.Bool("health", false, "only check that the router answers (/healthz): for container health checks")
 	socket := flags.String("socket", admin.DefaultSocket, "the router's admin unix socket `PATH`")
-	flags.Usage = func() {
-		fmt.Fprintf(stderr, "usage: vpnmasq status [--json | --health] [--socket PATH]\n\n"+
-			"Shows the running router's state: VPN sessions, the LAN hosts holding the\n"+
-			"most NAT state, NAT mappings (the first 100), traffic, drops\n"+
-			"and DNS counters. The socket is root-only.\n\n")
-		flags.PrintDefaults()
-	}
-	if err := flags.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if flags.NArg() > 0 {
-		fmt.Fprintf(stderr, "status: unexpected argument %q\n", flags.Arg(0))
-		flags.Usage()
-		return 2
+	if code, ok := parseFlags(flags, args); !ok {
+		return code
 	}
 
 	if *health {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/vpnmasq/vpnmasq/router/admin"
+	"github.com/vpnmasq/vpnmasq/admin"
 )
 
 // fakeRouter is a Source with a little of everything.

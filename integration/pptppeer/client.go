@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // Client is a scripted PNS: one control connection to a server, its calls,
@@ -366,10 +366,6 @@ func (call *Call) GREReceived() []GREPacket {
 	defer call.mu.Unlock()
 	return append([]GREPacket(nil), call.got...)
 }
-
-// SetLinkInfo sends a Set-Link-Info for this call, as a PNS does after PPP
-// negotiation: its Peer's Call ID is the server's Call ID.
-func (call *Call) SetLinkInfo() error { return call.c.cc.send(NewSLI(call.PeerID)) }
 
 // Clear ends the call: CCRQ with the client's Call ID, then the CDN. RFC
 // 2637 puts the server's Call ID in the CDN, but the kernel's PPTP NAT

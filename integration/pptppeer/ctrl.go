@@ -16,16 +16,15 @@ import (
 type Option func(*options)
 
 type options struct {
-	splitParts  int
-	splitPause  time.Duration
-	sendWEN     bool
-	coalesce    bool
-	firstCallID uint16
-	localPort   uint16
+	splitParts int
+	splitPause time.Duration
+	sendWEN    bool
+	coalesce   bool
+	localPort  uint16
 }
 
 func buildOptions(opts []Option) options {
-	o := options{splitParts: 1, firstCallID: DefaultFirstCallID}
+	o := options{splitParts: 1}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -53,9 +52,6 @@ func SendWANErrorNotify() Option { return func(o *options) { o.sendWEN = true } 
 // (Set-Link-Info, WAN-Error-Notify) in one write, so that they share a
 // segment.
 func CoalesceCallReply() Option { return func(o *options) { o.coalesce = true } }
-
-// FirstCallID (server) sets the Call ID of the server's first call.
-func FirstCallID(id uint16) Option { return func(o *options) { o.firstCallID = id } }
 
 // LocalPort (client) fixes the TCP source port of the control connection.
 func LocalPort(port uint16) Option { return func(o *options) { o.localPort = port } }

@@ -8,7 +8,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // Enhanced GRE (RFC 2637 §4.1): the data channel of a PPTP call.
@@ -146,8 +146,7 @@ func ParseGRE(b []byte) (GREPacket, error) {
 // local address: it sends from that address and sees every GRE packet to
 // it (every socket bound there sees every packet, as raw sockets do).
 type GREConn struct {
-	c     *net.IPConn
-	local netip.Addr
+	c *net.IPConn
 }
 
 // ListenGRE opens a raw GRE socket in ns bound to local.
@@ -163,11 +162,8 @@ func ListenGRE(ns *lab.NS, local netip.Addr) (*GREConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pptppeer: raw GRE socket on %s in %s: %w", local, ns.Name, err)
 	}
-	return &GREConn{c: c, local: local}, nil
+	return &GREConn{c: c}, nil
 }
-
-// Local is the address the socket is bound to.
-func (g *GREConn) Local() netip.Addr { return g.local }
 
 // Send sends one packet to dst; see MarshalGRE for the arguments.
 func (g *GREConn) Send(dst netip.Addr, callID uint16, seq, ack uint32, payload []byte) error {

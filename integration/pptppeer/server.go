@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // EchoPrefix starts the payload of every GRE packet the server sends back.
@@ -88,15 +88,12 @@ func StartServer(ns *lab.NS, addr netip.Addr, opts ...Option) (*Server, error) {
 		ln.Close()
 		return nil, err
 	}
-	s := &Server{ns: ns, addr: addr, opts: o, ln: ln.(*net.TCPListener), gre: gre, nextID: o.firstCallID}
+	s := &Server{ns: ns, addr: addr, opts: o, ln: ln.(*net.TCPListener), gre: gre, nextID: DefaultFirstCallID}
 	s.wg.Add(2)
 	go s.accept()
 	go s.serveGRE()
 	return s, nil
 }
-
-// Addr is the address the server listens on.
-func (s *Server) Addr() netip.Addr { return s.addr }
 
 func (s *Server) accept() {
 	defer s.wg.Done()

@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/lab"
+	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
 // printer writes whole lines from any goroutine, so that lines of

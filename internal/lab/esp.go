@@ -122,8 +122,7 @@ func (e *ESPConn) Close() error { return e.c.Close() }
 // outbound SPI it sees (a LAN host's SA towards it) it allocates an inbound
 // SPI (its own SA back) and answers each packet on that SPI, to the
 // packet's source, with the payload ESPReplyPrefix + the request's
-// payload. SPI 0 is never answered. It records every packet it receives
-// and sends.
+// payload. SPI 0 is never answered. It records every packet it receives.
 type ESPGateway struct {
 	conn *ESPConn
 	done chan struct{}
@@ -134,7 +133,6 @@ type ESPGateway struct {
 	history  map[uint32][]uint32 // outbound SPI -> every inbound SPI used for it
 	seq      map[uint32]uint32   // inbound SPI -> last sequence number sent
 	received []ESPPacket
-	sent     []ESPPacket
 	errs     []error
 }
 
@@ -222,8 +220,6 @@ func (g *ESPGateway) send(dst netip.Addr, spi uint32, payload []byte) error {
 	g.mu.Lock()
 	if err != nil {
 		g.errs = append(g.errs, err)
-	} else {
-		g.sent = append(g.sent, ESPPacket{Peer: dst, SPI: spi, Seq: seq, Payload: payload, At: time.Now()})
 	}
 	g.mu.Unlock()
 	return err
@@ -275,13 +271,6 @@ func (g *ESPGateway) Received() []ESPPacket {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return append([]ESPPacket(nil), g.received...)
-}
-
-// Sent returns every packet sent so far, in order.
-func (g *ESPGateway) Sent() []ESPPacket {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return append([]ESPPacket(nil), g.sent...)
 }
 
 // Errors returns the receive and send errors so far (e.g. truncated

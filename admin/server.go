@@ -68,16 +68,12 @@ func Listener(ln net.Listener, maxConns int) net.Listener {
 	return netutil.LimitListener(ln, maxConns)
 }
 
-// AllowListener closes a connection from an address outside allow as soon
-// as it is accepted, before a byte of HTTP is read, and goes on accepting;
-// an empty allow closes every connection. The refusals are logged at debug:
-// a scan must not flood the log.
-func AllowListener(ln net.Listener, allow []netip.Prefix, log zerolog.Logger) net.Listener {
-	return AllowListenerFunc(ln, func() []netip.Prefix { return allow }, log)
-}
-
-// AllowListenerFunc is AllowListener with the allow list asked for at each
-// accept, so that a reloaded configuration applies to the next connection.
+// AllowListenerFunc closes a connection from an address outside allow() as
+// soon as it is accepted, before a byte of HTTP is read, and goes on
+// accepting; an empty list closes every connection. The list is asked for at
+// each accept, so that a reloaded configuration applies to the next
+// connection. The refusals are logged at debug: a scan must not flood the
+// log.
 func AllowListenerFunc(ln net.Listener, allow func() []netip.Prefix, log zerolog.Logger) net.Listener {
 	return &allowListener{Listener: ln, allow: allow, log: log}
 }

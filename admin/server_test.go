@@ -25,8 +25,8 @@ func (h *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("ok"))
 }
 
-// testServer serves h on loopback TCP with limits l, behind AllowListener
-// when allow is not nil, as the router serves its LAN side.
+// testServer serves h on loopback TCP with limits l, behind
+// AllowListenerFunc when allow is not nil, as the router serves its LAN side.
 func testServer(t *testing.T, h http.Handler, l ServerLimits, allow []netip.Prefix) string {
 	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -35,7 +35,7 @@ func testServer(t *testing.T, h http.Handler, l ServerLimits, allow []netip.Pref
 	}
 	wrapped := ln
 	if allow != nil {
-		wrapped = AllowListener(wrapped, allow, zerolog.Nop())
+		wrapped = AllowListenerFunc(wrapped, func() []netip.Prefix { return allow }, zerolog.Nop())
 	}
 	srv := NewServer(h, l)
 	go srv.Serve(Listener(wrapped, l.MaxConns))

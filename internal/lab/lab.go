@@ -314,16 +314,6 @@ func CleanupStale() ([]string, error) {
 	})
 }
 
-// CleanupAll deletes every namespace named like a lab of NewTag
-// (NamePrefix<pid>-...), including labs still in use by other processes.
-// Other names that merely share NamePrefix are left alone.
-func CleanupAll() ([]string, error) {
-	return cleanupMatching(func(name string) bool {
-		_, ok := creatorPID(name)
-		return ok
-	})
-}
-
 // creatorPID extracts the PID from a namespace name made from NewTag.
 func creatorPID(name string) (int, bool) {
 	rest, ok := strings.CutPrefix(name, NamePrefix)

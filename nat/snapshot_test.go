@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-func TestViews(t *testing.T) {
+func TestSnapshots(t *testing.T) {
 	t.Run("IKE sessions are listed with their SPIs, age and idle time", func(t *testing.T) {
 		l := newLab(t, Config{})
 		l.mustOut(ikePkt(ap(lanA, PortIKE), ap(remote1, PortIKE), 0x1111, 0), VerdictToWAN)

@@ -17,7 +17,7 @@ import (
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "FAIL: the lab tests create network namespaces and must run as root (e.g. sudo go test ./integration/lab/)")
+		fmt.Fprintln(os.Stderr, "FAIL: the lab tests create network namespaces and must run as root (e.g. sudo go test ./internal/lab/)")
 		os.Exit(1)
 	}
 	os.Exit(m.Run())

@@ -72,7 +72,7 @@ func (e *Engine) AHRefusals() []AHRefusal {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.now()
-	h := e.handlers[ProtoAH].(*ahHandler)
+	h := e.ah
 	out := make([]AHRefusal, 0, len(h.refused))
 	for hr, r := range h.refused {
 		out = append(out, AHRefusal{Host: netip.AddrFrom4(hr.host), Remote: netip.AddrFrom4(hr.remote),

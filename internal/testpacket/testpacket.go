@@ -1,0 +1,133 @@
+// Package testpacket builds IPv4 packets for tests: an IPv4 header in front
+// of a UDP, TCP or ICMP message, every checksum correct, every field a test
+// may want to set settable. It is for tests only: each call allocates the
+// packet it returns, and nothing on the packet path imports it.
+//
+// A builder writes one layer and returns it; a whole packet is the IPv4
+// header around the transport layer:
+//
+//	pkt := testpacket.IPv4(testpacket.IPv4Header{Src: a, Dst: b, Proto: 17},
+//		testpacket.UDP(src, dst, []byte("payload")))
+//
+// The transport checksums cover the pseudo-header of the addresses given to
+// the transport builder, so they must be the IPv4 header's.
+package testpacket
+
+import (
+	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// IPv4Header is the IPv4 header IPv4 writes. The zero value of a field is
+// what a plain packet has, except TTL, which is 64 when zero.
+type IPv4Header struct {
+	Src, Dst netip.Addr // IPv4 addresses
+	Proto    uint8
+	ID       uint16
+	Flags    uint8  // header.IPv4FlagDontFragment, header.IPv4FlagMoreFragments
+	FragOff  uint16 // fragment offset in bytes, a multiple of 8
+	TTL      uint8
+	OptWords int // 4-byte option words, NOP-filled, after the 20-byte header
+}
+
+// IPv4 returns the header h in front of payload, with its total length and
+// header checksum set.
+func IPv4(h IPv4Header, payload []byte) []byte {
+	hlen := header.IPv4MinimumSize + 4*h.OptWords
+	b := make([]byte, hlen+len(payload))
+	ip := header.IPv4(b)
+	ttl := h.TTL
+	if ttl == 0 {
+		ttl = 64
+	}
+	ip.Encode(&header.IPv4Fields{
+		TotalLength:    uint16(len(b)),
+		ID:             h.ID,
+		Flags:          h.Flags,
+		FragmentOffset: h.FragOff,
+		TTL:            ttl,
+		Protocol:       h.Proto,
+		SrcAddr:        addr(h.Src),
+		DstAddr:        addr(h.Dst),
+	})
+	for i := header.IPv4MinimumSize; i < hlen; i++ {
+		b[i] = byte(header.IPv4OptionNOPType)
+	}
+	ip.SetHeaderLength(uint8(hlen))
+	copy(b[hlen:], payload)
+	ip.SetChecksum(^ip.CalculateChecksum())
+	return b
+}
+
+// UDP returns a UDP header and payload from src to dst with its length and
+// checksum set. A checksum that sums to zero is sent as 0xffff: zero means
+// "no checksum" in UDP (RFC 768).
+func UDP(src, dst netip.AddrPort, payload []byte) []byte {
+	b := make([]byte, header.UDPMinimumSize+len(payload))
+	u := header.UDP(b)
+	u.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(len(b))})
+	copy(b[header.UDPMinimumSize:], payload)
+	xsum := ^checksum.Checksum(b, pseudo(header.UDPProtocolNumber, src, dst, len(b)))
+	if xsum == 0 {
+		xsum = 0xffff
+	}
+	u.SetChecksum(xsum)
+	return b
+}
+
+// TCPHeader is the TCP header TCP writes.
+type TCPHeader struct {
+	Src, Dst netip.AddrPort
+	Seq, Ack uint32
+	Flags    header.TCPFlags
+	Window   uint16
+	OptWords int // 4-byte option words, NOP-filled, after the 20-byte header
+}
+
+// TCP returns the header h and payload with the data offset and checksum
+// set.
+func TCP(h TCPHeader, payload []byte) []byte {
+	hlen := header.TCPMinimumSize + 4*h.OptWords
+	b := make([]byte, hlen+len(payload))
+	tcp := header.TCP(b)
+	tcp.Encode(&header.TCPFields{
+		SrcPort:    h.Src.Port(),
+		DstPort:    h.Dst.Port(),
+		SeqNum:     h.Seq,
+		AckNum:     h.Ack,
+		DataOffset: uint8(hlen),
+		Flags:      h.Flags,
+		WindowSize: h.Window,
+	})
+	for i := header.TCPMinimumSize; i < hlen; i++ {
+		b[i] = 1 // TCP option NOP (RFC 9293)
+	}
+	copy(b[hlen:], payload)
+	tcp.SetChecksum(^checksum.Checksum(b, pseudo(header.TCPProtocolNumber, h.Src, h.Dst, len(b))))
+	return b
+}
+
+// ICMP returns an ICMP message: type, code, the 4 bytes after the checksum
+// (identifier and sequence number of a query, unused or the next-hop MTU of
+// an error) and the body, with the checksum set.
+func ICMP(typ header.ICMPv4Type, code header.ICMPv4Code, rest [4]byte, body []byte) []byte {
+	b := make([]byte, header.ICMPv4MinimumSize+len(body))
+	icmp := header.ICMPv4(b)
+	icmp.SetType(typ)
+	icmp.SetCode(code)
+	copy(b[4:header.ICMPv4MinimumSize], rest[:])
+	copy(b[header.ICMPv4MinimumSize:], body)
+	icmp.SetChecksum(^checksum.Checksum(b, 0))
+	return b
+}
+
+// pseudo is the sum of the IPv4 pseudo-header of a transport message of n
+// bytes from src to dst.
+func pseudo(proto tcpip.TransportProtocolNumber, src, dst netip.AddrPort, n int) uint16 {
+	return header.PseudoHeaderChecksum(proto, addr(src.Addr()), addr(dst.Addr()), uint16(n))
+}
+
+func addr(a netip.Addr) tcpip.Address { return tcpip.AddrFrom4(a.As4()) }

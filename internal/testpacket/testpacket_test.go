@@ -1,0 +1,77 @@
+package testpacket
+
+import (
+	"net/netip"
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+var (
+	src = netip.MustParseAddrPort("10.0.0.10:40000")
+	dst = netip.MustParseAddrPort("198.18.100.1:443")
+)
+
+// transportSumOK reports whether the transport checksum of an unfragmented
+// IPv4 packet sums to all ones over its pseudo-header.
+func transportSumOK(ip header.IPv4) bool {
+	l4 := ip.Payload()
+	xsum := header.PseudoHeaderChecksum(ip.TransportProtocol(), ip.SourceAddress(), ip.DestinationAddress(), uint16(len(l4)))
+	return checksum.Checksum(l4, xsum) == 0xffff
+}
+
+func TestIPv4(t *testing.T) {
+	t.Run("every header field is written and the checksum is right", func(t *testing.T) {
+		b := IPv4(IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: 50, ID: 0x1234,
+			Flags: header.IPv4FlagMoreFragments, FragOff: 64, TTL: 3, OptWords: 2}, []byte("body"))
+		ip := header.IPv4(b)
+		if !ip.IsValid(len(b)) || !ip.IsChecksumValid() {
+			t.Fatalf("invalid header: %x", b)
+		}
+		if ip.HeaderLength() != 28 || int(ip.TotalLength()) != len(b) || ip.ID() != 0x1234 || !ip.More() ||
+			ip.FragmentOffset() != 64 || ip.TTL() != 3 || ip.Protocol() != 50 ||
+			ip.SourceAddress().As4() != src.Addr().As4() || ip.DestinationAddress().As4() != dst.Addr().As4() ||
+			string(ip.Payload()) != "body" {
+			t.Errorf("header %x", b[:28])
+		}
+		for i := 20; i < 28; i++ {
+			if b[i] != byte(header.IPv4OptionNOPType) {
+				t.Errorf("option byte %d is %d, want NOP", i, b[i])
+			}
+		}
+	})
+	t.Run("a zero TTL is 64", func(t *testing.T) {
+		if ttl := header.IPv4(IPv4(IPv4Header{Src: src.Addr(), Dst: dst.Addr()}, nil)).TTL(); ttl != 64 {
+			t.Errorf("TTL %d", ttl)
+		}
+	})
+}
+
+func TestTransport(t *testing.T) {
+	t.Run("UDP has its ports, length and a checksum over the pseudo-header", func(t *testing.T) {
+		ip := header.IPv4(IPv4(IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: uint8(header.UDPProtocolNumber)}, UDP(src, dst, []byte("q"))))
+		u := header.UDP(ip.Payload())
+		if u.SourcePort() != src.Port() || u.DestinationPort() != dst.Port() || u.Length() != 9 || u.Checksum() == 0 || !transportSumOK(ip) {
+			t.Errorf("UDP %x", u)
+		}
+	})
+	t.Run("TCP has every field, NOP options and a checksum over the pseudo-header", func(t *testing.T) {
+		seg := TCP(TCPHeader{Src: src, Dst: dst, Seq: 7, Ack: 9, Flags: header.TCPFlagAck | header.TCPFlagPsh, Window: 1000, OptWords: 1}, []byte("data"))
+		ip := header.IPv4(IPv4(IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: uint8(header.TCPProtocolNumber)}, seg))
+		tcp := header.TCP(ip.Payload())
+		if tcp.SourcePort() != src.Port() || tcp.DestinationPort() != dst.Port() || tcp.SequenceNumber() != 7 || tcp.AckNumber() != 9 ||
+			tcp.Flags() != header.TCPFlagAck|header.TCPFlagPsh || tcp.WindowSize() != 1000 || tcp.DataOffset() != 24 ||
+			tcp[20] != 1 || string(tcp.Payload()) != "data" || !transportSumOK(ip) {
+			t.Errorf("TCP %x", tcp)
+		}
+	})
+	t.Run("ICMP has its type, code, the rest of the header and a checksum", func(t *testing.T) {
+		b := ICMP(header.ICMPv4Echo, 0, [4]byte{0, 5, 0, 6}, []byte("ping"))
+		icmp := header.ICMPv4(b)
+		if icmp.Type() != header.ICMPv4Echo || icmp.Code() != 0 || icmp.Ident() != 5 || icmp.Sequence() != 6 ||
+			string(icmp.Payload()) != "ping" || checksum.Checksum(b, 0) != 0xffff {
+			t.Errorf("ICMP %x", b)
+		}
+	})
+}
