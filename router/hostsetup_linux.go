@@ -18,6 +18,7 @@ import (
 
 	"github.com/vpnmasq/vpnmasq/config"
 	"github.com/vpnmasq/vpnmasq/nat"
+	"github.com/vpnmasq/vpnmasq/wan"
 )
 
 // HostSpec is what SetupHost installs on the host around the TUN device.
@@ -29,7 +30,7 @@ type HostSpec struct {
 	WANInterface  string
 	// Capture is what the input guard drops on the WAN side: the same
 	// description the WAN transport's filter is built from.
-	Capture Capture
+	Capture wan.Capture
 	// HairpinPorts are TCP/UDP ports on the WAN address that LAN hosts may
 	// reach through vpnmasq (hairpin): mapping range + forwards.
 	HairpinPorts []config.PortRange

@@ -17,6 +17,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/wan"
 )
 
 // hostLab is a router namespace with a LAN host and a WAN peer:
@@ -54,7 +55,7 @@ func (l hostLab) spec() HostSpec {
 		RulePriority:  labPriority,
 		LANInterfaces: []string{"lan0"},
 		WANInterface:  "wan0",
-		Capture: Capture{
+		Capture: wan.Capture{
 			Interface: "wan0",
 			Addr:      wanAddr,
 			Ports:     ports,
@@ -657,4 +658,16 @@ func TestHostGuardsKeepTheHostOutOfTheNAT(t *testing.T) {
 			t.Fatal("forward guard still active after Close")
 		}
 	})
+}
+
+// udpDstPortAndPayload reads a captured IPv4 UDP packet's destination port
+// and payload.
+func udpDstPortAndPayload(t *testing.T, pkt []byte) (uint16, []byte) {
+	t.Helper()
+	ip := header.IPv4(pkt)
+	if !ip.IsValid(len(pkt)) || ip.Protocol() != uint8(header.UDPProtocolNumber) {
+		t.Fatalf("not an IPv4 UDP packet: % x", pkt)
+	}
+	u := header.UDP(ip.Payload())
+	return u.DestinationPort(), u.Payload()
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vpnmasq/vpnmasq/config"
 	"github.com/vpnmasq/vpnmasq/nat"
+	"github.com/vpnmasq/vpnmasq/wan"
 )
 
 // nftables objects vpnmasq owns. Both tables are named after the TUN device
@@ -302,9 +303,9 @@ func familyName(f nftables.TableFamily) string {
 // addPortSet adds a named interval set of TCP/UDP ports.
 func addPortSet(c *nftables.Conn, t *nftables.Table, name string, ports []config.PortRange) (*nftables.Set, error) {
 	set := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeInetService, Interval: true}
-	var ranges []addrRange
-	for _, r := range mergePortRanges(ports) {
-		ranges = append(ranges, addrRange{First: uint32(r.First), Last: uint32(r.Last)})
+	var ranges []wan.Range
+	for _, r := range wan.MergePortRanges(ports) {
+		ranges = append(ranges, wan.Range{First: uint32(r.First), Last: uint32(r.Last)})
 	}
 	if err := c.AddSet(set, intervalElements(ranges, 2)); err != nil {
 		return nil, fmt.Errorf("nftables set %s: %w", name, err)
@@ -315,7 +316,7 @@ func addPortSet(c *nftables.Conn, t *nftables.Table, name string, ports []config
 // addPrefixSet adds a named interval set of IPv4 prefixes.
 func addPrefixSet(c *nftables.Conn, t *nftables.Table, name string, prefixes []netip.Prefix) (*nftables.Set, error) {
 	set := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeIPAddr, Interval: true}
-	if err := c.AddSet(set, intervalElements(prefixRanges(prefixes), 4)); err != nil {
+	if err := c.AddSet(set, intervalElements(wan.PrefixRanges(prefixes), 4)); err != nil {
 		return nil, fmt.Errorf("nftables set %s: %w", name, err)
 	}
 	return set, nil
@@ -325,7 +326,7 @@ func addPrefixSet(c *nftables.Conn, t *nftables.Table, name string, prefixes []n
 func addProtocolSet(c *nftables.Conn, t *nftables.Table, name string, protos []uint8) (*nftables.Set, error) {
 	set := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeInetProto}
 	var elems []nftables.SetElement
-	for _, p := range dedupe(protos) {
+	for _, p := range wan.UniqueProtocols(protos) {
 		elems = append(elems, nftables.SetElement{Key: []byte{p}})
 	}
 	if err := c.AddSet(set, elems); err != nil {
@@ -338,7 +339,7 @@ func addProtocolSet(c *nftables.Conn, t *nftables.Table, name string, protos []u
 // interval end at 0 (the gap before the first range), then each range as
 // its first key and an interval end at last+1; a range reaching the top of
 // the key space has no end element.
-func intervalElements(ranges []addrRange, width int) []nftables.SetElement {
+func intervalElements(ranges []wan.Range, width int) []nftables.SetElement {
 	if len(ranges) == 0 {
 		return nil
 	}
@@ -371,6 +372,13 @@ func matchIifname(name string) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameKey(name)},
 	}
 }
+
+// IPv4 and transport header offsets the rules read.
+const (
+	ipv4ProtocolOffset  = 9
+	ipv4DstOffset       = 16
+	transportDstPortOff = 2 // destination port inside a TCP or UDP header
+)
 
 func matchDaddr(addr netip.Addr) []expr.Any {
 	a := addr.As4()

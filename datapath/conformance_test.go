@@ -1,4 +1,4 @@
-package router
+package datapath
 
 import (
 	"testing"
@@ -8,6 +8,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/nat"
+	"github.com/vpnmasq/vpnmasq/offload"
 )
 
 // sizedICMPError builds an ICMP error (type 3 code 3) quoting quote, padded
@@ -16,8 +17,8 @@ import (
 func sizedICMPError(src, dst [4]byte, quote []byte, pad int, ttl uint8, df bool) ([]byte, int) {
 	icmpLen := header.ICMPv4MinimumSize + len(quote) + pad
 	total := header.IPv4MinimumSize + icmpLen
-	buf := make([]byte, packetOffset+maxPacket)
-	pkt := buf[packetOffset : packetOffset+total]
+	buf := make([]byte, Headroom+MaxPacket)
+	pkt := buf[Headroom : Headroom+total]
 	flags := uint8(0)
 	if df {
 		flags = header.IPv4FlagDontFragment
@@ -41,7 +42,7 @@ func sizedICMPError(src, dst [4]byte, quote []byte, pad int, ttl uint8, df bool)
 func TestRFC5508WhenNotToSendICMPErrors(t *testing.T) {
 	// mapped sends lanHost:20001 → remote:53 out, so that WAN:20001 is
 	// lanHost's mapping, and returns the translated datagram.
-	mapped := func(c *core, o *outbox) []byte {
+	mapped := func(c *Path, o *outbox) []byte {
 		var p nat.Packet
 		buf, n := udpPacket(lanHost, remote, 20001, 53, 8, 63, false)
 		c.fromLAN(buf, n, &p, o)
@@ -55,10 +56,10 @@ func TestRFC5508WhenNotToSendICMPErrors(t *testing.T) {
 		buf, n := udpPacket(remote, wanAddr, 53, 20001, 64, 60, false)
 		var frags [][]byte
 		var cur []byte
-		fragment(buf[packetOffset:packetOffset+n], 56,
-			func() []byte { cur = make([]byte, packetOffset+maxPacket); return cur[packetOffset:] },
-			func(n int) { frags = append(frags, cur[:packetOffset+n]) })
-		last := header.IPv4(frags[len(frags)-1][packetOffset:])
+		fragment(buf[Headroom:Headroom+n], 56,
+			func() []byte { cur = make([]byte, Headroom+MaxPacket); return cur[Headroom:] },
+			func(n int) { frags = append(frags, cur[:Headroom+n]) })
+		last := header.IPv4(frags[len(frags)-1][Headroom:])
 		last.SetTTL(ttl)
 		last.SetChecksum(0)
 		last.SetChecksum(^last.CalculateChecksum())
@@ -66,47 +67,47 @@ func TestRFC5508WhenNotToSendICMPErrors(t *testing.T) {
 	}
 	cases := []struct {
 		name             string
-		send             func(t *testing.T, c *core, o *outbox)
+		send             func(t *testing.T, c *Path, o *outbox)
 		wantWAN, wantLAN int               // packets queued each way
 		wantError        header.ICMPv4Type // the type of the one queued, when it is an error
 	}{
-		{"an ICMP error arriving with TTL 1 draws no Time Exceeded", func(t *testing.T, c *core, o *outbox) {
+		{"an ICMP error arriving with TTL 1 draws no Time Exceeded", func(t *testing.T, c *Path, o *outbox) {
 			out := mapped(c, o)
 			buf, n := sizedICMPError(remote, wanAddr, out, 0, 1, false)
 			var p nat.Packet
-			c.fromWAN(buf, n, &p, o)
+			c.fromWAN(buf, n, offload.Header{}, &p, o)
 		}, 0, 0, 0},
-		{"control: a UDP reply arriving with TTL 1 draws Time Exceeded", func(t *testing.T, c *core, o *outbox) {
+		{"control: a UDP reply arriving with TTL 1 draws Time Exceeded", func(t *testing.T, c *Path, o *outbox) {
 			mapped(c, o)
 			buf, n := udpPacket(remote, wanAddr, 53, 20001, 8, 1, false)
 			var p nat.Packet
-			c.fromWAN(buf, n, &p, o)
+			c.fromWAN(buf, n, offload.Header{}, &p, o)
 		}, 1, 0, header.ICMPv4TimeExceeded},
-		{"a non-first fragment arriving with TTL 1 draws no Time Exceeded", func(t *testing.T, c *core, o *outbox) {
+		{"a non-first fragment arriving with TTL 1 draws no Time Exceeded", func(t *testing.T, c *Path, o *outbox) {
 			mapped(c, o)
 			first, second := fragments(1)
 			var p nat.Packet
-			c.fromWAN(first, len(first)-packetOffset, &p, o)
+			c.fromWAN(first, len(first)-Headroom, offload.Header{}, &p, o)
 			if len(o.lan) != 1 {
 				t.Fatalf("first fragment not delivered (lan=%d)", len(o.lan))
 			}
 			o.reset()
-			c.fromWAN(second, len(second)-packetOffset, &p, o)
+			c.fromWAN(second, len(second)-Headroom, offload.Header{}, &p, o)
 		}, 0, 0, 0},
-		{"control: the same non-first fragment with TTL 60 is delivered", func(t *testing.T, c *core, o *outbox) {
+		{"control: the same non-first fragment with TTL 60 is delivered", func(t *testing.T, c *Path, o *outbox) {
 			mapped(c, o)
 			first, second := fragments(60)
 			var p nat.Packet
-			c.fromWAN(first, len(first)-packetOffset, &p, o)
+			c.fromWAN(first, len(first)-Headroom, offload.Header{}, &p, o)
 			o.reset()
-			c.fromWAN(second, len(second)-packetOffset, &p, o)
+			c.fromWAN(second, len(second)-Headroom, offload.Header{}, &p, o)
 		}, 0, 1, 0},
-		{"an ICMP error too big for the WAN with DF set draws no Fragmentation Needed", func(t *testing.T, c *core, o *outbox) {
+		{"an ICMP error too big for the WAN with DF set draws no Fragmentation Needed", func(t *testing.T, c *Path, o *outbox) {
 			buf, n := sizedICMPError(lanHost, remote, mapped(c, o), 1400, 63, true)
 			var p nat.Packet
 			c.fromLAN(buf, n, &p, o)
 		}, 0, 0, 0},
-		{"control: a UDP datagram too big for the WAN with DF set draws Fragmentation Needed", func(t *testing.T, c *core, o *outbox) {
+		{"control: a UDP datagram too big for the WAN with DF set draws Fragmentation Needed", func(t *testing.T, c *Path, o *outbox) {
 			buf, n := udpPacket(lanHost, remote, 40000, 53, 1400, 63, true)
 			var p nat.Packet
 			c.fromLAN(buf, n, &p, o)

@@ -1,4 +1,4 @@
-package router
+package datapath
 
 import (
 	"testing"
@@ -7,6 +7,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/nat"
+	"github.com/vpnmasq/vpnmasq/offload"
 )
 
 // fragmentsOf splits the n-byte packet in buf (after the headroom) into
@@ -15,9 +16,9 @@ func fragmentsOf(t *testing.T, buf []byte, n, mtu int) [][]byte {
 	t.Helper()
 	var out [][]byte
 	var cur []byte
-	ok := fragment(buf[packetOffset:packetOffset+n], mtu,
-		func() []byte { cur = make([]byte, packetOffset+mtu); return cur[packetOffset:] },
-		func(n int) { out = append(out, cur[:packetOffset+n]) })
+	ok := fragment(buf[Headroom:Headroom+n], mtu,
+		func() []byte { cur = make([]byte, Headroom+mtu); return cur[Headroom:] },
+		func(n int) { out = append(out, cur[:Headroom+n]) })
 	if !ok || len(out) < 2 {
 		t.Fatalf("fragmenting: ok %v, %d fragments", ok, len(out))
 	}
@@ -26,7 +27,7 @@ func fragmentsOf(t *testing.T, buf []byte, n, mtu int) [][]byte {
 
 // withTTL sets a fragment's TTL, keeping its header checksum right.
 func withTTL(b []byte, ttl uint8) []byte {
-	ip := header.IPv4(b[packetOffset:])
+	ip := header.IPv4(b[Headroom:])
 	ip.SetTTL(ttl)
 	ip.SetChecksum(0)
 	ip.SetChecksum(^ip.CalculateChecksum())
@@ -77,15 +78,15 @@ func checkReassembled(t *testing.T, frags [][]byte) header.IPv4 {
 func TestCoreReleasedFragments(t *testing.T) {
 	t.Run("a LAN datagram's last fragment before its first leaves translated right behind the first, in the same write", func(t *testing.T) {
 		c, o := testCore(t, 1500), newTestOutbox()
-		pool := &segmentPool{offset: packetOffset}
+		pool := &segmentPool{}
 		buf, n := udpPacket(lanHost, remote, 40000, 53, 1400, 63, false)
 		frags := fragmentsOf(t, buf, n, 1000)
 		var p nat.Packet
-		c.fromLAN(frags[1], len(frags[1])-packetOffset, &p, o)
+		c.fromLAN(frags[1], len(frags[1])-Headroom, &p, o)
 		if len(o.wan)+len(o.lan) != 0 || c.sendReleased(true, o, pool, &p, 8) || len(o.wan) != 0 {
 			t.Fatalf("the last fragment went somewhere before the first: wan %d lan %d", len(o.wan), len(o.lan))
 		}
-		c.fromLAN(frags[0], len(frags[0])-packetOffset, &p, o)
+		c.fromLAN(frags[0], len(frags[0])-Headroom, &p, o)
 		if more := c.sendReleased(true, o, pool, &p, 8); more || len(o.wan) != 2 {
 			t.Fatalf("queued %d for the WAN (more %v), want the first fragment and the released one", len(o.wan), more)
 		}
@@ -102,7 +103,7 @@ func TestCoreReleasedFragments(t *testing.T) {
 	})
 	t.Run("a reply's last fragment before its first reaches the LAN host right behind the first", func(t *testing.T) {
 		c, o := testCore(t, 1500), newTestOutbox()
-		pool := &segmentPool{offset: packetOffset}
+		pool := &segmentPool{}
 		var p nat.Packet
 		buf, n := udpPacket(lanHost, remote, 20001, 53, 8, 63, false)
 		c.fromLAN(buf, n, &p, o)
@@ -110,11 +111,11 @@ func TestCoreReleasedFragments(t *testing.T) {
 		o.reset()
 		buf, n = udpPacket(remote, wanAddr, 53, ext, 1400, 60, false)
 		frags := fragmentsOf(t, buf, n, 1000)
-		c.fromWAN(frags[1], len(frags[1])-packetOffset, &p, o)
+		c.fromWAN(frags[1], len(frags[1])-Headroom, offload.Header{}, &p, o)
 		if len(o.lan) != 0 || c.sendReleased(false, o, pool, &p, 8) || len(o.lan) != 0 {
 			t.Fatalf("the last fragment reached the LAN before the first")
 		}
-		c.fromWAN(frags[0], len(frags[0])-packetOffset, &p, o)
+		c.fromWAN(frags[0], len(frags[0])-Headroom, offload.Header{}, &p, o)
 		c.sendReleased(false, o, pool, &p, 8)
 		if len(o.lan) != 2 {
 			t.Fatalf("queued %d for the LAN, want 2", len(o.lan))
@@ -129,12 +130,12 @@ func TestCoreReleasedFragments(t *testing.T) {
 	})
 	t.Run("a released fragment too big for the WAN MTU is fragmented again", func(t *testing.T) {
 		c, o := testCore(t, 1280), newTestOutbox()
-		pool := &segmentPool{offset: packetOffset}
+		pool := &segmentPool{}
 		var p nat.Packet
 		buf, n := udpPacket(lanHost, remote, 40000, 53, 2900, 63, false)
 		frags := fragmentsOf(t, buf, n, 1500) // as the LAN, at its MTU
-		c.fromLAN(frags[1], len(frags[1])-packetOffset, &p, o)
-		c.fromLAN(frags[0], len(frags[0])-packetOffset, &p, o)
+		c.fromLAN(frags[1], len(frags[1])-Headroom, &p, o)
+		c.fromLAN(frags[0], len(frags[0])-Headroom, &p, o)
 		c.sendReleased(true, o, pool, &p, 8)
 		if len(o.wan) != 4 {
 			t.Fatalf("queued %d for the WAN, want each 1500-byte fragment in two", len(o.wan))
@@ -148,14 +149,14 @@ func TestCoreReleasedFragments(t *testing.T) {
 	})
 	t.Run("more released fragments than a write takes wait for the next one", func(t *testing.T) {
 		c, o := testCore(t, 1500), newTestOutbox()
-		pool := &segmentPool{offset: packetOffset}
+		pool := &segmentPool{}
 		var p nat.Packet
 		buf, n := udpPacket(lanHost, remote, 40000, 53, 1400, 63, false)
 		frags := fragmentsOf(t, buf, n, 400)
 		for i := len(frags) - 1; i >= 1; i-- {
-			c.fromLAN(frags[i], len(frags[i])-packetOffset, &p, o)
+			c.fromLAN(frags[i], len(frags[i])-Headroom, &p, o)
 		}
-		c.fromLAN(frags[0], len(frags[0])-packetOffset, &p, o)
+		c.fromLAN(frags[0], len(frags[0])-Headroom, &p, o)
 		var all [][]byte
 		if !c.sendReleased(true, o, pool, &p, 2) || len(o.wan) != 3 {
 			t.Fatalf("first write: %d queued, want the first fragment and 2 released, more waiting", len(o.wan))
@@ -173,7 +174,7 @@ func TestCoreReleasedFragments(t *testing.T) {
 	})
 	t.Run("a released fragment from the WAN that would expire on the way in is dropped", func(t *testing.T) {
 		c, o := testCore(t, 1500), newTestOutbox()
-		pool := &segmentPool{offset: packetOffset}
+		pool := &segmentPool{}
 		var p nat.Packet
 		buf, n := udpPacket(lanHost, remote, 20001, 53, 8, 63, false)
 		c.fromLAN(buf, n, &p, o)
@@ -181,8 +182,8 @@ func TestCoreReleasedFragments(t *testing.T) {
 		o.reset()
 		buf, n = udpPacket(remote, wanAddr, 53, ext, 1400, 60, false)
 		frags := fragmentsOf(t, buf, n, 1000)
-		c.fromWAN(withTTL(frags[1], 1), len(frags[1])-packetOffset, &p, o)
-		c.fromWAN(frags[0], len(frags[0])-packetOffset, &p, o)
+		c.fromWAN(withTTL(frags[1], 1), len(frags[1])-Headroom, offload.Header{}, &p, o)
+		c.fromWAN(frags[0], len(frags[0])-Headroom, offload.Header{}, &p, o)
 		c.sendReleased(false, o, pool, &p, 8)
 		if len(o.lan) != 1 || c.drops.Get(nat.DropTTLExceeded) != 1 {
 			t.Fatalf("queued %d for the LAN, ttl_exceeded %d: want the first fragment only", len(o.lan), c.drops.Get(nat.DropTTLExceeded))

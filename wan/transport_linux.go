@@ -1,10 +1,11 @@
-package router
+package wan
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"slices"
@@ -17,30 +18,49 @@ import (
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/datapath"
+	"github.com/vpnmasq/vpnmasq/offload"
 )
 
-// wanBatchSize is how many packets one recvmmsg/sendmmsg moves.
-const wanBatchSize = 64
+// batchSize is how many packets one recvmmsg/sendmmsg moves.
+const batchSize = 64
 
-// wanRcvBuf is the capture socket's receive buffer: room for a few
+// rcvBuf is the capture socket's receive buffer: room for a few
 // milliseconds of line rate while the packet loop is busy.
-const wanRcvBuf = 4 << 20
+const rcvBuf = 4 << 20
 
-// socketWAN is the WAN transport built from two plain sockets:
+// Options are what a Transport does beyond capturing and sending wire
+// packets; they are fixed when it is opened.
+type Options struct {
+	// KeepSuperPackets makes Read return TCP super-packets whole, with
+	// their header in the TUN's form, for a TUN that takes them; the
+	// others are split into wire packets.
+	KeepSuperPackets bool
+	// Frames makes Write send wire packets as frames through the packet
+	// socket where the next hop is resolved: they then bypass the host's IP
+	// layer (no route lookup, netfilter or conntrack per packet), and the
+	// packet path does what it would have, MTU and TTL included.
+	Frames bool
+}
+
+// Transport is the WAN transport built from plain sockets:
 //
 //   - Reading: an AF_PACKET socket bound to the WAN interface for ETH_P_IP,
-//     with the classic BPF filter from captureFilterAt deciding in the
-//     kernel what vpnmasq gets. It is SOCK_RAW rather than SOCK_DGRAM only
-//     because the kernel allows PACKET_VNET_HDR on raw packet sockets alone,
-//     and that header is what makes GRO super-packets and offloaded
-//     checksums usable (wan_gso.go). The link header (14 bytes on Ethernet,
-//     none on TUN/PPP-like links) is read into a scratch iovec, so the
-//     caller's buffer still starts at the IPv4 header.
-//   - Writing: an AF_INET SOCK_RAW IPPROTO_RAW socket (IP_HDRINCL implied):
-//     the host kernel routes each packet by its destination and resolves
-//     the neighbour, so no link-layer work happens here.
+//     with the classic BPF filter from captureFilter deciding in the kernel
+//     what vpnmasq gets. It is SOCK_RAW rather than SOCK_DGRAM only because
+//     the kernel allows PACKET_VNET_HDR on raw packet sockets alone, and
+//     that header is what makes GRO super-packets and offloaded checksums
+//     usable (package offload). The link header (14 bytes on Ethernet, none
+//     on TUN/PPP-like links) is read into a scratch iovec, so the caller's
+//     buffer still starts at the IPv4 header.
+//   - Writing: frames through a send-only packet socket (frames_linux.go)
+//     where the next hop's link address is resolved, and an AF_INET
+//     SOCK_RAW IPPROTO_RAW socket (IP_HDRINCL implied) for the rest: the
+//     host kernel routes each of those by its destination and resolves the
+//     neighbour.
 //
-// Both move batches with recvmmsg/sendmmsg through the runtime poller (the
+// All move batches with recvmmsg/sendmmsg through the runtime poller (the
 // fds are non-blocking and wrapped in os.File), so a blocked Read parks
 // the goroutine, not a thread, and Close wakes it.
 //
@@ -48,21 +68,27 @@ const wanRcvBuf = 4 << 20
 // WriteBatch: that API stops at the first refused packet and hides which
 // one it was, and builds a net.Addr per packet; here every slot's sockaddr
 // is reused, nothing is allocated per packet, and a refused packet is
-// skipped and reported by index (WriteError) while the rest goes out.
-type socketWAN struct {
-	captureMu      sync.Mutex // guards capture and the filter attached to the socket
-	capture        Capture    // what the filter was built from (SetCapture, SetCaptureAddr)
+// skipped and reported by index (datapath.WriteError) while the rest goes
+// out.
+type Transport struct {
+	opts           Options
+	linkHdr        int // bytes of link header in front of each IPv4 header
 	rx, tx         *os.File
 	rxConn, txConn syscall.RawConn
 	closed         atomic.Bool
+	// frames sends frames to resolved next hops; nil when the WAN link has
+	// no Ethernet header (everything then goes through tx).
+	frames *frameSender
 
-	rxMu    sync.Mutex
+	captureMu sync.Mutex // guards capture and the filter attached to rx
+	capture   Capture    // what the filter was built from
+
+	rxMu    sync.Mutex // guards the receive state below: one Read at a time
 	rxMsgs  []unix.Mmsghdr
 	rxIovs  []unix.Iovec // per message: virtio_net_hdr, link header (if any), packet
 	rxAddrs []unix.RawSockaddrLinklayer
-	rxVnet  [][vnetHdrLen]byte
+	rxVnet  [][offload.HeaderLen]byte
 	rxLink  []byte // scratch for the link headers, linkHdr bytes per message
-	linkHdr int    // bytes of link header in front of each IPv4 header
 	// pending holds packets already received but not yet returned, in
 	// arrival order: the segments of super-packets beyond what fitted, and
 	// everything received after them in the same batch. Read returns them
@@ -70,33 +96,32 @@ type socketWAN struct {
 	pending [][]byte
 	spare   [][]byte
 
-	txMu    sync.Mutex
+	txMu    sync.Mutex // guards the raw socket's send state below
 	txMsgs  []unix.Mmsghdr
 	txIovs  []unix.Iovec
 	txAddrs []unix.RawSockaddrInet4
 	txIndex []int // txMsgs slot -> index in the caller's bufs
 
-	// gso sends whole TCP super-packets; nil when the WAN link has no
-	// Ethernet header.
-	gso *gsoSender
-	// whole: received TCP super-packets are returned whole (KeepWhole).
-	whole    bool
-	gsoKept  atomic.Uint64
-	frames   atomic.Bool // Write sends through the packet socket (SendFrames)
+	frameMu  sync.Mutex // guards the scratch of Write and WriteSuperPackets below
 	slowIdx  []int
 	slowBufs [][]byte
-	gsoMu    sync.Mutex
-	segs     segmentPool // segments of super-packets sent the slow way
+	segs     segmentBuffers // segments of super-packets sent the slow way
 
-	truncated atomic.Uint64
-	malformed atomic.Uint64
-	segmented atomic.Uint64
-	gsoSent   atomic.Uint64
-	gsoSplit  atomic.Uint64
+	truncated  atomic.Uint64
+	malformed  atomic.Uint64
+	segmented  atomic.Uint64
+	superSent  atomic.Uint64
+	superSplit atomic.Uint64
+	superKept  atomic.Uint64
 }
 
-// WANStats are the transport's own drop counters.
-type WANStats struct {
+var (
+	_ datapath.WAN            = (*Transport)(nil)
+	_ datapath.SuperPacketWAN = (*Transport)(nil)
+)
+
+// Stats are the transport's own counters.
+type Stats struct {
 	// Truncated counts captured packets larger than the caller's buffer
 	// (dropped: half a packet is worse than none).
 	Truncated uint64
@@ -108,16 +133,17 @@ type WANStats struct {
 	// KernelDrops counts packets the kernel dropped because the capture
 	// socket's receive buffer was full, since the previous call.
 	KernelDrops uint64
-	// GSOSent counts super-packets sent whole; GSOSplit those sent as
-	// segments because their next hop was not resolved.
-	GSOSent, GSOSplit uint64
-	// GSOKept counts received super-packets returned whole (KeepWhole).
-	GSOKept uint64
+	// SuperPacketsSent counts super-packets sent whole; SuperPacketsSplit
+	// those sent as segments because their next hop was not resolved.
+	SuperPacketsSent, SuperPacketsSplit uint64
+	// SuperPacketsKept counts received super-packets returned whole
+	// (Options.KeepSuperPackets).
+	SuperPacketsKept uint64
 }
 
-// OpenWAN opens the WAN transport for c in the network namespace of the
+// Open opens the WAN transport for c in the network namespace of the
 // calling thread.
-func OpenWAN(c Capture) (WAN, error) {
+func Open(c Capture, opts Options) (*Transport, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -129,20 +155,11 @@ func OpenWAN(c Capture) (WAN, error) {
 	if err != nil {
 		return nil, err
 	}
-	filter, err := captureFilterAt(c, uint32(linkHdr))
+	filter, err := assembleFilter(c, linkHdr)
 	if err != nil {
 		return nil, err
 	}
-	raw, err := bpf.Assemble(filter)
-	if err != nil {
-		return nil, fmt.Errorf("capture filter: %w", err)
-	}
-	sockFilter := make([]unix.SockFilter, len(raw))
-	for i, ins := range raw {
-		sockFilter[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
-	}
-
-	rx, err := openCaptureSocket(link.Attrs().Index, sockFilter)
+	rx, err := openCaptureSocket(link.Attrs().Index, filter)
 	if err != nil {
 		return nil, fmt.Errorf("capture socket on %s: %w", c.Interface, err)
 	}
@@ -151,24 +168,10 @@ func OpenWAN(c Capture) (WAN, error) {
 		rx.Close()
 		return nil, fmt.Errorf("raw IPv4 send socket: %w", err)
 	}
-	w := &socketWAN{
-		capture: c,
-		rx:      rx,
-		tx:      tx,
-		rxMsgs:  make([]unix.Mmsghdr, wanBatchSize),
-		rxIovs:  make([]unix.Iovec, 3*wanBatchSize),
-		rxAddrs: make([]unix.RawSockaddrLinklayer, wanBatchSize),
-		rxVnet:  make([][vnetHdrLen]byte, wanBatchSize),
-		rxLink:  make([]byte, max(1, linkHdr)*wanBatchSize),
-		linkHdr: linkHdr,
-		txMsgs:  make([]unix.Mmsghdr, wanBatchSize),
-		txIovs:  make([]unix.Iovec, wanBatchSize),
-		txAddrs: make([]unix.RawSockaddrInet4, wanBatchSize),
-		txIndex: make([]int, wanBatchSize),
-	}
-	if w.gso, err = openGSOSender(link); err != nil {
+	w := newTransport(c, opts, linkHdr, rx, tx)
+	if w.frames, err = openFrameSender(link); err != nil {
 		w.Close()
-		return nil, fmt.Errorf("GSO send socket on %s: %w", c.Interface, err)
+		return nil, fmt.Errorf("frame socket on %s: %w", c.Interface, err)
 	}
 	if w.rxConn, err = rx.SyscallConn(); err != nil {
 		w.Close()
@@ -178,11 +181,33 @@ func OpenWAN(c Capture) (WAN, error) {
 		w.Close()
 		return nil, err
 	}
-	for i := range wanBatchSize {
+	return w, nil
+}
+
+// newTransport allocates the per-slot message state once, so Read and Write
+// allocate nothing per packet.
+func newTransport(c Capture, opts Options, linkHdr int, rx, tx *os.File) *Transport {
+	w := &Transport{
+		opts:    opts,
+		capture: c,
+		rx:      rx,
+		tx:      tx,
+		rxMsgs:  make([]unix.Mmsghdr, batchSize),
+		rxIovs:  make([]unix.Iovec, 3*batchSize),
+		rxAddrs: make([]unix.RawSockaddrLinklayer, batchSize),
+		rxVnet:  make([][offload.HeaderLen]byte, batchSize),
+		rxLink:  make([]byte, max(1, linkHdr)*batchSize),
+		linkHdr: linkHdr,
+		txMsgs:  make([]unix.Mmsghdr, batchSize),
+		txIovs:  make([]unix.Iovec, batchSize),
+		txAddrs: make([]unix.RawSockaddrInet4, batchSize),
+		txIndex: make([]int, batchSize),
+	}
+	for i := range batchSize {
 		w.rxMsgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&w.rxAddrs[i]))
 		iov := w.rxIovs[3*i : 3*i+3]
 		iov[0].Base = &w.rxVnet[i][0]
-		iov[0].SetLen(vnetHdrLen)
+		iov[0].SetLen(offload.HeaderLen)
 		if linkHdr > 0 {
 			iov[1].Base = &w.rxLink[i*linkHdr]
 			iov[1].SetLen(linkHdr)
@@ -197,7 +222,24 @@ func OpenWAN(c Capture) (WAN, error) {
 		w.txMsgs[i].Hdr.SetIovlen(1)
 		w.txAddrs[i].Family = unix.AF_INET
 	}
-	return w, nil
+	return w
+}
+
+// assembleFilter builds c's capture filter in the kernel's form.
+func assembleFilter(c Capture, linkHdr int) ([]unix.SockFilter, error) {
+	filter, err := captureFilter(c, uint32(linkHdr))
+	if err != nil {
+		return nil, err
+	}
+	raw, err := bpf.Assemble(filter)
+	if err != nil {
+		return nil, fmt.Errorf("capture filter: %w", err)
+	}
+	sf := make([]unix.SockFilter, len(raw))
+	for i, ins := range raw {
+		sf[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
+	}
+	return sf, nil
 }
 
 // openCaptureSocket opens the AF_PACKET socket. It is created with protocol
@@ -222,13 +264,13 @@ func openCaptureSocket(ifindex int, filter []unix.SockFilter) (*os.File, error) 
 	}
 	// SO_RCVBUFFORCE ignores rmem_max but needs CAP_NET_ADMIN; SO_RCVBUF
 	// is capped at rmem_max and is what an unprivileged socket gets.
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, wanRcvBuf); err != nil {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, wanRcvBuf); err != nil {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf); err != nil {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf); err != nil {
 			return fail("setsockopt SO_RCVBUF", err)
 		}
 	}
 	// A virtio_net_hdr in front of each packet says whether it is a GRO
-	// super-packet or lacks its final checksum (see wan_gso.go).
+	// super-packet or lacks its final checksum (package offload).
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
 		return fail("setsockopt PACKET_VNET_HDR", err)
 	}
@@ -272,12 +314,14 @@ func htons(v uint16) uint16 {
 	return binary.NativeEndian.Uint16(b[:])
 }
 
-func (w *socketWAN) BatchSize() int { return wanBatchSize }
+// BatchSize is the most packets one Read returns.
+func (w *Transport) BatchSize() int { return batchSize }
 
-func (w *socketWAN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+// Read implements datapath.WAN.
+func (w *Transport) Read(bufs [][]byte, sizes []int, hdrs []offload.Header, offset int) (int, error) {
 	w.rxMu.Lock()
 	defer w.rxMu.Unlock()
-	k := min(len(bufs), len(sizes), wanBatchSize)
+	k := min(len(bufs), len(sizes), len(hdrs), batchSize)
 	if k == 0 {
 		return 0, errors.New("wan read: no buffers")
 	}
@@ -287,7 +331,7 @@ func (w *socketWAN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		}
 	}
 	if len(w.pending) > 0 {
-		return w.deliverPending(bufs, sizes, offset, 0, k), nil
+		return w.deliverPending(bufs, sizes, hdrs, offset, 0, k), nil
 	}
 	for i := range k {
 		b := bufs[i][offset:]
@@ -335,7 +379,7 @@ func (w *socketWAN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		if errno != 0 {
 			return 0, os.NewSyscallError("recvmmsg", errno)
 		}
-		if n := w.sortReceived(bufs, sizes, offset, got, k); n > 0 {
+		if n := w.sortReceived(bufs, sizes, hdrs, offset, got, k); n > 0 {
 			return n, nil
 		}
 	}
@@ -343,14 +387,15 @@ func (w *socketWAN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 
 // sortReceived turns the got messages recvmmsg left in bufs[:got] into the
 // packets to return: it drops what is not ours or not sane, trims link
-// padding, completes checksums, splits super-packets, and compacts the
-// result to the front of bufs. What does not fit goes to w.pending, and once
-// anything did, everything after it does too, so arrival order is kept.
-func (w *socketWAN) sortReceived(bufs [][]byte, sizes []int, offset, got, k int) int {
+// padding, completes checksums, splits super-packets (or keeps them whole),
+// and compacts the result to the front of bufs. What does not fit goes to
+// w.pending, and once anything did, everything after it does too, so
+// arrival order is kept.
+func (w *Transport) sortReceived(bufs [][]byte, sizes []int, hdrs []offload.Header, offset, got, k int) int {
 	n := 0
 	for i := range got {
 		m := &w.rxMsgs[i]
-		if m.Hdr.Flags&unix.MSG_TRUNC != 0 || int(m.Len) < vnetHdrLen+w.linkHdr {
+		if m.Hdr.Flags&unix.MSG_TRUNC != 0 || int(m.Len) < offload.HeaderLen+w.linkHdr {
 			w.truncated.Add(1)
 			continue
 		}
@@ -361,7 +406,7 @@ func (w *socketWAN) sortReceived(bufs [][]byte, sizes []int, offset, got, k int)
 		case unix.PACKET_OUTGOING, unix.PACKET_OTHERHOST:
 			continue
 		}
-		pkt := bufs[i][offset : offset+int(m.Len)-vnetHdrLen-w.linkHdr]
+		pkt := bufs[i][offset : offset+int(m.Len)-offload.HeaderLen-w.linkHdr]
 		// Frames shorter than the link minimum arrive padded; the IPv4
 		// total length says where the packet ends.
 		ip := header.IPv4(pkt)
@@ -370,7 +415,7 @@ func (w *socketWAN) sortReceived(bufs [][]byte, sizes []int, offset, got, k int)
 			continue
 		}
 		pkt = pkt[:ip.TotalLength()]
-		h := decodeVnetHdr(w.rxVnet[i][:])
+		h := offload.Decode(w.rxVnet[i][:])
 
 		// The packet (or its first segment) goes to the next caller slot
 		// while nothing is pending, else it is staged behind the pending.
@@ -386,14 +431,13 @@ func (w *socketWAN) sortReceived(bufs [][]byte, sizes []int, offset, got, k int)
 				copy(dst, pkt)
 			}
 		}
-		if !staged && w.whole && offset >= vnetHdrLen {
-			if keepWhole(dst, h, bufs[n][offset-vnetHdrLen:offset]) {
-				w.gsoKept.Add(1)
-				sizes[n] = len(dst)
+		if !staged && w.opts.KeepSuperPackets {
+			if th, ok := offload.ForTUN(dst, h); ok {
+				w.superKept.Add(1)
+				sizes[n], hdrs[n] = len(dst), th
 				n++
 				continue
 			}
-			clear(bufs[n][offset-vnetHdrLen : offset])
 		}
 		size, err := w.finishReceived(dst, h, ip.Protocol())
 		if err != nil {
@@ -405,19 +449,19 @@ func (w *socketWAN) sortReceived(bufs [][]byte, sizes []int, offset, got, k int)
 			w.pending[before] = dst[:size]
 			continue
 		}
-		sizes[n] = size
+		sizes[n], hdrs[n] = size, offload.Header{}
 		n++
 	}
-	return w.deliverPending(bufs, sizes, offset, n, k)
+	return w.deliverPending(bufs, sizes, hdrs, offset, n, k)
 }
 
 // finishReceived makes pkt a wire packet: completes a checksum left to
 // offload, or splits a super-packet (segments after the first are staged).
 // It returns the length of pkt that remains.
-func (w *socketWAN) finishReceived(pkt []byte, h vnetHdr, proto uint8) (int, error) {
+func (w *Transport) finishReceived(pkt []byte, h offload.Header, proto uint8) (int, error) {
 	switch {
-	case h.isGSO():
-		first, segs, err := splitGSO(pkt, h, w.stage)
+	case h.IsSuperPacket():
+		first, segs, err := offload.Split(pkt, h, w.stage)
 		if err != nil {
 			return 0, err
 		}
@@ -425,15 +469,15 @@ func (w *socketWAN) finishReceived(pkt []byte, h vnetHdr, proto uint8) (int, err
 			w.segmented.Add(1)
 		}
 		return first, nil
-	case h.needsChecksum():
+	case h.NeedsChecksum():
 		// csum_start counts from the start of the link header.
-		return len(pkt), completeChecksum(pkt, int(h.csumStart)-w.linkHdr, int(h.csumOffset), proto)
+		return len(pkt), offload.CompleteChecksum(pkt, int(h.CsumStart)-w.linkHdr, int(h.CsumOffset), proto)
 	}
 	return len(pkt), nil
 }
 
 // stage appends a buffer of size bytes to the pending queue.
-func (w *socketWAN) stage(size int) []byte {
+func (w *Transport) stage(size int) []byte {
 	var b []byte
 	if last := len(w.spare) - 1; last >= 0 && cap(w.spare[last]) >= size {
 		b = w.spare[last][:size]
@@ -446,9 +490,9 @@ func (w *socketWAN) stage(size int) []byte {
 }
 
 // maxSpare bounds the recycled buffers kept after a burst of super-packets.
-const maxSpare = 4 * wanBatchSize
+const maxSpare = 4 * batchSize
 
-func (w *socketWAN) recycle(b []byte) {
+func (w *Transport) recycle(b []byte) {
 	if len(w.spare) < maxSpare {
 		w.spare = append(w.spare, b[:0])
 	}
@@ -456,26 +500,23 @@ func (w *socketWAN) recycle(b []byte) {
 
 // unstage drops pending packets from index from on (the parts of a packet
 // that turned out unusable), keeping their buffers for reuse.
-func (w *socketWAN) unstage(from int) {
+func (w *Transport) unstage(from int) {
 	for _, p := range w.pending[from:] {
 		w.recycle(p)
 	}
 	w.pending = w.pending[:from]
 }
 
-// deliverPending moves pending packets into caller slots [n, k) and returns
-// the new count.
-func (w *socketWAN) deliverPending(bufs [][]byte, sizes []int, offset, n, k int) int {
+// deliverPending moves pending packets (all wire packets) into caller slots
+// [n, k) and returns the new count.
+func (w *Transport) deliverPending(bufs [][]byte, sizes []int, hdrs []offload.Header, offset, n, k int) int {
 	moved := 0
 	for moved < len(w.pending) && n < k {
 		p := w.pending[moved]
-		if w.whole && offset >= vnetHdrLen {
-			clear(bufs[n][offset-vnetHdrLen : offset])
-		}
 		if len(bufs[n])-offset < len(p) {
 			w.truncated.Add(1)
 		} else {
-			sizes[n] = copy(bufs[n][offset:], p)
+			sizes[n], hdrs[n] = copy(bufs[n][offset:], p), offload.Header{}
 			n++
 		}
 		w.recycle(p)
@@ -485,16 +526,16 @@ func (w *socketWAN) deliverPending(bufs [][]byte, sizes []int, offset, n, k int)
 	return n
 }
 
-func (w *socketWAN) Write(bufs [][]byte, offset int) (int, error) {
-	if w.gso == nil || !w.frames.Load() {
+// Write implements datapath.WAN: frames to resolved next hops through the
+// packet socket (Options.Frames), the rest (unresolved, not out of the WAN
+// interface, or all without Frames) through the raw socket.
+func (w *Transport) Write(bufs [][]byte, offset int) (int, error) {
+	if w.frames == nil || !w.opts.Frames {
 		return w.writeRaw(bufs, offset)
 	}
-	// Frames to resolved next hops through the packet socket: no route
-	// lookup, netfilter or conntrack per packet in the host. The rest
-	// (unresolved, not out of the WAN interface) through the raw socket.
-	w.gsoMu.Lock()
-	defer w.gsoMu.Unlock()
-	slow, err := w.gso.write(bufs, offset, false, w.slowIdx[:0])
+	w.frameMu.Lock()
+	defer w.frameMu.Unlock()
+	slow, err := w.frames.write(bufs, nil, offset, w.slowIdx[:0])
 	w.slowIdx = slow
 	if err != nil {
 		return 0, w.ioError(err)
@@ -509,7 +550,7 @@ func (w *socketWAN) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	w.slowBufs = rest
 	n, err := w.writeRaw(rest, offset)
-	var we *WriteError
+	var we *datapath.WriteError
 	if errors.As(err, &we) {
 		for j := range we.Refused {
 			we.Refused[j].Index = slow[we.Refused[j].Index]
@@ -518,35 +559,25 @@ func (w *socketWAN) Write(bufs [][]byte, offset int) (int, error) {
 	return sent + n, err
 }
 
-// SendFrames makes Write send ordinary packets as frames through the
-// packet socket where the next hop is resolved (they then bypass the host's
-// IP layer: the routing core does what it would have, MTU and TTL
-// included).
-func (w *socketWAN) SendFrames() {
-	if w.gso != nil {
-		w.frames.Store(true)
-	}
-}
-
 // writeRaw sends packets through the raw IPv4 socket; the host routes them.
-func (w *socketWAN) writeRaw(bufs [][]byte, offset int) (int, error) {
+func (w *Transport) writeRaw(bufs [][]byte, offset int) (int, error) {
 	w.txMu.Lock()
 	defer w.txMu.Unlock()
 	defer runtime.KeepAlive(bufs)
 	sent := 0
-	var refused []RefusedPacket
-	for start := 0; start < len(bufs); start += wanBatchSize {
-		chunk := bufs[start:min(start+wanBatchSize, len(bufs))]
+	var refused []datapath.RefusedPacket
+	for start := 0; start < len(bufs); start += batchSize {
+		chunk := bufs[start:min(start+batchSize, len(bufs))]
 		k := 0
 		for j, b := range chunk {
 			if offset < 0 || offset > len(b) {
-				refused = append(refused, RefusedPacket{Index: start + j, Err: fmt.Errorf("offset %d beyond the %d-byte buffer", offset, len(b))})
+				refused = append(refused, datapath.RefusedPacket{Index: start + j, Err: fmt.Errorf("offset %d beyond the %d-byte buffer", offset, len(b))})
 				continue
 			}
 			pkt := b[offset:]
 			ip := header.IPv4(pkt)
 			if len(pkt) < header.IPv4MinimumSize || !ip.IsValid(len(pkt)) {
-				refused = append(refused, RefusedPacket{Index: start + j, Err: fmt.Errorf("not a valid IPv4 packet (%d bytes)", len(pkt))})
+				refused = append(refused, datapath.RefusedPacket{Index: start + j, Err: fmt.Errorf("not a valid IPv4 packet (%d bytes)", len(pkt))})
 				continue
 			}
 			// The header's total length says where the packet ends; the
@@ -580,7 +611,7 @@ func (w *socketWAN) writeRaw(bufs [][]byte, offset int) (int, error) {
 			if errno != 0 {
 				// sendmmsg reports an error only when the first message of
 				// the call failed; skip that one and go on with the rest.
-				refused = append(refused, RefusedPacket{Index: w.txIndex[i], Err: os.NewSyscallError("sendmmsg", errno)})
+				refused = append(refused, datapath.RefusedPacket{Index: w.txIndex[i], Err: os.NewSyscallError("sendmmsg", errno)})
 				i++
 				continue
 			}
@@ -592,52 +623,26 @@ func (w *socketWAN) writeRaw(bufs [][]byte, offset int) (int, error) {
 		}
 	}
 	if len(refused) > 0 {
-		slices.SortFunc(refused, func(a, b RefusedPacket) int { return a.Index - b.Index })
-		return sent, &WriteError{Refused: refused}
+		slices.SortFunc(refused, func(a, b datapath.RefusedPacket) int { return a.Index - b.Index })
+		return sent, &datapath.WriteError{Refused: refused}
 	}
 	return sent, nil
 }
 
-// ioError turns the poller's "file closed" into net.ErrClosed, the error
-// packet loops test for to tell shutdown from failure.
-func (w *socketWAN) ioError(err error) error {
-	if w.closed.Load() || errors.Is(err, os.ErrClosed) {
-		return fmt.Errorf("wan: %w", net.ErrClosed)
-	}
-	return err
-}
+// SendsSuperPackets reports whether WriteSuperPackets sends them whole: the
+// WAN link has an Ethernet header, so frames can go out.
+func (w *Transport) SendsSuperPackets() bool { return w.frames != nil }
 
-func (w *socketWAN) Close() error {
-	if w.closed.Swap(true) {
-		return nil
-	}
-	return errors.Join(w.rx.Close(), w.tx.Close(), w.gso.Close())
-}
-
-// KeepWhole makes Read return TCP super-packets whole, for a TUN that takes
-// them: the vnetHdrLen bytes before each returned packet then hold its
-// virtio-net header in the TUN's form (all zero for an ordinary packet).
-// Super-packets that need work per segment are still split.
-func (w *socketWAN) KeepWhole() {
-	w.rxMu.Lock()
-	w.whole = true
-	w.rxMu.Unlock()
-}
-
-// CanSendGSO reports whether WriteGSO sends super-packets whole.
-func (w *socketWAN) CanSendGSO() bool { return w.gso != nil }
-
-// WriteGSO sends TCP super-packets bufs[i][offset:], each with its
-// virtio-net header (as the TUN gave it) in the vnetHdrLen bytes before
-// offset: whole through the packet socket where the next hop is resolved,
-// otherwise split into segments and sent through Write.
-func (w *socketWAN) WriteGSO(bufs [][]byte, offset int) (int, error) {
-	w.gsoMu.Lock()
-	defer w.gsoMu.Unlock()
+// WriteSuperPackets implements datapath.SuperPacketWAN: each super-packet
+// goes whole through the packet socket where the next hop is resolved, and
+// is otherwise split into segments and sent through the raw socket.
+func (w *Transport) WriteSuperPackets(bufs [][]byte, hdrs []offload.Header, offset int) (int, error) {
+	w.frameMu.Lock()
+	defer w.frameMu.Unlock()
 	slow := w.slowIdx[:0]
-	if w.gso != nil {
+	if w.frames != nil {
 		var err error
-		if slow, err = w.gso.write(bufs, offset, true, slow); err != nil {
+		if slow, err = w.frames.write(bufs, hdrs, offset, slow); err != nil {
 			return 0, w.ioError(err)
 		}
 	} else {
@@ -647,20 +652,19 @@ func (w *socketWAN) WriteGSO(bufs [][]byte, offset int) (int, error) {
 	}
 	w.slowIdx = slow
 	sent := len(bufs) - len(slow)
-	w.gsoSent.Add(uint64(sent))
+	w.superSent.Add(uint64(sent))
 	w.segs.offset = offset
 	for _, i := range slow {
-		w.gsoSplit.Add(1)
+		w.superSplit.Add(1)
 		w.segs.reset()
-		h := decodeVnetHdr(bufs[i][offset-vnetHdrLen : offset])
-		first, _, err := splitGSO(bufs[i][offset:], h, w.segs.next)
+		first, _, err := offload.Split(bufs[i][offset:], hdrs[i], w.segs.next)
 		if err != nil {
 			w.malformed.Add(1)
 			continue
 		}
 		segs := append(append(w.slowBufs[:0], bufs[i][:offset+first]), w.segs.out...)
 		w.slowBufs = segs
-		if _, err := w.writeRaw(segs, offset); err != nil && !errors.As(err, new(*WriteError)) {
+		if _, err := w.writeRaw(segs, offset); err != nil && !errors.As(err, new(*datapath.WriteError)) {
 			return sent, err
 		}
 		sent++
@@ -668,11 +672,55 @@ func (w *socketWAN) WriteGSO(bufs [][]byte, offset int) (int, error) {
 	return sent, nil
 }
 
-// Stats returns the transport's drop counters; the kernel's counter is
+// segmentBuffers hands out buffers, with offset bytes of headroom, for the
+// segments of a super-packet split on the way out.
+type segmentBuffers struct {
+	offset int
+	bufs   [][]byte
+	used   int
+	out    [][]byte // segments handed out, buf[:offset+size]
+}
+
+func (s *segmentBuffers) reset() {
+	s.used = 0
+	s.out = s.out[:0]
+}
+
+func (s *segmentBuffers) next(size int) []byte {
+	if s.used == len(s.bufs) {
+		s.bufs = append(s.bufs, nil)
+	}
+	if cap(s.bufs[s.used]) < s.offset+size {
+		s.bufs[s.used] = make([]byte, s.offset+max(size, 2048))
+	}
+	b := s.bufs[s.used][:s.offset+size]
+	s.used++
+	s.out = append(s.out, b)
+	return b[s.offset:]
+}
+
+// ioError turns the poller's "file closed" into net.ErrClosed, the error
+// packet loops test for to tell shutdown from failure.
+func (w *Transport) ioError(err error) error {
+	if w.closed.Load() || errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("wan: %w", net.ErrClosed)
+	}
+	return err
+}
+
+// Close releases the sockets and unblocks a pending Read.
+func (w *Transport) Close() error {
+	if w.closed.Swap(true) {
+		return nil
+	}
+	return errors.Join(w.rx.Close(), w.tx.Close(), w.frames.Close())
+}
+
+// Stats returns the transport's counters; the kernel's drop counter is
 // reset by reading it.
-func (w *socketWAN) Stats() (WANStats, error) {
-	s := WANStats{Truncated: w.truncated.Load(), Malformed: w.malformed.Load(), Segmented: w.segmented.Load(),
-		GSOSent: w.gsoSent.Load(), GSOSplit: w.gsoSplit.Load(), GSOKept: w.gsoKept.Load()}
+func (w *Transport) Stats() (Stats, error) {
+	s := Stats{Truncated: w.truncated.Load(), Malformed: w.malformed.Load(), Segmented: w.segmented.Load(),
+		SuperPacketsSent: w.superSent.Load(), SuperPacketsSplit: w.superSplit.Load(), SuperPacketsKept: w.superKept.Load()}
 	var err error
 	cerr := w.rxConn.Control(func(fd uintptr) {
 		var st *unix.TpacketStats
@@ -682,4 +730,59 @@ func (w *socketWAN) Stats() (WANStats, error) {
 		}
 	})
 	return s, errors.Join(cerr, err)
+}
+
+// SetCapture replaces the capture socket's filter with c's, keeping the
+// WAN address the transport follows (SetCaptureAddr). The kernel swaps the
+// program atomically: every packet meets either the old filter or the new
+// one, none goes unfiltered.
+func (w *Transport) SetCapture(c Capture) error {
+	w.captureMu.Lock()
+	defer w.captureMu.Unlock()
+	c.Addr = w.capture.Addr
+	return w.attachCapture(c)
+}
+
+// SetCaptureAddr replaces the capture filter with one for a new WAN
+// address, keeping its ports. SO_ATTACH_FILTER on a bound socket swaps the
+// program atomically; packets queued under the old one are still read (the
+// engine drops what is not its own).
+func (w *Transport) SetCaptureAddr(a netip.Addr) error {
+	w.captureMu.Lock()
+	defer w.captureMu.Unlock()
+	c := w.capture
+	c.Addr = a
+	return w.attachCapture(c)
+}
+
+// attachCapture builds the filter for c, swaps it in on the capture socket
+// and remembers c. Call with captureMu held.
+func (w *Transport) attachCapture(c Capture) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	sf, err := assembleFilter(c, w.linkHdr)
+	if err != nil {
+		return err
+	}
+	prog := unix.SockFprog{Len: uint16(len(sf)), Filter: &sf[0]}
+	var serr error
+	if err := w.rxConn.Control(func(fd uintptr) {
+		serr = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("replacing the capture filter: %w", os.NewSyscallError("setsockopt SO_ATTACH_FILTER", serr))
+	}
+	w.capture = c
+	return nil
+}
+
+// FlushNexthops forgets the cached next-hop link addresses (the WAN
+// address or its network changed).
+func (w *Transport) FlushNexthops() {
+	if w.frames != nil {
+		w.frames.flush()
+	}
 }

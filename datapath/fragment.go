@@ -1,4 +1,4 @@
-package router
+package datapath
 
 import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"

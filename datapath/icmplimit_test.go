@@ -1,4 +1,4 @@
-package router
+package datapath
 
 import (
 	"testing"
@@ -7,6 +7,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/nat"
+	"github.com/vpnmasq/vpnmasq/offload"
 )
 
 func TestICMPLimiter(t *testing.T) {
@@ -78,33 +79,33 @@ func TestRouterErrorsAreRateLimited(t *testing.T) {
 	const flood, burst = 20, 6
 	cases := []struct {
 		name   string
-		send   func(c *core, o *outbox, p *nat.Packet)
+		send   func(c *Path, o *outbox, p *nat.Packet)
 		typ    header.ICMPv4Type
 		toWAN  bool
 		sentTo [4]byte
 	}{
 		{"Time Exceeded to a WAN remote sending TTL 1 through a mapping is limited",
-			func(c *core, o *outbox, p *nat.Packet) {
+			func(c *Path, o *outbox, p *nat.Packet) {
 				buf, n := udpPacket(lanHost, remote, 40000, 53, 8, 60, false)
 				c.fromLAN(buf, n, p, o)
 				o.reset()
 				for range flood {
 					buf, n := udpPacket(remote, wanAddr, 53, 20000, 8, 1, false)
-					c.fromWAN(buf, n, p, o)
+					c.fromWAN(buf, n, offload.Header{}, p, o)
 				}
 			}, header.ICMPv4TimeExceeded, true, remote},
 		{"Time Exceeded to a no-NAT site sending TTL 1 is limited",
-			func(c *core, o *outbox, p *nat.Packet) {
+			func(c *Path, o *outbox, p *nat.Packet) {
 				buf, n := udpPacket(lanHost, site, 40000, 53, 8, 60, false)
 				c.fromLAN(buf, n, p, o)
 				o.reset()
 				for range flood {
 					buf, n := udpPacket(site, lanHost, 53, 40000, 8, 1, false)
-					c.fromWAN(buf, n, p, o)
+					c.fromWAN(buf, n, offload.Header{}, p, o)
 				}
 			}, header.ICMPv4TimeExceeded, true, site},
 		{"Fragmentation Needed to a LAN host sending big DF packets is limited",
-			func(c *core, o *outbox, p *nat.Packet) {
+			func(c *Path, o *outbox, p *nat.Packet) {
 				for range flood {
 					buf, n := udpPacket(lanHost, remote, 40000, 53, 1400, 60, true)
 					c.fromLAN(buf, n, p, o)
@@ -115,7 +116,7 @@ func TestRouterErrorsAreRateLimited(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := testCore(t, 1000)
 			c.icmp = newICMPLimiter(1, burst)
-			o := newOutbox(64, packetOffset, 64, 2048)
+			o := newOutbox(64, 64, 2048)
 			var p nat.Packet
 			tc.send(c, o, &p)
 			q := o.lan

@@ -1,4 +1,4 @@
-package router
+package datapath
 
 import "sync"
 
@@ -138,4 +138,11 @@ func (l *icmpLimiter) size() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.dests)
+}
+
+// setRate changes the per-destination rate and burst of ICMP errors.
+func (l *icmpLimiter) setRate(rate, burst int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rate, l.burst = int64(max(rate, 1)), int64(max(burst, 1))
 }

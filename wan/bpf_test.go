@@ -1,4 +1,4 @@
-package router
+package wan
 
 import (
 	"cmp"
@@ -189,9 +189,9 @@ func TestBPFCaptureFilter(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, link := range [][]byte{nil, ethernet} {
-				prog, err := captureFilterAt(tt.capture, uint32(len(link)))
+				prog, err := captureFilter(tt.capture, uint32(len(link)))
 				if err != nil {
-					t.Fatalf("captureFilterAt: %v", err)
+					t.Fatalf("captureFilter: %v", err)
 				}
 				vm, err := bpf.NewVM(prog)
 				if err != nil {
@@ -235,8 +235,8 @@ func TestBPFCaptureFilterRefusesBadCaptures(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := good
 			tt.mutate(&c)
-			if _, err := captureFilter(c); err == nil {
-				t.Fatalf("captureFilter(%+v) succeeded, want an error", c)
+			if _, err := captureFilter(c, 0); err == nil {
+				t.Fatalf("captureFilter(%+v, 0) succeeded, want an error", c)
 			}
 		})
 	}
@@ -248,7 +248,7 @@ func TestBPFCaptureFilterStaysWithinKernelLimits(t *testing.T) {
 		// Every other port, so nothing merges: 600 separate ranges.
 		c.Ports = append(c.Ports, config.PortRange{First: uint16(1000 + 2*p), Last: uint16(1000 + 2*p)})
 	}
-	prog, err := captureFilter(c)
+	prog, err := captureFilter(c, 0)
 	if err != nil {
 		t.Fatalf("captureFilter: %v", err)
 	}
@@ -277,7 +277,7 @@ func TestBPFCaptureFilterStaysWithinKernelLimits(t *testing.T) {
 	for p := 0; p < 2000; p++ {
 		c.Ports = append(c.Ports, config.PortRange{First: uint16(10000 + 2*p), Last: uint16(10000 + 2*p)})
 	}
-	if _, err := captureFilter(c); err == nil {
+	if _, err := captureFilter(c, 0); err == nil {
 		t.Fatal("a filter above the kernel's 4096 instructions was built, want an error")
 	}
 }
@@ -297,7 +297,7 @@ func TestBPFRangeMerging(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := mergePortRanges(tt.in)
+			got := MergePortRanges(tt.in)
 			if len(got) != len(tt.want) {
 				t.Fatalf("got %v, want %v", got, tt.want)
 			}
@@ -312,13 +312,13 @@ func TestBPFRangeMerging(t *testing.T) {
 	prefixTests := []struct {
 		name string
 		in   []string
-		want []addrRange
+		want []Range
 	}{
-		{"a prefix inside another merges", []string{"10.0.0.0/8", "10.1.0.0/16"}, []addrRange{{0x0a000000, 0x0affffff}}},
-		{"neighbouring prefixes merge", []string{"192.168.0.0/24", "192.168.1.0/24"}, []addrRange{{0xc0a80000, 0xc0a801ff}}},
-		{"the default prefix covers everything", []string{"0.0.0.0/0"}, []addrRange{{0, 0xffffffff}}},
-		{"host bits are ignored", []string{"192.168.5.77/24"}, []addrRange{{0xc0a80500, 0xc0a805ff}}},
-		{"the last address does not overflow", []string{"255.255.255.255/32", "255.255.255.0/24"}, []addrRange{{0xffffff00, 0xffffffff}}},
+		{"a prefix inside another merges", []string{"10.0.0.0/8", "10.1.0.0/16"}, []Range{{0x0a000000, 0x0affffff}}},
+		{"neighbouring prefixes merge", []string{"192.168.0.0/24", "192.168.1.0/24"}, []Range{{0xc0a80000, 0xc0a801ff}}},
+		{"the default prefix covers everything", []string{"0.0.0.0/0"}, []Range{{0, 0xffffffff}}},
+		{"host bits are ignored", []string{"192.168.5.77/24"}, []Range{{0xc0a80500, 0xc0a805ff}}},
+		{"the last address does not overflow", []string{"255.255.255.255/32", "255.255.255.0/24"}, []Range{{0xffffff00, 0xffffffff}}},
 	}
 	for _, tt := range prefixTests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -326,7 +326,7 @@ func TestBPFRangeMerging(t *testing.T) {
 			for _, s := range tt.in {
 				ps = append(ps, netip.MustParsePrefix(s))
 			}
-			got := prefixRanges(ps)
+			got := PrefixRanges(ps)
 			if len(got) != len(tt.want) {
 				t.Fatalf("got %v, want %v", got, tt.want)
 			}

@@ -1,4 +1,4 @@
-package router
+package datapath
 
 import (
 	"net/netip"
@@ -11,6 +11,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/nat"
+	"github.com/vpnmasq/vpnmasq/offload"
 )
 
 var (
@@ -22,16 +23,10 @@ var (
 	site     = [4]byte{10, 20, 0, 1}
 )
 
-func testCore(t *testing.T, wanMTU int) *core {
+// testCore returns a path for a router with one LAN, a no-NAT site and a
+// four-port NAT, sending every ICMP error, on a clock that stands still.
+func testCore(t *testing.T, wanMTU int) *Path {
 	t.Helper()
-	c := &core{}
-	initTestCore(c, wanMTU)
-	return c
-}
-
-// initTestCore sets c up as a router with one LAN, a no-NAT site and a
-// four-port NAT, in place (a core holds counters that must not be copied).
-func initTestCore(c *core, wanMTU int) {
 	e := nat.New(nat.Config{
 		WANAddr: netip.AddrFrom4(wanAddr),
 		Ports:   nat.PortRange{First: 20000, Last: 20003},
@@ -40,27 +35,26 @@ func initTestCore(c *core, wanMTU int) {
 		Clock: &nat.FakeClock{},
 		Log:   zerolog.Nop(),
 	})
-	*c = core{
-		nat:      e,
-		lan:      newPrefixSet([]netip.Prefix{netip.MustParsePrefix("192.168.77.0/24")}),
-		noNAT:    newSharedPrefixSet([]netip.Prefix{netip.MustParsePrefix("10.20.0.0/16")}),
-		service:  [4]byte{192, 0, 2, 53},
-		wanMTU:   wanMTU,
-		offset:   packetOffset,
-		lanAddrs: []netip.Prefix{netip.MustParsePrefix("192.168.77.1/24")},
-		log:      zerolog.Nop(),
-		now:      func() int64 { return 0 },
-		routed: newRoutedFlows(RoutedTimeouts{TCP: 2 * time.Hour, UDP: 5 * time.Minute, ICMP: time.Minute,
-			ESP: 35 * time.Minute, GRE: 2 * time.Hour}),
-	}
+	return New(Config{
+		NAT:      e,
+		LAN:      []netip.Prefix{netip.MustParsePrefix("192.168.77.0/24")},
+		NoNAT:    []netip.Prefix{netip.MustParsePrefix("10.20.0.0/16")},
+		Service:  netip.AddrFrom4([4]byte{192, 0, 2, 53}),
+		WANMTU:   wanMTU,
+		LANAddrs: []netip.Prefix{netip.MustParsePrefix("192.168.77.1/24")},
+		Log:      zerolog.Nop(),
+		Now:      func() int64 { return 0 },
+		Routed: RoutedTimeouts{TCP: 2 * time.Hour, UDP: 5 * time.Minute, ICMP: time.Minute,
+			ESP: 35 * time.Minute, GRE: 2 * time.Hour},
+	})
 }
 
 // udpPacket builds a UDP/IPv4 packet into a buffer with headroom and
 // returns the buffer and the packet length.
 func udpPacket(src, dst [4]byte, sport, dport uint16, payload int, ttl uint8, df bool) ([]byte, int) {
 	total := header.IPv4MinimumSize + header.UDPMinimumSize + payload
-	buf := make([]byte, packetOffset+maxPacket)
-	pkt := buf[packetOffset : packetOffset+total]
+	buf := make([]byte, Headroom+MaxPacket)
+	pkt := buf[Headroom : Headroom+total]
 	ip := header.IPv4(pkt)
 	flags := uint8(0)
 	if df {
@@ -79,12 +73,12 @@ func udpPacket(src, dst [4]byte, sport, dport uint16, payload int, ttl uint8, df
 	return buf, total
 }
 
-func newTestOutbox() *outbox { return newOutbox(8, packetOffset, 16, 2048) }
+func newTestOutbox() *outbox { return newOutbox(8, 16, 2048) }
 
 func queued(q [][]byte) [][]byte {
 	out := make([][]byte, len(q))
 	for i, b := range q {
-		out[i] = b[packetOffset:]
+		out[i] = b[Headroom:]
 	}
 	return out
 }
@@ -154,7 +148,7 @@ func TestCoreFromLAN(t *testing.T) {
 	t.Run("too big with DF set draws Fragmentation Needed with the WAN MTU", func(t *testing.T) {
 		c, o := testCore(t, 1280), newTestOutbox()
 		buf, n := udpPacket(lanHost, remote, 40000, 53, 1400, 63, true)
-		orig := append([]byte(nil), buf[packetOffset:packetOffset+n]...)
+		orig := append([]byte(nil), buf[Headroom:Headroom+n]...)
 		var p nat.Packet
 		c.fromLAN(buf, n, &p, o)
 		if len(o.wan) != 0 || len(o.lan) != 1 {
@@ -233,7 +227,7 @@ func TestCoreFromWAN(t *testing.T) {
 		ext := header.UDP(header.IPv4(queued(o.wan)[0]).Payload()).SourcePort()
 		o.reset()
 		buf, n = udpPacket(remote, wanAddr, 53, ext, 8, 60, false)
-		c.fromWAN(buf, n, &p, o)
+		c.fromWAN(buf, n, offload.Header{}, &p, o)
 		if len(o.lan) != 1 {
 			t.Fatalf("queued lan=%d, want 1", len(o.lan))
 		}
@@ -249,8 +243,8 @@ func TestCoreFromWAN(t *testing.T) {
 		c.fromLAN(buf, n, &p, o)
 		o.reset()
 		buf, n = udpPacket(remote, wanAddr, 53, 20001, 8, 1, false)
-		orig := append([]byte(nil), buf[packetOffset:packetOffset+n]...)
-		c.fromWAN(buf, n, &p, o)
+		orig := append([]byte(nil), buf[Headroom:Headroom+n]...)
+		c.fromWAN(buf, n, offload.Header{}, &p, o)
 		if len(o.lan) != 0 || len(o.wan) != 1 {
 			t.Fatalf("queued wan=%d lan=%d, want 1/0", len(o.wan), len(o.lan))
 		}
@@ -278,7 +272,7 @@ func TestCoreFromWAN(t *testing.T) {
 			c, o := testCore(t, 1500), newTestOutbox()
 			buf, n := udpPacket(tc.src, tc.dst, 53, 20002, 8, 60, false)
 			var p nat.Packet
-			c.fromWAN(buf, n, &p, o)
+			c.fromWAN(buf, n, offload.Header{}, &p, o)
 			if len(o.lan)+len(o.wan) != 0 {
 				t.Fatalf("packet was queued (wan=%d lan=%d)", len(o.wan), len(o.lan))
 			}
@@ -294,7 +288,7 @@ func TestCoreFromWAN(t *testing.T) {
 		c.fromLAN(buf, n, &p, o)
 		o.reset()
 		buf, n = udpPacket(site, lanHost, 53, 40000, 8, 60, false)
-		c.fromWAN(buf, n, &p, o)
+		c.fromWAN(buf, n, offload.Header{}, &p, o)
 		if len(o.lan) != 1 {
 			t.Fatalf("queued lan=%d, want 1", len(o.lan))
 		}
@@ -306,8 +300,8 @@ func TestCoreFromWAN(t *testing.T) {
 	t.Run("a LAN host reaching a forwarded port on the WAN address is hairpinned", func(t *testing.T) {
 		c, o := testCore(t, 1500), newTestOutbox()
 		// TCP SYN lan2 → WAN:8080, forwarded to lan1:80.
-		buf := make([]byte, packetOffset+maxPacket)
-		pkt := buf[packetOffset : packetOffset+40]
+		buf := make([]byte, Headroom+MaxPacket)
+		pkt := buf[Headroom : Headroom+40]
 		ip := header.IPv4(pkt)
 		ip.Encode(&header.IPv4Fields{TotalLength: 40, TTL: 63, Protocol: 6, SrcAddr: tcpip.AddrFrom4(lanHost2), DstAddr: tcpip.AddrFrom4(wanAddr)})
 		ip.SetChecksum(^ip.CalculateChecksum())

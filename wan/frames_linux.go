@@ -1,9 +1,8 @@
-package router
+package wan
 
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -16,33 +15,40 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/offload"
 )
 
-// The GSO send path. A TCP super-packet (up to 64 KiB, read whole from the
-// TUN with its virtio-net header and translated once) cannot go through the
-// raw IPv4 socket, which sends wire-sized packets only. It leaves through an
-// AF_PACKET socket with PACKET_VNET_HDR instead, as one frame the kernel
-// segments on the way out (in the driver, or in the veth peer's GRO):
-// virtio-net header + Ethernet header + IPv4 packet. That bypasses the
-// host's IP layer, so the router provides what it would have: the next hop's
-// link address (the kernel's route and neighbour tables, read through
-// netlink and cached for a second), and the MTU check (the core sends only
-// super-packets whose segments fit the WAN MTU). A destination whose
-// neighbour is not resolved yet goes the slow way (segments through the raw
-// socket), which also makes the kernel resolve it.
+// The frame send path. A packet leaves through an AF_PACKET socket with
+// PACKET_VNET_HDR as one frame: virtio-net header + Ethernet header + IPv4
+// packet. For a TCP super-packet (up to 64 KiB, read whole from the TUN and
+// translated once) that is the only way out, since the raw IPv4 socket sends
+// wire-sized packets only: the kernel segments the frame on the way out (in
+// the driver, or in the veth peer's GRO). Wire packets go the same way
+// (Options.Frames) to skip the host's IP layer. That bypass means the router
+// provides what the IP layer would have: the next hop's link address (the
+// kernel's route and neighbour tables, read through netlink and cached for a
+// second), and the MTU check (the packet path sends only super-packets
+// whose segments fit the WAN MTU). A destination whose neighbour is not
+// resolved yet goes the slow way (through the raw socket, a super-packet
+// split into segments), which also makes the kernel resolve it.
 
-// gsoSender sends GSO super-packets out of the WAN interface.
-type gsoSender struct {
+// ethHdrLen is the Ethernet header the frames carry.
+const ethHdrLen = 14
+
+// frameSender sends packets and super-packets as Ethernet frames out of the
+// WAN interface.
+type frameSender struct {
 	f       *os.File
 	conn    syscall.RawConn
 	ifindex int
 	srcMAC  net.HardwareAddr
 
-	mu       sync.Mutex
+	mu       sync.Mutex // guards everything below: one write at a time, and the cache
 	nexthops map[[4]byte]nexthop
 	msgs     []unix.Mmsghdr
 	iovs     []unix.Iovec // per message: virtio header + Ethernet header, packet
-	hdrs     [][vnetHdrLen + 14]byte
+	hdrs     [][offload.HeaderLen + ethHdrLen]byte
 	addrs    []unix.RawSockaddrLinklayer
 	idx      []int // message slot -> index in the caller's bufs
 
@@ -64,10 +70,10 @@ type nexthop struct {
 // nexthopTTL is how long a resolved (or unresolved) next hop is trusted.
 const nexthopTTL = time.Second
 
-// openGSOSender opens the send-only packet socket on the WAN interface. It
-// returns nil without error when the link has no Ethernet header (the GSO
-// path then stays off).
-func openGSOSender(link netlink.Link) (*gsoSender, error) {
+// openFrameSender opens the send-only packet socket on the WAN interface.
+// It returns nil without error when the link has no Ethernet header (every
+// packet then goes through the raw socket).
+func openFrameSender(link netlink.Link) (*frameSender, error) {
 	attrs := link.Attrs()
 	if len(attrs.HardwareAddr) != 6 || attrs.EncapType != "ether" {
 		return nil, nil
@@ -81,20 +87,20 @@ func openGSOSender(link netlink.Link) (*gsoSender, error) {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("setsockopt PACKET_VNET_HDR", err)
 	}
-	f := os.NewFile(uintptr(fd), "wan-gso")
+	f := os.NewFile(uintptr(fd), "wan-frames")
 	conn, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	g := &gsoSender{
+	g := &frameSender{
 		f: f, conn: conn, ifindex: attrs.Index, srcMAC: attrs.HardwareAddr,
 		nexthops: make(map[[4]byte]nexthop),
-		msgs:     make([]unix.Mmsghdr, wanBatchSize),
-		iovs:     make([]unix.Iovec, 2*wanBatchSize),
-		hdrs:     make([][vnetHdrLen + 14]byte, wanBatchSize),
-		addrs:    make([]unix.RawSockaddrLinklayer, wanBatchSize),
-		idx:      make([]int, 0, wanBatchSize),
+		msgs:     make([]unix.Mmsghdr, batchSize),
+		iovs:     make([]unix.Iovec, 2*batchSize),
+		hdrs:     make([][offload.HeaderLen + ethHdrLen]byte, batchSize),
+		addrs:    make([]unix.RawSockaddrLinklayer, batchSize),
+		idx:      make([]int, 0, batchSize),
 	}
 	g.sendFn = g.sendQueued
 	for i := range g.msgs {
@@ -104,7 +110,7 @@ func openGSOSender(link netlink.Link) (*gsoSender, error) {
 		g.msgs[i].Hdr.Iov = &g.iovs[2*i]
 		g.msgs[i].Hdr.SetIovlen(2)
 		g.iovs[2*i].Base = &g.hdrs[i][0]
-		g.iovs[2*i].SetLen(vnetHdrLen + 14)
+		g.iovs[2*i].SetLen(offload.HeaderLen + ethHdrLen)
 	}
 	return g, nil
 }
@@ -116,7 +122,7 @@ func openGSOSender(link netlink.Link) (*gsoSender, error) {
 // entry goes stale and stays so; a packet the kernel sends itself makes it
 // verify the entry (DELAY, then PROBE: a unicast ARP request), and a
 // neighbour whose address changed is learned anew.
-func (g *gsoSender) resolve(dst [4]byte, now time.Time) (mac [6]byte, ok, probe bool) {
+func (g *frameSender) resolve(dst [4]byte, now time.Time) (mac [6]byte, ok, probe bool) {
 	if nh, hit := g.nexthops[dst]; hit && now.Before(nh.expires) {
 		return nh.mac, nh.ok, false
 	}
@@ -129,7 +135,7 @@ func (g *gsoSender) resolve(dst [4]byte, now time.Time) (mac [6]byte, ok, probe 
 }
 
 // lookup asks the kernel's route and neighbour tables.
-func (g *gsoSender) lookup(dst [4]byte) (mac [6]byte, ok, probe bool) {
+func (g *frameSender) lookup(dst [4]byte) (mac [6]byte, ok, probe bool) {
 	routes, err := netlink.RouteGet(net.IP(dst[:]))
 	if err != nil || len(routes) == 0 || routes[0].LinkIndex != g.ifindex {
 		return mac, false, false
@@ -165,23 +171,21 @@ func neighbourUse(state int) (usable, stale bool) {
 	return false, false
 }
 
-// write sends the packets bufs[i][offset:] as frames. With whole set they
-// are super-packets whose virtio-net header (as read from the TUN:
-// csum_start counted from the IPv4 header) sits in the vnetHdrLen bytes
-// before offset; otherwise they are ordinary packets with complete
-// checksums. It returns the indexes of packets it could not send this way
-// (next hop unresolved, or refused by the kernel), for the caller to send
-// another way.
-func (g *gsoSender) write(bufs [][]byte, offset int, whole bool, slow []int) ([]int, error) {
+// write sends the packets bufs[i][offset:] as frames: wire packets with
+// complete checksums when hdrs is nil, else TCP super-packets each described
+// by hdrs[i] as the TUN gave it (CsumStart counted from the IPv4 header). It
+// returns the indexes of packets it could not send this way (next hop
+// unresolved, or refused by the kernel), for the caller to send another
+// way.
+func (g *frameSender) write(bufs [][]byte, hdrs []offload.Header, offset int, slow []int) ([]int, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	defer runtime.KeepAlive(bufs)
 	now := time.Now() // one clock read per batch for the next-hop cache
-	for start := 0; start < len(bufs); start += wanBatchSize {
+	for start := 0; start < len(bufs); start += batchSize {
 		idx := g.idx[:0]
-		for j := start; j < min(start+wanBatchSize, len(bufs)); j++ {
-			b := bufs[j]
-			pkt := b[offset:]
+		for j := start; j < min(start+batchSize, len(bufs)); j++ {
+			pkt := bufs[j][offset:]
 			ip := header.IPv4(pkt)
 			mac, ok, probe := g.resolve(ip.DestinationAddress().As4(), now)
 			if !ok || probe {
@@ -190,22 +194,14 @@ func (g *gsoSender) write(bufs [][]byte, offset int, whole bool, slow []int) ([]
 			}
 			k := len(idx)
 			hdr := &g.hdrs[k]
-			if whole {
-				h := decodeVnetHdr(b[offset-vnetHdrLen : offset])
-				ihl := int(ip.HeaderLength())
-				thl := int(header.TCP(pkt[ihl:]).DataOffset())
-				hdr[0] = unix.VIRTIO_NET_HDR_F_NEEDS_CSUM
-				hdr[1] = h.gsoType
-				binary.NativeEndian.PutUint16(hdr[2:], uint16(14+ihl+thl))
-				binary.NativeEndian.PutUint16(hdr[4:], h.gsoSize)
-				binary.NativeEndian.PutUint16(hdr[6:], 14+h.csumStart)
-				binary.NativeEndian.PutUint16(hdr[8:], h.csumOffset)
+			if hdrs != nil {
+				offload.ForLink(pkt, hdrs[j], ethHdrLen).Encode(hdr[:offload.HeaderLen])
 			} else {
-				clear(hdr[:vnetHdrLen]) // complete checksums, no segmentation
+				clear(hdr[:offload.HeaderLen]) // complete checksums, no segmentation
 			}
-			copy(hdr[vnetHdrLen:], mac[:])
-			copy(hdr[vnetHdrLen+6:], g.srcMAC)
-			binary.BigEndian.PutUint16(hdr[vnetHdrLen+12:], unix.ETH_P_IP)
+			copy(hdr[offload.HeaderLen:], mac[:])
+			copy(hdr[offload.HeaderLen+6:], g.srcMAC)
+			binary.BigEndian.PutUint16(hdr[offload.HeaderLen+12:], unix.ETH_P_IP)
 			g.iovs[2*k+1].Base = &pkt[0]
 			g.iovs[2*k+1].SetLen(int(ip.TotalLength()))
 			idx = append(idx, j)
@@ -225,7 +221,7 @@ func (g *gsoSender) write(bufs [][]byte, offset int, whole bool, slow []int) ([]
 				continue
 			}
 			if got <= 0 {
-				return slow, errors.New("gso send: sendmmsg sent nothing")
+				return slow, errors.New("frame send: sendmmsg sent nothing")
 			}
 			i += got
 		}
@@ -234,7 +230,7 @@ func (g *gsoSender) write(bufs [][]byte, offset int, whole bool, slow []int) ([]
 }
 
 // sendQueued sends messages [sendFrom, sendTo) with one sendmmsg.
-func (g *gsoSender) sendQueued(fd uintptr) bool {
+func (g *frameSender) sendQueued(fd uintptr) bool {
 	for {
 		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&g.msgs[g.sendFrom])), uintptr(g.sendTo-g.sendFrom), 0, 0, 0)
 		switch e {
@@ -248,14 +244,16 @@ func (g *gsoSender) sendQueued(fd uintptr) bool {
 	}
 }
 
-func (g *gsoSender) Close() error {
+func (g *frameSender) Close() error {
 	if g == nil {
 		return nil
 	}
 	return g.f.Close()
 }
 
-// String is for logs.
-func (g *gsoSender) String() string {
-	return fmt.Sprintf("AF_PACKET GSO sender on ifindex %d (%s)", g.ifindex, g.srcMAC)
+// flush forgets the cached next hops.
+func (g *frameSender) flush() {
+	g.mu.Lock()
+	clear(g.nexthops)
+	g.mu.Unlock()
 }

@@ -1,4 +1,4 @@
-package router
+package datapath
 
 import (
 	"sync"
@@ -239,4 +239,32 @@ func isICMPError(t header.ICMPv4Type) bool {
 		return true
 	}
 	return false
+}
+
+// forget drops the routed flows whose remote drop says.
+func (r *routedFlows) forget(drop func(remote [4]byte) bool) {
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.Lock()
+		for k := range s.flows {
+			if drop(k.remote) {
+				delete(s.flows, k)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// setTimeouts changes the routed flows' lifetimes; each flow keeps its
+// deadline until its next packet. Readers hold a shard's lock, so every
+// shard is held while the table changes.
+func (r *routedFlows) setTimeouts(t RoutedTimeouts) {
+	next := newRoutedFlowTimeouts(t)
+	for i := range r.shards {
+		r.shards[i].mu.Lock()
+	}
+	r.timeout = next
+	for i := range r.shards {
+		r.shards[i].mu.Unlock()
+	}
 }

@@ -1,6 +1,9 @@
-package router
+package datapath
 
-import "net/netip"
+import (
+	"net/netip"
+	"sync/atomic"
+)
 
 // prefixSet answers "is this address in one of these prefixes" on the packet
 // path without allocating. Router configurations hold a handful of prefixes,
@@ -37,20 +40,17 @@ func be32(a [4]byte) uint32 {
 	return uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
 }
 
-// isMartianSource reports source addresses that must never be forwarded
-// (RFC 1812 section 5.3.7): "this network", loopback, multicast, limited
-// broadcast and the reserved class E.
-func isMartianSource(a [4]byte) bool {
-	switch {
-	case a[0] == 0, a[0] == 127, a[0] >= 224:
-		return true
-	}
-	return false
-}
-
-// isMartianDestination reports destinations the router never forwards:
-// "this network", loopback, multicast (vpnmasq routes unicast only), class E
-// and limited broadcast.
-func isMartianDestination(a [4]byte) bool {
+// isMartian reports addresses the router never forwards from or to (RFC
+// 1812 section 5.3.7): "this network", loopback, multicast (vpnmasq routes
+// unicast only), limited broadcast and the reserved class E.
+func isMartian(a [4]byte) bool {
 	return a[0] == 0 || a[0] == 127 || a[0] >= 224
 }
+
+// sharedPrefixSet is a prefixSet the packet loops read while the control
+// side may replace it (SetNoNAT).
+type sharedPrefixSet struct{ p atomic.Pointer[prefixSet] }
+
+func (s *sharedPrefixSet) store(set prefixSet) { s.p.Store(&set) }
+
+func (s *sharedPrefixSet) contains(a [4]byte) bool { return (*s.p.Load()).contains(a) }

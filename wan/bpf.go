@@ -1,4 +1,4 @@
-package router
+package wan
 
 import (
 	"fmt"
@@ -28,9 +28,9 @@ const (
 
 // captureFilter builds the classic BPF program that decides, in the kernel,
 // which packets arriving on the WAN interface reach vpnmasq, for a socket
-// whose data starts at the IPv4 header (a SOCK_DGRAM packet socket). It
-// accepts iff
-// the packet is IPv4 with a sane header length and either
+// whose data starts linkHdrLen bytes before the IPv4 header (a SOCK_RAW
+// packet socket: 14 on an Ethernet interface, 0 on a link without a
+// header). It accepts iff the packet is IPv4 with a sane header length and either
 //   - its destination is c.Addr and it is TCP or UDP to a port in c.Ports,
 //     a TCP or UDP non-first fragment (only the NAT can tell whose it is),
 //     a protocol in c.Protocols, or ICMP when c.ICMP is set; or
@@ -39,14 +39,7 @@ const (
 // Every comparison is "jump if equal/in range to a nearby ja", so the
 // conditional offsets stay tiny and only the unconditional jumps (32-bit
 // offsets) span the program, however many ranges there are.
-func captureFilter(c Capture) ([]bpf.Instruction, error) {
-	return captureFilterAt(c, 0)
-}
-
-// captureFilterAt is captureFilter for a socket whose data starts linkHdrLen
-// bytes before the IPv4 header (a SOCK_RAW packet socket on an Ethernet
-// interface: 14).
-func captureFilterAt(c Capture, linkHdrLen uint32) ([]bpf.Instruction, error) {
+func captureFilter(c Capture, linkHdrLen uint32) ([]bpf.Instruction, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -74,7 +67,7 @@ func captureFilterAt(c Capture, linkHdrLen uint32) ([]bpf.Instruction, error) {
 	a.emit(bpf.LoadAbsolute{Off: linkHdrLen + ipv4ProtocolOffset, Size: 1})
 	a.gotoIf(uint32(nat.ProtoTCP), l4)
 	a.gotoIf(uint32(nat.ProtoUDP), l4)
-	for _, p := range dedupe(c.Protocols) {
+	for _, p := range UniqueProtocols(c.Protocols) {
 		a.gotoIf(uint32(p), accept)
 	}
 	if c.ICMP {
@@ -83,7 +76,7 @@ func captureFilterAt(c Capture, linkHdrLen uint32) ([]bpf.Instruction, error) {
 	a.jump(prefixes)
 
 	a.label(l4)
-	ports := mergePortRanges(c.Ports)
+	ports := MergePortRanges(c.Ports)
 	if len(ports) > 0 {
 		a.emit(bpf.LoadAbsolute{Off: linkHdrLen + ipv4FragmentOffset, Size: 2})
 		a.gotoIfBitsSet(ipv4FragOffsetMask, accept)
@@ -102,7 +95,7 @@ func captureFilterAt(c Capture, linkHdrLen uint32) ([]bpf.Instruction, error) {
 	}
 
 	a.label(prefixes)
-	ranges := prefixRanges(c.Prefixes)
+	ranges := PrefixRanges(c.Prefixes)
 	if len(ranges) > 0 {
 		a.emit(bpf.LoadAbsolute{Off: linkHdrLen + ipv4DstOffset, Size: 4})
 		for _, r := range ranges {
@@ -123,18 +116,6 @@ func captureFilterAt(c Capture, linkHdrLen uint32) ([]bpf.Instruction, error) {
 		return nil, fmt.Errorf("capture filter needs %d instructions, the kernel allows %d: too many port ranges or prefixes", len(prog), maxFilterInstructions)
 	}
 	return prog, nil
-}
-
-func dedupe(ps []uint8) []uint8 {
-	var seen [256]bool
-	out := make([]uint8, 0, len(ps))
-	for _, p := range ps {
-		if !seen[p] {
-			seen[p] = true
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // filterAsm assembles a classic BPF program with symbolic jump targets.

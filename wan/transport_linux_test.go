@@ -1,4 +1,4 @@
-package router
+package wan
 
 import (
 	"bytes"
@@ -15,7 +15,9 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/datapath"
 	"github.com/vpnmasq/vpnmasq/nat"
+	"github.com/vpnmasq/vpnmasq/offload"
 )
 
 // wanLab is two namespaces joined by a veth pair: the router's WAN side
@@ -39,12 +41,12 @@ func newWANLab(t testing.TB) wanLab {
 	return l
 }
 
-func (l wanLab) openWAN(t *testing.T, c Capture) WAN {
+func (l wanLab) openWAN(t *testing.T, c Capture) *Transport {
 	t.Helper()
-	var w WAN
+	var w *Transport
 	mustInNetns(t, l.router, func() error {
 		var err error
-		w, err = OpenWAN(c)
+		w, err = Open(c, Options{})
 		return err
 	})
 	t.Cleanup(func() { w.Close() })
@@ -52,7 +54,7 @@ func (l wanLab) openWAN(t *testing.T, c Capture) WAN {
 }
 
 // wanReader delivers every packet Read returns, copied, on a channel.
-func wanReader(t *testing.T, w WAN) <-chan []byte {
+func wanReader(t *testing.T, w *Transport) <-chan []byte {
 	t.Helper()
 	out := make(chan []byte, 64)
 	const offset = 16 // headroom, as the router uses it
@@ -61,10 +63,11 @@ func wanReader(t *testing.T, w WAN) <-chan []byte {
 		bufs[i] = make([]byte, offset+65535)
 	}
 	sizes := make([]int, len(bufs))
+	hdrs := make([]offload.Header, len(bufs))
 	go func() {
 		defer close(out)
 		for {
-			n, err := w.Read(bufs, sizes, offset)
+			n, err := w.Read(bufs, sizes, hdrs, offset)
 			if err != nil {
 				return
 			}
@@ -199,7 +202,7 @@ func TestWANWriteSendsBatchAndReportsRefusedPackets(t *testing.T) {
 	if sent != 2 {
 		t.Errorf("sent %d packets, want 2", sent)
 	}
-	var we *WriteError
+	var we *datapath.WriteError
 	if !errors.As(err, &we) {
 		t.Fatalf("Write error %v, want a *WriteError", err)
 	}
@@ -277,7 +280,7 @@ func TestWANCloseUnblocksRead(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		bufs := [][]byte{make([]byte, 2048)}
-		_, err := w.Read(bufs, make([]int, 1), 0)
+		_, err := w.Read(bufs, make([]int, 1), make([]offload.Header, 1), 0)
 		done <- err
 	}()
 	time.Sleep(100 * time.Millisecond) // let Read park in the poller
@@ -300,14 +303,14 @@ func TestWANCloseUnblocksRead(t *testing.T) {
 func TestWANOpenRefusesUnknownInterface(t *testing.T) {
 	lab := newWANLab(t)
 	err := inNetns(t, lab.router, func() error {
-		w, err := OpenWAN(Capture{Interface: "nosuch0", Addr: lab.wanAddr})
+		w, err := Open(Capture{Interface: "nosuch0", Addr: lab.wanAddr}, Options{})
 		if err == nil {
 			w.Close()
 		}
 		return err
 	})
 	if err == nil {
-		t.Fatal("OpenWAN on a missing interface succeeded")
+		t.Fatal("Open on a missing interface succeeded")
 	}
 }
 
@@ -416,7 +419,7 @@ func TestWANReadReturnsWirePacketsWhateverTheOffloads(t *testing.T) {
 		close(stop)
 		tl := <-result
 		count, invalid, oversize, payload := tl.count, tl.invalid, tl.oversize, tl.payload
-		stats, err := w.(interface{ Stats() (WANStats, error) }).Stats()
+		stats, err := w.Stats()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -441,10 +444,10 @@ func TestWANReadReturnsWirePacketsWhateverTheOffloads(t *testing.T) {
 // port unreachables are rate limited). Needs root.
 func BenchmarkWANWrite(b *testing.B) {
 	lab := newWANLab(b)
-	var w WAN
+	var w *Transport
 	mustInNetns(b, lab.router, func() error {
 		var err error
-		w, err = OpenWAN(Capture{Interface: "wan0", Addr: lab.wanAddr})
+		w, err = Open(Capture{Interface: "wan0", Addr: lab.wanAddr}, Options{})
 		return err
 	})
 	defer w.Close()

@@ -1,4 +1,4 @@
-package router
+package datapath
 
 import (
 	"testing"
@@ -9,6 +9,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/nat"
+	"github.com/vpnmasq/vpnmasq/offload"
 )
 
 var (
@@ -19,9 +20,9 @@ var (
 // icmpErrorPacket builds an ICMP error from src to dst quoting quoted
 // (an IPv4 packet), in a buffer with headroom.
 func icmpErrorPacket(src, dst [4]byte, typ header.ICMPv4Type, code header.ICMPv4Code, quoted []byte) ([]byte, int) {
-	buf := make([]byte, packetOffset+maxPacket)
-	n := buildICMPError(buf[packetOffset:], src, quoted, typ, code, 1400)
-	ip := header.IPv4(buf[packetOffset : packetOffset+n])
+	buf := make([]byte, Headroom+MaxPacket)
+	n := buildICMPError(buf[Headroom:], src, quoted, typ, code, 1400)
+	ip := header.IPv4(buf[Headroom : Headroom+n])
 	ip.SetDestinationAddress(tcpip.AddrFrom4(dst))
 	ip.SetChecksum(0)
 	ip.SetChecksum(^ip.CalculateChecksum())
@@ -31,8 +32,8 @@ func icmpErrorPacket(src, dst [4]byte, typ header.ICMPv4Type, code header.ICMPv4
 // echoPacket builds an ICMP echo request or reply.
 func echoPacket(src, dst [4]byte, typ header.ICMPv4Type, id uint16) ([]byte, int) {
 	const total = header.IPv4MinimumSize + header.ICMPv4MinimumSize + 8
-	buf := make([]byte, packetOffset+maxPacket)
-	pkt := buf[packetOffset : packetOffset+total]
+	buf := make([]byte, Headroom+MaxPacket)
+	pkt := buf[Headroom : Headroom+total]
 	ip := header.IPv4(pkt)
 	ip.Encode(&header.IPv4Fields{TotalLength: total, TTL: 60, ID: 3, Protocol: uint8(header.ICMPv4ProtocolNumber),
 		SrcAddr: tcpip.AddrFrom4(src), DstAddr: tcpip.AddrFrom4(dst)})
@@ -54,7 +55,7 @@ func TestNoNATRouteAdmitsOnlyReturnTraffic(t *testing.T) {
 	// The LAN host's UDP flow to the site, as the site's router quotes it.
 	quote := func(src, dst [4]byte, sport, dport uint16) []byte {
 		b, n := udpPacket(src, dst, sport, dport, 8, 60, false)
-		return b[packetOffset : packetOffset+n]
+		return b[Headroom : Headroom+n]
 	}
 	errorFrom := func(from [4]byte, quoted []byte) pkt {
 		return func() ([]byte, int) {
@@ -119,7 +120,7 @@ func TestNoNATRouteAdmitsOnlyReturnTraffic(t *testing.T) {
 			o.reset()
 			now += int64(tc.after)
 			buf, n := tc.wan()
-			c.fromWAN(buf, n, &p, o)
+			c.fromWAN(buf, n, offload.Header{}, &p, o)
 			if got := len(o.lan) == 1; got != tc.deliver {
 				t.Errorf("delivered to the LAN: %v, want %v", got, tc.deliver)
 			}

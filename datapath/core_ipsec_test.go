@@ -1,4 +1,4 @@
-package router
+package datapath
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/nat"
+	"github.com/vpnmasq/vpnmasq/offload"
 )
 
 // ipsecPacket builds an AH or ESP packet (SPI, sequence number and some
@@ -26,8 +27,8 @@ func ipsecPacket(proto uint8, src, dst [4]byte, spi uint32) ([]byte, int) {
 		binary.BigEndian.PutUint32(body[4:8], 1)
 	}
 	total := header.IPv4MinimumSize + len(body)
-	buf := make([]byte, packetOffset+maxPacket)
-	pkt := buf[packetOffset : packetOffset+total]
+	buf := make([]byte, Headroom+MaxPacket)
+	pkt := buf[Headroom : Headroom+total]
 	ip := header.IPv4(pkt)
 	ip.Encode(&header.IPv4Fields{TotalLength: uint16(total), TTL: 60, ID: 9, Protocol: proto,
 		SrcAddr: tcpip.AddrFrom4(src), DstAddr: tcpip.AddrFrom4(dst)})
@@ -45,7 +46,7 @@ func TestCoreIPsec(t *testing.T) {
 			c, o := testCore(t, 1500), newTestOutbox()
 			var p nat.Packet
 			buf, n := ipsecPacket(tc.proto, lanHost, site, 0x100)
-			sent := append([]byte(nil), buf[packetOffset:packetOffset+n]...)
+			sent := append([]byte(nil), buf[Headroom:Headroom+n]...)
 			c.fromLAN(buf, n, &p, o)
 			if len(o.wan) != 1 || len(o.lan) != 0 {
 				t.Fatalf("from the LAN: queued wan=%d lan=%d, want 1/0", len(o.wan), len(o.lan))
@@ -55,8 +56,8 @@ func TestCoreIPsec(t *testing.T) {
 			}
 			o.reset()
 			buf, n = ipsecPacket(tc.proto, site, lanHost, 0x200)
-			sent = append([]byte(nil), buf[packetOffset:packetOffset+n]...)
-			c.fromWAN(buf, n, &p, o)
+			sent = append([]byte(nil), buf[Headroom:Headroom+n]...)
+			c.fromWAN(buf, n, offload.Header{}, &p, o)
 			if len(o.lan) != 1 || len(o.wan) != 0 {
 				t.Fatalf("from the WAN: queued wan=%d lan=%d, want 0/1", len(o.wan), len(o.lan))
 			}
@@ -74,7 +75,7 @@ func TestCoreIPsec(t *testing.T) {
 		buf, n := ipsecPacket(nat.ProtoAH, lanHost, remote, 0x100)
 		c.fromLAN(buf, n, &p, o)
 		buf, n = ipsecPacket(nat.ProtoAH, remote, wanAddr, 0x200)
-		c.fromWAN(buf, n, &p, o)
+		c.fromWAN(buf, n, offload.Header{}, &p, o)
 		if len(o.wan)+len(o.lan) != 0 {
 			t.Fatalf("AH was queued (wan=%d lan=%d)", len(o.wan), len(o.lan))
 		}
@@ -95,7 +96,7 @@ func TestCoreIPsec(t *testing.T) {
 		}
 		o.reset()
 		buf, n = ipsecPacket(nat.ProtoESP, remote, wanAddr, 0x1a)
-		c.fromWAN(buf, n, &p, o)
+		c.fromWAN(buf, n, offload.Header{}, &p, o)
 		if len(o.lan) != 1 {
 			t.Fatalf("queued lan=%d, want 1", len(o.lan))
 		}
