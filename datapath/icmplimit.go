@@ -133,13 +133,6 @@ func (l *icmpLimiter) forgetFull(now int64) {
 	}
 }
 
-// size is how many destinations the limiter remembers.
-func (l *icmpLimiter) size() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.dests)
-}
-
 // setRate changes the per-destination rate and burst of ICMP errors.
 func (l *icmpLimiter) setRate(rate, burst int) {
 	l.mu.Lock()

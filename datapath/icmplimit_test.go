@@ -143,3 +143,10 @@ func TestRouterErrorsAreRateLimited(t *testing.T) {
 		})
 	}
 }
+
+// size is how many destinations the limiter remembers.
+func (l *icmpLimiter) size() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.dests)
+}

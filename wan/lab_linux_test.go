@@ -3,7 +3,6 @@ package wan
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -121,23 +120,6 @@ func listenUDPIn(t *testing.T, ns, addr string) *net.UDPConn {
 	return c
 }
 
-// dialUDPIn opens a connected UDP socket inside a namespace; a connected
-// socket reports ICMP port unreachable as ECONNREFUSED on the next read.
-func dialUDPIn(t *testing.T, ns, to string) *net.UDPConn {
-	t.Helper()
-	var c *net.UDPConn
-	mustInNetns(t, ns, func() error {
-		a, err := net.ResolveUDPAddr("udp4", to)
-		if err != nil {
-			return err
-		}
-		c, err = net.DialUDP("udp4", nil, a)
-		return err
-	})
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // readUDP waits up to d for one datagram.
 func readUDP(c *net.UDPConn, d time.Duration) ([]byte, *net.UDPAddr, error) {
 	buf := make([]byte, 65536)
@@ -147,9 +129,4 @@ func readUDP(c *net.UDPConn, d time.Duration) ([]byte, *net.UDPAddr, error) {
 		return nil, nil, err
 	}
 	return buf[:n], from, nil
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
