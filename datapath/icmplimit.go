@@ -53,8 +53,8 @@ func (b *tokenBucket) refill(now int64, rate, burst int64) {
 // built, never for ordinary packets. It does not allocate once its table
 // has grown.
 type icmpLimiter struct {
-	mu          sync.Mutex
-	rate, burst int64 // per destination
+	mu          sync.Mutex // guards everything below: both loops and a reload use the limiter
+	rate, burst int64      // per destination
 	globalRate  int64
 	globalBurst int64
 	global      tokenBucket

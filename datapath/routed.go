@@ -48,6 +48,8 @@ type routedKey struct {
 }
 
 type routedShard struct {
+	// mu guards flows and lastSweep, and is held to read routedFlows.timeout
+	// (setTimeouts holds every shard's).
 	mu        sync.Mutex
 	flows     map[routedKey]int64 // deadline, nanoseconds
 	lastSweep int64
