@@ -25,7 +25,7 @@ var (
 
 // testCore returns a path for a router with one LAN, a no-NAT site and a
 // four-port NAT, sending every ICMP error, on a clock that stands still.
-func testCore(t *testing.T, wanMTU int) *Path {
+func testCore(t testing.TB, wanMTU int) *Path {
 	t.Helper()
 	e := nat.New(nat.Config{
 		WANAddr: netip.AddrFrom4(wanAddr),
