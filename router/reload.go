@@ -7,14 +7,15 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/rs/zerolog"
 
 	"github.com/vpnmasq/vpnmasq/admin"
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/datapath"
 	"github.com/vpnmasq/vpnmasq/hostnet"
 	"github.com/vpnmasq/vpnmasq/nat"
+	"github.com/vpnmasq/vpnmasq/wan"
 )
 
 // Live reconfiguration (SIGHUP, `vpnmasq reload`). A reload reads and
@@ -98,16 +99,14 @@ func (r *Router) Reload(cfg *config.Config) (applied, needsRestart []string, err
 	changed("pptp", old.PPTP != next.PPTP)
 
 	if !slices.Equal(old.Routing.NoNAT, next.Routing.NoNAT) {
-		set := newPrefixSet(next.Routing.NoNAT)
-		r.core.noNAT.store(set)
 		// Flows to networks that are masqueraded now are not routed
-		// flows any more: their return traffic must not come in.
-		r.core.routed.forget(func(remote [4]byte) bool { return !set.contains(remote) })
+		// flows any more: SetNoNAT forgets them.
+		r.path.SetNoNAT(next.Routing.NoNAT)
 		applied = append(applied, "routing.no_nat")
 	}
-	r.core.routed.setTimeouts(routedTimeouts(next))
+	r.path.SetRoutedTimeouts(routedTimeouts(next))
 	if old.Limits.ICMPErrorRate != next.Limits.ICMPErrorRate || old.Limits.ICMPErrorBurst != next.Limits.ICMPErrorBurst {
-		r.core.icmp.setRate(next.Limits.ICMPErrorRate, next.Limits.ICMPErrorBurst)
+		r.path.SetICMPErrorRate(next.Limits.ICMPErrorRate, next.Limits.ICMPErrorBurst)
 	}
 
 	if r.services != nil {
@@ -272,14 +271,14 @@ func engineConfig(cfg *config.Config) (nc nat.Config, ports []config.PortRange, 
 			hairpinProtos = append(hairpinProtos, f.Proto)
 		}
 	}
-	ports = mergePortRanges(ports)
+	ports = wan.MergePortRanges(ports)
 	slices.Sort(hairpinProtos)
 	return nc, ports, hairpinProtos, nil
 }
 
 // routedTimeouts are the no-NAT flows' lifetimes for cfg.
-func routedTimeouts(cfg *config.Config) RoutedTimeouts {
-	return RoutedTimeouts{TCP: cfg.NAT.TCPEstablishedTimeout, UDP: cfg.NAT.UDPTimeout,
+func routedTimeouts(cfg *config.Config) datapath.RoutedTimeouts {
+	return datapath.RoutedTimeouts{TCP: cfg.NAT.TCPEstablishedTimeout, UDP: cfg.NAT.UDPTimeout,
 		ICMP: cfg.NAT.ICMPTimeout, ESP: cfg.IPsec.ESPTimeout, GRE: cfg.PPTP.GRETimeout}
 }
 
@@ -340,15 +339,15 @@ func (r *Router) updateCapture(ports []config.PortRange, hairpinProtos []uint8) 
 			r.owned.Store(&ports)
 		}
 	}()
-	if sc, ok := r.wan.(interface{ SetCapture(Capture) error }); ok {
-		if err := sc.SetCapture(capture); err != nil {
+	if r.wan != nil {
+		if err := r.wan.SetCapture(capture); err != nil {
 			return fmt.Errorf("updating the WAN capture filter: %w", err)
 		}
 	}
 	if r.host != nil {
 		if err := r.host.UpdateGuard(r.spec.TUN, ports, ports, hairpinProtos); err != nil {
-			if sc, ok := r.wan.(interface{ SetCapture(Capture) error }); ok {
-				_ = sc.SetCapture(r.capture)
+			if r.wan != nil {
+				_ = r.wan.SetCapture(r.capture)
 			}
 			return fmt.Errorf("updating the nftables guard: %w", err)
 		}
@@ -358,53 +357,4 @@ func (r *Router) updateCapture(ports []config.PortRange, hairpinProtos []uint8) 
 	r.spec.HairpinPorts = ports
 	r.spec.HairpinProtocols = hairpinProtos
 	return nil
-}
-
-// sharedPrefixSet is a prefixSet the packet loops read while a reload may
-// replace it.
-type sharedPrefixSet struct{ p atomic.Pointer[prefixSet] }
-
-func newSharedPrefixSet(ps []netip.Prefix) *sharedPrefixSet {
-	s := &sharedPrefixSet{}
-	s.store(newPrefixSet(ps))
-	return s
-}
-
-func (s *sharedPrefixSet) store(set prefixSet) { s.p.Store(&set) }
-
-func (s *sharedPrefixSet) contains(a [4]byte) bool { return (*s.p.Load()).contains(a) }
-
-// forget drops the routed flows whose remote drop says.
-func (r *routedFlows) forget(drop func(remote [4]byte) bool) {
-	for i := range r.shards {
-		s := &r.shards[i]
-		s.mu.Lock()
-		for k := range s.flows {
-			if drop(k.remote) {
-				delete(s.flows, k)
-			}
-		}
-		s.mu.Unlock()
-	}
-}
-
-// setTimeouts changes the routed flows' lifetimes; each flow keeps its
-// deadline until its next packet. Readers hold a shard's lock, so every
-// shard is held while the table changes.
-func (r *routedFlows) setTimeouts(t RoutedTimeouts) {
-	next := newRoutedFlowTimeouts(t)
-	for i := range r.shards {
-		r.shards[i].mu.Lock()
-	}
-	r.timeout = next
-	for i := range r.shards {
-		r.shards[i].mu.Unlock()
-	}
-}
-
-// setRate changes the per-destination rate and burst of ICMP errors.
-func (l *icmpLimiter) setRate(rate, burst int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.rate, l.burst = int64(max(rate, 1)), int64(max(burst, 1))
 }

@@ -88,7 +88,7 @@ no_nat = ["203.0.113.0/24"]
 				t.Errorf("applied %q lacks %q", applied, want)
 			}
 		}
-		if !r.core.noNAT.contains([4]byte{203, 0, 113, 9}) {
+		if !r.path.IsNoNAT([4]byte{203, 0, 113, 9}) {
 			t.Error("the new no_nat prefix is not in force")
 		}
 		if !slices.ContainsFunc(r.capture.Ports, func(p config.PortRange) bool { return p.Contains(5001) }) {
@@ -173,15 +173,22 @@ admin_port = 8081
 			t.Errorf("errors %q", res.Errors)
 		}
 	})
-	t.Run("routed flows to a network no longer exempt are forgotten", func(t *testing.T) {
+	t.Run("a network no longer exempt is masqueraded again", func(t *testing.T) {
+		// The path forgets the routed flows to it (datapath's
+		// TestSetNoNATForgetsFlowsToMasqueradedNetworks).
 		r := newRouter(t, reloadBase+"[routing]\nno_nat = [\"203.0.113.0/24\"]\n")
-		r.core.routed.put(routedKey{lan: [4]byte{192, 168, 77, 10}, remote: [4]byte{203, 0, 113, 9}}, 0)
 		r.Reload(reloadConfig(t, reloadBase))
-		if n := r.core.routed.len(); n != 0 {
+		if r.path.IsNoNAT([4]byte{203, 0, 113, 9}) {
+			t.Error("203.0.113.9 is still routed without NAT")
+		}
+		if n := r.path.RoutedFlows(); n != 0 {
 			t.Errorf("%d routed flows left", n)
 		}
 	})
 	t.Run("reloads race with nothing the packet loops read", func(t *testing.T) {
+		// What the path's loops read under a change is raced in datapath
+		// (TestControlChangesRaceWithNothingTheLoopsRead); here the
+		// router's side of it.
 		r := newRouter(t, reloadBase)
 		a := reloadConfig(t, reloadBase+"[routing]\nno_nat = [\"203.0.113.0/24\"]\n[limits]\nicmp_error_rate = 5\n")
 		b := reloadConfig(t, reloadBase+"[nat]\nudp_timeout = \"1m\"\n")
@@ -189,9 +196,9 @@ admin_port = 8081
 		go func() {
 			defer close(done)
 			for i := range 2000 {
-				r.core.noNAT.contains([4]byte{203, 0, 113, byte(i)})
-				r.core.routed.put(routedKey{proto: 17, lan: [4]byte{192, 168, 77, 10}, remote: [4]byte{203, 0, 113, byte(i)}}, int64(i))
-				r.core.icmp.allow([4]byte{198, 18, 0, byte(i)}, int64(i))
+				r.path.IsNoNAT([4]byte{203, 0, 113, byte(i)})
+				r.path.RoutedFlows()
+				r.path.Stats().ICMPErrorsSent.Load()
 			}
 		}()
 		for i := range 50 {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vpnmasq/vpnmasq/admin"
+	"github.com/vpnmasq/vpnmasq/datapath"
 	"github.com/vpnmasq/vpnmasq/nat"
 	"github.com/vpnmasq/vpnmasq/netstack"
 )
@@ -40,7 +41,7 @@ type services struct {
 // startServices starts the netstack and the admin servers. It runs after
 // the TUN exists.
 func (r *Router) startServices() error {
-	sv := &services{started: time.Now(), buf: [][]byte{make([]byte, packetOffset+maxPacket)}}
+	sv := &services{started: time.Now(), buf: [][]byte{make([]byte, datapath.Headroom+datapath.MaxPacket)}}
 	cfg := r.cfg.Services
 	var upstreams []netip.AddrPort
 	for _, u := range cfg.DNSUpstream {
@@ -84,7 +85,7 @@ func (r *Router) startServices() error {
 	r.reload.mu.Lock() // the socket already serves: a reload may look
 	r.services = sv
 	r.reload.mu.Unlock()
-	r.core.local = st.Deliver
+	r.path.SetLocal(st.Deliver)
 	dns := "off (no upstream)"
 	if len(upstreams) > 0 {
 		dns = fmt.Sprint(upstreams)
@@ -99,14 +100,14 @@ func (r *Router) startServices() error {
 // goroutine, the lock only guards against a second.
 func (sv *services) writer(r *Router) func(pkt []byte) {
 	return func(pkt []byte) {
-		if len(pkt) > maxPacket {
+		if len(pkt) > datapath.MaxPacket {
 			return
 		}
 		sv.mu.Lock()
 		defer sv.mu.Unlock()
-		b := sv.buf[0][:packetOffset+copy(sv.buf[0][packetOffset:], pkt)]
-		if _, err := r.tun.Write([][]byte{b}, packetOffset); err != nil && !r.closed(err) {
-			r.core.drop(nat.DropWriteFailed)
+		b := sv.buf[0][:datapath.Headroom+copy(sv.buf[0][datapath.Headroom:], pkt)]
+		if _, err := r.tun.Write([][]byte{b}, datapath.Headroom); err != nil && !r.closed(err) {
+			r.path.Drops().Add(nat.DropWriteFailed)
 		}
 	}
 }
@@ -143,7 +144,7 @@ func (r *Router) Snapshot() admin.Snapshot {
 		var other admin.Traffic
 		other.Direction, other.Proto = name, "other"
 		for proto := range 256 {
-			c := &r.core.stats.Traffic[dir][proto]
+			c := &r.path.Stats().Traffic[dir][proto]
 			pk, by := c.Packets.Load(), c.Bytes.Load()
 			switch uint8(proto) {
 			case nat.ProtoTCP, nat.ProtoUDP, nat.ProtoICMP, nat.ProtoGRE, nat.ProtoESP, nat.ProtoAH:
@@ -156,7 +157,7 @@ func (r *Router) Snapshot() admin.Snapshot {
 		s.Traffic = append(s.Traffic, other)
 	}
 	for _, reason := range nat.AllDropReasons() {
-		s.Drops[reason.String()] = r.core.drops.Get(reason) + r.nat.Drops.Get(reason)
+		s.Drops[reason.String()] = r.path.Drops().Get(reason) + r.nat.Drops.Get(reason)
 	}
 	// The mappings themselves are listed by MappingPage, where shown.
 	st := r.nat.Stats()
@@ -179,7 +180,7 @@ func (r *Router) Snapshot() admin.Snapshot {
 	}
 	s.WANChanges = admin.WANChanges{Changes: r.nat.WANChanges.Changes.Load(),
 		MappingsDropped: r.nat.WANChanges.MappingsDropped.Load(), FlowsDropped: r.nat.WANChanges.FlowsDropped.Load()}
-	s.ICMPErrors = admin.ICMPErrors{Sent: r.core.stats.ICMPErrorsSent.Load(), Suppressed: r.core.stats.ICMPErrorsSuppressed.Load()}
+	s.ICMPErrors = admin.ICMPErrors{Sent: r.path.Stats().ICMPErrorsSent.Load(), Suppressed: r.path.Stats().ICMPErrorsSuppressed.Load()}
 	for _, k := range r.nat.IKESessions() {
 		s.VPN.IKE = append(s.VPN.IKE, admin.IKESession{LANHost: k.Host, Remote: k.Remote,
 			WANPort: k.WANPort, InitiatorSPI: hex64(k.InitiatorSPI), ResponderSPI: hex64(k.ResponderSPI),

@@ -1,24 +1,40 @@
 package router
 
 import (
+	"net/netip"
 	"testing"
 
+	"github.com/rs/zerolog"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/datapath"
 	"github.com/vpnmasq/vpnmasq/nat"
 )
 
 func TestAdminSourceListsMappingsOnlyByPage(t *testing.T) {
 	r := &Router{cfg: &config.Config{}}
-	initTestCore(&r.core, 1500)
-	r.nat = r.core.nat
-	c, o := &r.core, newTestOutbox()
+	r.nat = nat.New(nat.Config{
+		WANAddr: netip.MustParseAddr("198.18.0.1"),
+		Ports:   nat.PortRange{First: 20000, Last: 20003},
+		Clock:   &nat.FakeClock{},
+		Log:     zerolog.Nop(),
+	})
+	r.path = datapath.New(datapath.Config{NAT: r.nat, Log: zerolog.Nop()})
 	var p nat.Packet
 	for port := range uint16(4) { // the test engine's whole port range
-		buf, n := udpPacket(lanHost, remote, 40000+port, 53, 8, 60, false)
-		c.fromLAN(buf, n, &p, o)
+		pkt := udpPacket(netip.MustParseAddr("192.168.77.10"), netip.MustParseAddr("198.18.0.2"), 40000+port, 53)
+		if r := p.Parse(pkt); r != nat.DropNone {
+			t.Fatal(r)
+		}
+		if res := r.nat.Outbound(&p); res.Verdict != nat.VerdictToWAN {
+			t.Fatalf("verdict %v", res.Verdict)
+		}
 	}
-	c.stats.ICMPErrorsSent.Add(3)
-	c.stats.ICMPErrorsSuppressed.Add(5)
+	r.path.Stats().ICMPErrorsSent.Add(3)
+	r.path.Stats().ICMPErrorsSuppressed.Add(5)
 
 	t.Run("the snapshot counts the mappings without listing them", func(t *testing.T) {
 		s := r.Snapshot()
@@ -71,4 +87,19 @@ func TestAdminSourceListsMappingsOnlyByPage(t *testing.T) {
 			}
 		})
 	}
+}
+
+// udpPacket builds an 8-byte UDP/IPv4 datagram with valid checksums.
+func udpPacket(src, dst netip.Addr, sport, dport uint16) []byte {
+	const payload = 8
+	pkt := make([]byte, header.IPv4MinimumSize+header.UDPMinimumSize+payload)
+	ip := header.IPv4(pkt)
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(pkt)), TTL: 60, Protocol: uint8(header.UDPProtocolNumber),
+		SrcAddr: tcpip.AddrFrom4(src.As4()), DstAddr: tcpip.AddrFrom4(dst.As4())})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	u := header.UDP(pkt[header.IPv4MinimumSize:])
+	u.Encode(&header.UDPFields{SrcPort: sport, DstPort: dport, Length: uint16(len(u))})
+	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(u)))
+	u.SetChecksum(^u.CalculateChecksum(checksum.Checksum(u.Payload(), xsum)))
+	return pkt
 }

@@ -244,7 +244,9 @@ func (w *wanWatcher) check() {
 	if !pl.Gone && pl.Up != last.Up {
 		if pl.Up {
 			log.Info().Str("wan", iface).Msg("WAN link up: resuming with the state kept")
-			w.r.flushNexthops()
+			if w.r.wan != nil {
+				w.r.wan.FlushNexthops()
+			}
 		} else {
 			log.Warn().Str("wan", iface).Msg("WAN link down: state kept")
 		}
@@ -289,36 +291,18 @@ func (r *Router) setWANAddr(a netip.Addr) error {
 	r.spec.Guard.Addr = a
 	start := time.Now()
 	var errs []error
-	if s, ok := r.wan.(interface{ SetCaptureAddr(netip.Addr) error }); ok {
-		errs = append(errs, s.SetCaptureAddr(a))
+	if r.wan != nil {
+		errs = append(errs, r.wan.SetCaptureAddr(a))
 	}
 	if r.host != nil {
 		errs = append(errs, r.host.SetWANAddr(r.spec))
 	}
 	r.nat.SetWANAddr(a)
-	r.flushNexthops()
+	if r.wan != nil {
+		r.wan.FlushNexthops()
+	}
 	err := errors.Join(errs...)
 	r.log.Info().Stringer("wan_addr", a).Dur("took", time.Since(start)).Bool("ok", err == nil).
 		Msg("WAN address followed: capture filter and nftables rules replaced")
 	return err
-}
-
-func (r *Router) flushNexthops() {
-	if w, ok := r.wan.(*socketWAN); ok && w.gso != nil {
-		w.gso.mu.Lock()
-		clear(w.gso.nexthops)
-		w.gso.mu.Unlock()
-	}
-}
-
-// SetCaptureAddr replaces the capture filter with one for a new WAN
-// address, keeping its ports. SO_ATTACH_FILTER on a bound socket swaps the
-// program atomically; packets queued under the old one are still read (the
-// engine drops what is not its own).
-func (w *socketWAN) SetCaptureAddr(a netip.Addr) error {
-	w.captureMu.Lock()
-	defer w.captureMu.Unlock()
-	c := w.capture
-	c.Addr = a
-	return w.attachCapture(c)
 }

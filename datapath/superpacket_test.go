@@ -1,0 +1,190 @@
+package datapath
+
+import (
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/nat"
+	"github.com/vpnmasq/vpnmasq/offload"
+)
+
+// tcpSuperPacket builds a TCP super-packet as the TUN hands it over: the
+// checksum field holding the pseudo-header sum, and its virtio-net header
+// (TCPV4, NEEDS_CSUM, csum_start at the TCP header).
+func tcpSuperPacket(src, dst [4]byte, sport, dport uint16, payload, mss int) ([]byte, int, offload.Header) {
+	total := header.IPv4MinimumSize + header.TCPMinimumSize + payload
+	buf := make([]byte, Headroom+MaxPacket)
+	pkt := buf[Headroom : Headroom+total]
+	ip := header.IPv4(pkt)
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(total), TTL: 63, Flags: header.IPv4FlagDontFragment, ID: 9,
+		Protocol: uint8(header.TCPProtocolNumber), SrcAddr: tcpip.AddrFrom4(src), DstAddr: tcpip.AddrFrom4(dst)})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	tcp := header.TCP(pkt[header.IPv4MinimumSize:])
+	tcp.Encode(&header.TCPFields{SrcPort: sport, DstPort: dport, SeqNum: 1000, AckNum: 1, DataOffset: header.TCPMinimumSize,
+		Flags: header.TCPFlagAck | header.TCPFlagPsh, WindowSize: 1000})
+	for i := range payload {
+		pkt[header.IPv4MinimumSize+header.TCPMinimumSize+i] = byte(i)
+	}
+	tcp.SetChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp))))
+	h := offload.Header{Flags: offload.FlagNeedsChecksum, GSOType: offload.GSOTCPv4,
+		HdrLen: header.IPv4MinimumSize + header.TCPMinimumSize, GSOSize: uint16(mss),
+		CsumStart: header.IPv4MinimumSize, CsumOffset: header.TCPChecksumOffset}
+	return buf, total, h
+}
+
+// superPacketWAN is a WAN that takes super-packets whole; the tests only
+// look at what the path queues for it.
+type superPacketWAN struct{}
+
+func (superPacketWAN) Read([][]byte, []int, []offload.Header, int) (int, error) { return 0, nil }
+func (superPacketWAN) Write(bufs [][]byte, _ int) (int, error)                  { return len(bufs), nil }
+func (superPacketWAN) BatchSize() int                                           { return 1 }
+func (superPacketWAN) SendsSuperPackets() bool                                  { return true }
+func (superPacketWAN) WriteSuperPackets(bufs [][]byte, _ []offload.Header, _ int) (int, error) {
+	return len(bufs), nil
+}
+
+var _ SuperPacketWAN = superPacketWAN{}
+
+// tcpChecksumAfterOffload completes a partial checksum as offload would and
+// reports whether the segment then verifies.
+func tcpChecksumAfterOffload(pkt []byte) bool {
+	ip := header.IPv4(pkt)
+	tcp := header.TCP(pkt[ip.HeaderLength():ip.TotalLength()])
+	c := append([]byte(nil), tcp...)
+	header.TCP(c).SetChecksum(^checksum.Checksum(c, 0))
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(c)))
+	return checksum.Checksum(c, xsum) == 0xffff
+}
+
+func TestSuperPacketsLeaveWhole(t *testing.T) {
+	t.Run("a masqueraded TCP super-packet is translated once and queued whole", func(t *testing.T) {
+		c := testCore(t, 1500)
+		c.dev.superWAN = superPacketWAN{}
+		o, segs := newTestOutbox(), &segmentPool{}
+		buf, n, h := tcpSuperPacket(lanHost, remote, 40000, 5201, 20000, 1448)
+		var p nat.Packet
+		c.fromTUN(buf, n, h, &p, o, segs)
+		if len(o.wan) != 1 || !o.wanHdrs[0].IsSuperPacket() {
+			t.Fatalf("%d packets queued, headers %v", len(o.wan), o.wanHdrs)
+		}
+		pkt := o.wan[0][Headroom:]
+		ip := header.IPv4(pkt)
+		if ip.SourceAddress().As4() != wanAddr || int(ip.TotalLength()) != n || !ip.IsChecksumValid() {
+			t.Errorf("left as %v, %d bytes", ip.SourceAddress(), ip.TotalLength())
+		}
+		if !tcpChecksumAfterOffload(pkt) {
+			t.Error("the partial checksum does not verify after offload")
+		}
+		if h := o.wanHdrs[0]; h.GSOSize != 1448 || !h.IsSuperPacket() {
+			t.Errorf("virtio-net header %+v", h)
+		}
+	})
+	for _, tc := range []struct {
+		name   string
+		gsoOut bool
+		wanMTU int
+		sport  uint16
+		dport  uint16
+	}{
+		{"without a GSO-capable WAN a super-packet is split", false, 1500, 40000, 5201},
+		{"a super-packet whose segments exceed the WAN MTU is split", true, 1400, 40000, 5201},
+		{"PPTP control is split, to be rewritten segment by segment", true, 1500, 40000, nat.PortPPTP},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := testCore(t, tc.wanMTU)
+			if tc.gsoOut {
+				c.dev.superWAN = superPacketWAN{}
+			}
+			o, segs := newTestOutbox(), &segmentPool{}
+			buf, n, h := tcpSuperPacket(lanHost, remote, tc.sport, tc.dport, 4000, 1448)
+			var p nat.Packet
+			c.fromTUN(buf, n, h, &p, o, segs)
+			if tc.wanMTU < 1500 {
+				// The segments have DF set: the two full ones are
+				// answered with Fragmentation Needed, as without the
+				// fast path; the short last one fits and goes.
+				if len(o.wan) != 1 || len(o.lan) != 2 {
+					t.Fatalf("%d to the WAN, %d ICMP errors to the LAN", len(o.wan), len(o.lan))
+				}
+				return
+			}
+			if len(o.wan) < 3 {
+				t.Fatalf("%d segments queued", len(o.wan))
+			}
+			for i, b := range o.wan {
+				if o.wanHdrs[i].IsSuperPacket() {
+					t.Fatalf("packet %d queued whole", i)
+				}
+				pkt := b[Headroom:]
+				if len(pkt) > 1500 {
+					t.Errorf("segment of %d bytes", len(pkt))
+				}
+				if err := validTCP(pkt); err != nil {
+					t.Errorf("segment %d: %v", i, err)
+				}
+			}
+		})
+	}
+}
+
+// validTCP checks an IPv4/TCP packet's checksums.
+func validTCP(pkt []byte) error {
+	ip := header.IPv4(pkt)
+	if !ip.IsChecksumValid() {
+		return errBadChecksum("IP")
+	}
+	tcp := header.TCP(pkt[ip.HeaderLength():ip.TotalLength()])
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp)))
+	if checksum.Checksum(tcp, xsum) != 0xffff {
+		return errBadChecksum("TCP")
+	}
+	return nil
+}
+
+type errBadChecksum string
+
+func (e errBadChecksum) Error() string { return string(e) + " checksum wrong" }
+
+func TestForwardingAllocatesNothingPerPacket(t *testing.T) {
+	c := testCore(t, 1500)
+	c.dev.superWAN = superPacketWAN{}
+	o, segs := newTestOutbox(), &segmentPool{}
+	var p nat.Packet
+	for _, tc := range []struct {
+		name string
+		pkt  func() ([]byte, int, offload.Header)
+	}{
+		{"a TCP super-packet sent whole", func() ([]byte, int, offload.Header) { return tcpSuperPacket(lanHost, remote, 40000, 5201, 20000, 1448) }},
+		{"an ordinary UDP packet", func() ([]byte, int, offload.Header) {
+			buf, n := udpPacket(lanHost, remote, 5000, 53, 100, 64, false)
+			return buf, n, offload.Header{}
+		}},
+		{"a UDP packet on a no-NAT route, its flow tracked", func() ([]byte, int, offload.Header) {
+			buf, n := udpPacket(lanHost, site, 5000, 53, 100, 64, false)
+			return buf, n, offload.Header{}
+		}},
+		{"a TCP super-packet on a no-NAT route sent whole", func() ([]byte, int, offload.Header) { return tcpSuperPacket(lanHost, site, 40000, 5201, 20000, 1448) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tmpl, n, h := tc.pkt()
+			buf := make([]byte, len(tmpl))
+			run := func() {
+				copy(buf, tmpl)
+				o.reset()
+				segs.reset()
+				c.fromTUN(buf, n, h, &p, o, segs)
+				if len(o.wan) != 1 {
+					t.Fatalf("%d packets to the WAN", len(o.wan))
+				}
+			}
+			run() // the mapping is created on the first packet
+			if a := testing.AllocsPerRun(100, run); a != 0 {
+				t.Errorf("%v allocations per packet", a)
+			}
+		})
+	}
+}

@@ -1,0 +1,340 @@
+package wan
+
+import (
+	"cmp"
+	"net/netip"
+	"testing"
+
+	"golang.org/x/net/bpf"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/vpnmasq/vpnmasq/config"
+)
+
+// craftedPacket describes one IPv4 packet for filter and socket tests.
+type craftedPacket struct {
+	src, dst   netip.Addr
+	proto      uint8
+	srcPort    uint16
+	dstPort    uint16
+	fragOffset uint16 // in bytes, multiple of 8
+	moreFrags  bool
+	tcpFlags   header.TCPFlags // SYN when zero
+	seq        uint32
+	id         uint16 // 7 when zero
+	options    header.IPv4OptionsSerializer
+	payload    []byte
+}
+
+// craftIPv4 builds the packet with gVisor's header encoders and valid
+// checksums, starting at the IPv4 header.
+func craftIPv4(t testing.TB, p craftedPacket) []byte {
+	t.Helper()
+	var l4 []byte
+	switch p.proto {
+	case uint8(header.UDPProtocolNumber):
+		l4 = make([]byte, header.UDPMinimumSize+len(p.payload))
+		u := header.UDP(l4)
+		u.Encode(&header.UDPFields{SrcPort: p.srcPort, DstPort: p.dstPort, Length: uint16(len(l4))})
+		copy(l4[header.UDPMinimumSize:], p.payload)
+		xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, tcpip.AddrFrom4(p.src.As4()), tcpip.AddrFrom4(p.dst.As4()), uint16(len(l4)))
+		xsum = checksum.Checksum(p.payload, xsum)
+		u.SetChecksum(^u.CalculateChecksum(xsum))
+	case uint8(header.TCPProtocolNumber):
+		l4 = make([]byte, header.TCPMinimumSize+len(p.payload))
+		tcp := header.TCP(l4)
+		flags := p.tcpFlags
+		if flags == 0 {
+			flags = header.TCPFlagSyn
+		}
+		tcp.Encode(&header.TCPFields{SrcPort: p.srcPort, DstPort: p.dstPort, SeqNum: p.seq, AckNum: 1, DataOffset: header.TCPMinimumSize, Flags: flags, WindowSize: 1024})
+		copy(l4[header.TCPMinimumSize:], p.payload)
+		xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, tcpip.AddrFrom4(p.src.As4()), tcpip.AddrFrom4(p.dst.As4()), uint16(len(l4)))
+		xsum = checksum.Checksum(p.payload, xsum)
+		tcp.SetChecksum(^tcp.CalculateChecksum(xsum))
+	default:
+		l4 = append([]byte(nil), p.payload...)
+	}
+	hdrLen := header.IPv4MinimumSize + int(p.options.Length())
+	pkt := make([]byte, hdrLen+len(l4))
+	ip := header.IPv4(pkt)
+	var flags uint8
+	if p.moreFrags {
+		flags = header.IPv4FlagMoreFragments
+	}
+	ip.Encode(&header.IPv4Fields{
+		TotalLength:    uint16(len(pkt)),
+		ID:             cmp.Or(p.id, 7),
+		Flags:          flags,
+		FragmentOffset: p.fragOffset,
+		TTL:            64,
+		Protocol:       p.proto,
+		SrcAddr:        tcpip.AddrFrom4(p.src.As4()),
+		DstAddr:        tcpip.AddrFrom4(p.dst.As4()),
+		Options:        p.options,
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	copy(pkt[hdrLen:], l4)
+	if p.fragOffset != 0 {
+		// A non-first fragment carries payload bytes where the transport
+		// header would be; make them look like an out-of-range port so only
+		// the fragment rule can accept it.
+		pkt[hdrLen+2], pkt[hdrLen+3] = 0, 1
+	}
+	return pkt
+}
+
+func TestBPFCaptureFilter(t *testing.T) {
+	wan := netip.MustParseAddr("198.18.0.2")
+	other := netip.MustParseAddr("198.18.0.3")
+	remote := netip.MustParseAddr("198.19.7.7")
+	lanHost := netip.MustParseAddr("192.168.50.10")
+	capture := Capture{
+		Interface: "wan0",
+		Addr:      wan,
+		Ports:     []config.PortRange{{First: 20000, Last: 32767}, {First: 8080, Last: 8080}, {First: 500, Last: 500}},
+		Protocols: []uint8{47, 50},
+		ICMP:      true,
+		Prefixes:  []netip.Prefix{netip.MustParsePrefix("192.168.50.0/24"), netip.MustParsePrefix("10.1.0.0/16")},
+	}
+	noICMP := capture
+	noICMP.ICMP = false
+	noPorts := capture
+	noPorts.Ports = nil
+	everything := capture
+	everything.Ports = []config.PortRange{{First: 0, Last: 65535}}
+	everything.Prefixes = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
+
+	udpTo := func(dst netip.Addr, port uint16) craftedPacket {
+		return craftedPacket{src: remote, dst: dst, proto: 17, srcPort: 53, dstPort: port, payload: []byte("hello")}
+	}
+	tcpTo := func(dst netip.Addr, port uint16) craftedPacket {
+		return craftedPacket{src: remote, dst: dst, proto: 6, srcPort: 443, dstPort: port}
+	}
+	withOptions := udpTo(wan, 20000)
+	withOptions.options = header.IPv4OptionsSerializer{&header.IPv4SerializableRouterAlertOption{}}
+	optionsOutOfRange := udpTo(wan, 22)
+	optionsOutOfRange.options = withOptions.options
+	firstFragment := udpTo(wan, 22)
+	firstFragment.moreFrags = true
+	laterFragment := udpTo(wan, 22)
+	laterFragment.fragOffset = 1480
+	laterFragmentOtherDst := laterFragment
+	laterFragmentOtherDst.dst = other
+	greFragment := craftedPacket{src: remote, dst: other, proto: 47, fragOffset: 8, payload: make([]byte, 16)}
+	otherProtoFragment := craftedPacket{src: remote, dst: wan, proto: 51, fragOffset: 8, payload: make([]byte, 16)}
+
+	tests := []struct {
+		name    string
+		capture Capture
+		packet  func(t *testing.T) []byte
+		want    bool
+	}{
+		{"udp to a port inside the mapping range is captured", capture, packetOf(udpTo(wan, 20000)), true},
+		{"udp to the last port of the mapping range is captured", capture, packetOf(udpTo(wan, 32767)), true},
+		{"udp to a single forwarded port is captured", capture, packetOf(udpTo(wan, 8080)), true},
+		{"tcp to a port inside the mapping range is captured", capture, packetOf(tcpTo(wan, 25000)), true},
+		{"tcp to the host's own ssh port is left to the host", capture, packetOf(tcpTo(wan, 22)), false},
+		{"udp just below the mapping range is left to the host", capture, packetOf(udpTo(wan, 19999)), false},
+		{"udp just above the mapping range is left to the host", capture, packetOf(udpTo(wan, 32768)), false},
+		{"udp to a captured port on another address is ignored", capture, packetOf(udpTo(other, 20000)), false},
+		{"gre to the wan address is captured", capture, packetOf(craftedPacket{src: remote, dst: wan, proto: 47, payload: make([]byte, 8)}), true},
+		{"esp to the wan address is captured", capture, packetOf(craftedPacket{src: remote, dst: wan, proto: 50, payload: make([]byte, 16)}), true},
+		{"ah not listed in protocols is left to the host", capture, packetOf(craftedPacket{src: remote, dst: wan, proto: 51, payload: make([]byte, 16)}), false},
+		{"gre to another address is ignored", capture, packetOf(craftedPacket{src: remote, dst: other, proto: 47, payload: make([]byte, 8)}), false},
+		{"icmp to the wan address is captured when ICMP is on", capture, packetOf(craftedPacket{src: remote, dst: wan, proto: 1, payload: make([]byte, 8)}), true},
+		{"icmp to the wan address is ignored when ICMP is off", noICMP, packetOf(craftedPacket{src: remote, dst: wan, proto: 1, payload: make([]byte, 8)}), false},
+		{"udp to a host in a LAN prefix is captured whatever the port", capture, packetOf(udpTo(lanHost, 22)), true},
+		{"icmp to a host in a LAN prefix is captured even when ICMP is off", noICMP, packetOf(craftedPacket{src: remote, dst: lanHost, proto: 1, payload: make([]byte, 8)}), true},
+		{"tcp to a host in the second LAN prefix is captured", capture, packetOf(tcpTo(netip.MustParseAddr("10.1.200.3"), 80)), true},
+		{"udp to an address just outside the LAN prefixes is ignored", capture, packetOf(udpTo(netip.MustParseAddr("10.2.0.1"), 20000)), false},
+		{"a header with options still finds the port (in range)", capture, packetOf(withOptions), true},
+		{"a header with options still finds the port (out of range)", capture, packetOf(optionsOutOfRange), false},
+		{"a first fragment is judged by its port", capture, packetOf(firstFragment), false},
+		{"a later udp fragment to the wan address is captured for the NAT", capture, packetOf(laterFragment), true},
+		{"a later udp fragment is captured even with no ports owned", noPorts, packetOf(laterFragment), true},
+		{"a later udp fragment to another address is ignored", capture, packetOf(laterFragmentOtherDst), false},
+		{"a later fragment of an unowned protocol is left to the host", capture, packetOf(otherProtoFragment), false},
+		{"a gre fragment to another address is ignored", capture, packetOf(greFragment), false},
+		{"tcp with no ports owned is left to the host", noPorts, packetOf(tcpTo(wan, 25000)), false},
+		{"every port and a default prefix capture anything IPv4", everything, packetOf(udpTo(other, 1)), true},
+		{"an IPv6 version nibble is rejected", capture, func(t *testing.T) []byte {
+			p := craftIPv4(t, udpTo(wan, 20000))
+			p[0] = 0x60 | p[0]&0x0f
+			return p
+		}, false},
+		{"a version nibble of 5 is rejected", capture, func(t *testing.T) []byte {
+			p := craftIPv4(t, udpTo(lanHost, 20000))
+			p[0] = 0x50 | p[0]&0x0f
+			return p
+		}, false},
+		{"a header length below 20 bytes is rejected", capture, func(t *testing.T) []byte {
+			p := craftIPv4(t, udpTo(lanHost, 20000))
+			p[0] = 0x44
+			return p
+		}, false},
+		{"a packet cut inside the IPv4 header is rejected", capture, func(t *testing.T) []byte {
+			return craftIPv4(t, udpTo(wan, 20000))[:12]
+		}, false},
+		{"a udp packet cut before its ports is rejected", capture, func(t *testing.T) []byte {
+			return craftIPv4(t, udpTo(wan, 20000))[:21]
+		}, false},
+		{"an empty packet is rejected", capture, func(t *testing.T) []byte { return nil }, false},
+	}
+	// The same decisions with the IPv4 header at offset 0 (SOCK_DGRAM) and
+	// behind an Ethernet header (SOCK_RAW on an Ethernet interface).
+	ethernet := []byte{2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, link := range [][]byte{nil, ethernet} {
+				prog, err := captureFilter(tt.capture, uint32(len(link)))
+				if err != nil {
+					t.Fatalf("captureFilter: %v", err)
+				}
+				vm, err := bpf.NewVM(prog)
+				if err != nil {
+					t.Fatalf("bpf.NewVM: %v", err)
+				}
+				pkt := append(append([]byte(nil), link...), tt.packet(t)...)
+				n, err := vm.Run(pkt)
+				if err != nil {
+					t.Fatalf("vm.Run: %v", err)
+				}
+				if got := n > 0; got != tt.want {
+					t.Fatalf("with a %d-byte link header: accepted=%v, want %v (returned %d for %d bytes)", len(link), got, tt.want, n, len(pkt))
+				}
+				if tt.want && n < len(pkt) {
+					t.Fatalf("snap length %d cuts the %d-byte packet: the whole packet must reach the reader", n, len(pkt))
+				}
+			}
+		})
+	}
+}
+
+func packetOf(p craftedPacket) func(t *testing.T) []byte {
+	return func(t *testing.T) []byte { return craftIPv4(t, p) }
+}
+
+func TestBPFCaptureFilterRefusesBadCaptures(t *testing.T) {
+	good := Capture{Interface: "wan0", Addr: netip.MustParseAddr("198.18.0.2")}
+	tests := []struct {
+		name   string
+		mutate func(c *Capture)
+	}{
+		{"a missing interface is refused", func(c *Capture) { c.Interface = "" }},
+		{"a missing address is refused", func(c *Capture) { c.Addr = netip.Addr{} }},
+		{"an IPv6 address is refused", func(c *Capture) { c.Addr = netip.MustParseAddr("2001:db8::1") }},
+		{"a reversed port range is refused", func(c *Capture) { c.Ports = []config.PortRange{{First: 9, Last: 1}} }},
+		{"owning all of TCP is refused", func(c *Capture) { c.Protocols = []uint8{6} }},
+		{"owning all of ICMP is refused", func(c *Capture) { c.Protocols = []uint8{1} }},
+		{"an IPv6 prefix is refused", func(c *Capture) { c.Prefixes = []netip.Prefix{netip.MustParsePrefix("2001:db8::/32")} }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := good
+			tt.mutate(&c)
+			if _, err := captureFilter(c, 0); err == nil {
+				t.Fatalf("captureFilter(%+v, 0) succeeded, want an error", c)
+			}
+		})
+	}
+}
+
+func TestBPFCaptureFilterStaysWithinKernelLimits(t *testing.T) {
+	c := Capture{Interface: "wan0", Addr: netip.MustParseAddr("198.18.0.2")}
+	for p := 0; p < 600; p++ {
+		// Every other port, so nothing merges: 600 separate ranges.
+		c.Ports = append(c.Ports, config.PortRange{First: uint16(1000 + 2*p), Last: uint16(1000 + 2*p)})
+	}
+	prog, err := captureFilter(c, 0)
+	if err != nil {
+		t.Fatalf("captureFilter: %v", err)
+	}
+	raw, err := bpf.Assemble(prog)
+	if err != nil {
+		t.Fatalf("assembling %d instructions: %v", len(prog), err)
+	}
+	vm, err := bpf.NewVM(prog)
+	if err != nil {
+		t.Fatalf("bpf.NewVM: %v", err)
+	}
+	remote := netip.MustParseAddr("198.19.0.9")
+	for _, tc := range []struct {
+		port uint16
+		want bool
+	}{{1000, true}, {1001, false}, {2198, true}, {2199, false}, {2200, false}} {
+		n, err := vm.Run(craftIPv4(t, craftedPacket{src: remote, dst: c.Addr, proto: 17, srcPort: 1, dstPort: tc.port}))
+		if err != nil {
+			t.Fatalf("vm.Run: %v", err)
+		}
+		if (n > 0) != tc.want {
+			t.Errorf("port %d: accepted=%v, want %v (program of %d instructions)", tc.port, n > 0, tc.want, len(raw))
+		}
+	}
+
+	for p := 0; p < 2000; p++ {
+		c.Ports = append(c.Ports, config.PortRange{First: uint16(10000 + 2*p), Last: uint16(10000 + 2*p)})
+	}
+	if _, err := captureFilter(c, 0); err == nil {
+		t.Fatal("a filter above the kernel's 4096 instructions was built, want an error")
+	}
+}
+
+func TestBPFRangeMerging(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []config.PortRange
+		want []config.PortRange
+	}{
+		{"overlapping ranges merge", []config.PortRange{{First: 10, Last: 20}, {First: 15, Last: 30}}, []config.PortRange{{First: 10, Last: 30}}},
+		{"adjacent ranges merge", []config.PortRange{{First: 21, Last: 30}, {First: 10, Last: 20}}, []config.PortRange{{First: 10, Last: 30}}},
+		{"separate ranges stay apart and sorted", []config.PortRange{{First: 50, Last: 60}, {First: 10, Last: 20}}, []config.PortRange{{First: 10, Last: 20}, {First: 50, Last: 60}}},
+		{"a contained range disappears", []config.PortRange{{First: 10, Last: 100}, {First: 20, Last: 30}}, []config.PortRange{{First: 10, Last: 100}}},
+		{"the top port does not overflow", []config.PortRange{{First: 65535, Last: 65535}, {First: 60000, Last: 65534}}, []config.PortRange{{First: 60000, Last: 65535}}},
+		{"reversed ranges are dropped", []config.PortRange{{First: 9, Last: 1}}, []config.PortRange{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := MergePortRanges(tt.in)
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+			for i := range got {
+				if got[i] != tt.want[i] {
+					t.Fatalf("got %v, want %v", got, tt.want)
+				}
+			}
+		})
+	}
+
+	prefixTests := []struct {
+		name string
+		in   []string
+		want []Range
+	}{
+		{"a prefix inside another merges", []string{"10.0.0.0/8", "10.1.0.0/16"}, []Range{{0x0a000000, 0x0affffff}}},
+		{"neighbouring prefixes merge", []string{"192.168.0.0/24", "192.168.1.0/24"}, []Range{{0xc0a80000, 0xc0a801ff}}},
+		{"the default prefix covers everything", []string{"0.0.0.0/0"}, []Range{{0, 0xffffffff}}},
+		{"host bits are ignored", []string{"192.168.5.77/24"}, []Range{{0xc0a80500, 0xc0a805ff}}},
+		{"the last address does not overflow", []string{"255.255.255.255/32", "255.255.255.0/24"}, []Range{{0xffffff00, 0xffffffff}}},
+	}
+	for _, tt := range prefixTests {
+		t.Run(tt.name, func(t *testing.T) {
+			var ps []netip.Prefix
+			for _, s := range tt.in {
+				ps = append(ps, netip.MustParsePrefix(s))
+			}
+			got := PrefixRanges(ps)
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+			for i := range got {
+				if got[i] != tt.want[i] {
+					t.Fatalf("got %x, want %x", got, tt.want)
+				}
+			}
+		})
+	}
+}
