@@ -216,38 +216,47 @@ func TestLinksResolve(t *testing.T) {
 		if !ok {
 			t.Fatalf("cannot read %s", file)
 		}
+		// Links may wrap: match over the prose joined into one string,
+		// each line's start remembered to name the line of a match.
 		lines, _ := prose(text)
-		for _, l := range lines {
-			for _, m := range mdLink.FindAllStringSubmatch(l.text, -1) {
-				target := m[1]
-				if scheme.MatchString(target) {
+		var joined strings.Builder
+		starts := make([]int, len(lines))
+		for i, l := range lines {
+			starts[i] = joined.Len()
+			joined.WriteString(l.text)
+			joined.WriteByte(' ')
+		}
+		for _, idx := range mdLink.FindAllStringSubmatchIndex(joined.String(), -1) {
+			i, _ := slices.BinarySearch(starts, idx[0]+1)
+			l := lines[i-1]
+			target := joined.String()[idx[2]:idx[3]]
+			if scheme.MatchString(target) {
+				continue
+			}
+			links++
+			path, anchor, _ := strings.Cut(target, "#")
+			dest := file
+			if path != "" {
+				dest = filepath.ToSlash(filepath.Join(filepath.Dir(file), filepath.FromSlash(path)))
+				if strings.HasPrefix(dest, "../") {
+					t.Errorf("%s:%d: link %q leaves the repository", file, l.n, target)
 					continue
 				}
-				links++
-				path, anchor, _ := strings.Cut(target, "#")
-				dest := file
-				if path != "" {
-					dest = filepath.ToSlash(filepath.Join(filepath.Dir(file), filepath.FromSlash(path)))
-					if strings.HasPrefix(dest, "../") {
-						t.Errorf("%s:%d: link %q leaves the repository", file, l.n, target)
-						continue
-					}
-					if _, err := os.Stat(filepath.Join(root, filepath.FromSlash(dest))); err != nil {
-						t.Errorf("%s:%d: link %q: %s does not exist", file, l.n, target, dest)
-						continue
-					}
-				}
-				if anchor == "" {
+				if _, err := os.Stat(filepath.Join(root, filepath.FromSlash(dest))); err != nil {
+					t.Errorf("%s:%d: link %q: %s does not exist", file, l.n, target, dest)
 					continue
 				}
-				if !strings.HasSuffix(dest, ".md") {
-					t.Errorf("%s:%d: link %q: an anchor into %s, which is not Markdown", file, l.n, target, dest)
-					continue
-				}
-				destText, _ := read(dest)
-				if !anchors(destText)[anchor] {
-					t.Errorf("%s:%d: link %q: %s has no heading with anchor #%s", file, l.n, target, dest, anchor)
-				}
+			}
+			if anchor == "" {
+				continue
+			}
+			if !strings.HasSuffix(dest, ".md") {
+				t.Errorf("%s:%d: link %q: an anchor into %s, which is not Markdown", file, l.n, target, dest)
+				continue
+			}
+			destText, _ := read(dest)
+			if !anchors(destText)[anchor] {
+				t.Errorf("%s:%d: link %q: %s has no heading with anchor #%s", file, l.n, target, dest, anchor)
 			}
 		}
 	}
