@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode"
@@ -150,24 +151,13 @@ func anchors(text string) map[string]bool {
 		}
 		s := slug(m[2])
 		if k := seen[s]; k > 0 {
-			out[s+"-"+itoa(k)] = true
+			out[s+"-"+strconv.Itoa(k)] = true
 		} else {
 			out[s] = true
 		}
 		seen[s]++
 	}
 	return out
-}
-
-func itoa(n int) string {
-	if n == 0 {
-		return "0"
-	}
-	var d []byte
-	for ; n > 0; n /= 10 {
-		d = append([]byte{byte('0' + n%10)}, d...)
-	}
-	return string(d)
 }
 
 func TestSlugMatchesGitHubs(t *testing.T) {
