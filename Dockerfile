@@ -21,9 +21,10 @@
 #              up, add its route and the policy routing rule over netlink,
 #              create and remove vpnmasq's nftables tables (the input
 #              guard), enlarge socket buffers (SO_RCVBUFFORCE);
-#   NET_RAW    the raw IPv4 socket (IP_HDRINCL) that sends translated
-#              packets and the AF_PACKET socket that captures replies on the
-#              WAN interface.
+#   NET_RAW    the AF_PACKET sockets on the WAN interface: one captures
+#              replies, one sends translated packets as Ethernet frames;
+#              and the raw IPv4 socket (IP_HDRINCL) used while a next hop's
+#              link address is not yet known.
 #   Root without other capabilities cannot override file permissions or
 #   leave the container's namespaces; --read-only and no-new-privileges
 #   take away the rest. /run (a tmpfs) holds the admin socket;
@@ -64,8 +65,10 @@ ENV PATH=/usr/local/bin:/usr/bin:/bin
 VOLUME /var/lib/vpnmasq
 # Root on purpose: see "Why root" above.
 USER 0:0
-# docker stop sends SIGTERM: vpnmasq removes its TUN, routing rule, route
-# and nftables tables and logs "router stopped" well within Docker's 10 s.
+# docker stop sends SIGTERM: vpnmasq writes its state, removes its TUN,
+# routing rule, route and nftables tables, leaves the hold table that keeps
+# the host from resetting the LAN's connections until the next start (or
+# [state] hold runs out), and logs "router stopped" well within Docker's 10 s.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/vpnmasq"]
 # `run` reads /etc/vpnmasq/vpnmasq.toml when it exists (mount it there),
