@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/vpnmasq/vpnmasq/nat"
 )
 
 // Validate checks the configuration as it stands (for example after
@@ -488,6 +491,37 @@ func CheckInterfaceName(name string) error {
 	for _, r := range name {
 		if r == '/' || r == ':' || unicode.IsSpace(r) || r == 0 || r == unicode.ReplacementChar {
 			return fmt.Errorf("interface name %q contains %q", name, r)
+		}
+	}
+	return nil
+}
+
+// CheckWANClaim reports the first thing that makes a description of what
+// vpnmasq takes for itself on the WAN unusable: the WAN address, TCP and
+// UDP ports on it, IP protocols to it owned whole, and the LAN prefixes
+// whose packets arriving on the WAN it routes. The WAN capture filter and
+// the host's nftables guard are built from the same description and refuse
+// the same things.
+func CheckWANClaim(addr netip.Addr, ports []PortRange, protocols []uint8, prefixes []netip.Prefix) error {
+	if !addr.Is4() {
+		return fmt.Errorf("WAN address %v is not an IPv4 address", addr)
+	}
+	for _, r := range ports {
+		if r.Last < r.First {
+			return fmt.Errorf("port range %d-%d is reversed", r.First, r.Last)
+		}
+	}
+	for _, p := range protocols {
+		switch p {
+		case nat.ProtoTCP, nat.ProtoUDP:
+			return fmt.Errorf("protocol %d is claimed by port, not as a whole protocol", p)
+		case nat.ProtoICMP:
+			return errors.New("ICMP is never owned as a whole protocol: the host keeps answering its own pings")
+		}
+	}
+	for _, p := range prefixes {
+		if !p.IsValid() || !p.Addr().Is4() {
+			return fmt.Errorf("prefix %v is not an IPv4 prefix", p)
 		}
 	}
 	return nil

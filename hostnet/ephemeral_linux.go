@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/internal/interval"
 )
 
 // The sysctls, as read by ReadEphemeral.
@@ -78,5 +79,5 @@ func parseReservedPorts(text string) ([]config.PortRange, error) {
 		}
 		out = append(out, r)
 	}
-	return mergePortRanges(out), nil
+	return interval.MergePorts(out), nil
 }

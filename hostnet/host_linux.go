@@ -100,26 +100,8 @@ type Guard struct {
 
 // Validate reports the first thing that makes g unusable.
 func (g Guard) Validate() error {
-	if !g.Addr.Is4() {
-		return fmt.Errorf("guard: WAN address %v is not an IPv4 address", g.Addr)
-	}
-	for _, r := range g.Ports {
-		if r.Last < r.First {
-			return fmt.Errorf("guard: port range %d-%d is reversed", r.First, r.Last)
-		}
-	}
-	for _, p := range g.Protocols {
-		switch p {
-		case nat.ProtoTCP, nat.ProtoUDP:
-			return fmt.Errorf("guard: protocol %d is guarded by port, not as a whole protocol", p)
-		case nat.ProtoICMP:
-			return errors.New("guard: ICMP is never owned as a whole protocol")
-		}
-	}
-	for _, p := range g.Prefixes {
-		if !p.IsValid() || !p.Addr().Is4() {
-			return fmt.Errorf("guard: prefix %v is not an IPv4 prefix", p)
-		}
+	if err := config.CheckWANClaim(g.Addr, g.Ports, g.Protocols, g.Prefixes); err != nil {
+		return fmt.Errorf("guard: %w", err)
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/internal/interval"
 	"github.com/vpnmasq/vpnmasq/nat"
 )
 
@@ -335,7 +336,7 @@ func familyName(f nftables.TableFamily) string {
 // addPortSet adds a named interval set of TCP/UDP ports.
 func addPortSet(c *nftables.Conn, t *nftables.Table, name string, ports []config.PortRange) (*nftables.Set, error) {
 	set := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeInetService, Interval: true}
-	if err := c.AddSet(set, intervalElements(portRanges(ports), 2)); err != nil {
+	if err := c.AddSet(set, intervalElements(interval.Ports(ports), 2)); err != nil {
 		return nil, fmt.Errorf("nftables set %s: %w", name, err)
 	}
 	return set, nil
@@ -344,7 +345,7 @@ func addPortSet(c *nftables.Conn, t *nftables.Table, name string, ports []config
 // addPrefixSet adds a named interval set of IPv4 prefixes.
 func addPrefixSet(c *nftables.Conn, t *nftables.Table, name string, prefixes []netip.Prefix) (*nftables.Set, error) {
 	set := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeIPAddr, Interval: true}
-	if err := c.AddSet(set, intervalElements(prefixRanges(prefixes), 4)); err != nil {
+	if err := c.AddSet(set, intervalElements(interval.Prefixes(prefixes), 4)); err != nil {
 		return nil, fmt.Errorf("nftables set %s: %w", name, err)
 	}
 	return set, nil
@@ -354,7 +355,7 @@ func addPrefixSet(c *nftables.Conn, t *nftables.Table, name string, prefixes []n
 func addProtocolSet(c *nftables.Conn, t *nftables.Table, name string, protos []uint8) (*nftables.Set, error) {
 	set := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeInetProto}
 	var elems []nftables.SetElement
-	for _, p := range dedupe(protos) {
+	for _, p := range interval.UniqueProtocols(protos) {
 		elems = append(elems, nftables.SetElement{Key: []byte{p}})
 	}
 	if err := c.AddSet(set, elems); err != nil {
@@ -367,7 +368,7 @@ func addProtocolSet(c *nftables.Conn, t *nftables.Table, name string, protos []u
 // interval end at 0 (the gap before the first range), then each range as
 // its first key and an interval end at last+1; a range reaching the top of
 // the key space has no end element.
-func intervalElements(ranges []addrRange, width int) []nftables.SetElement {
+func intervalElements(ranges []interval.Range, width int) []nftables.SetElement {
 	if len(ranges) == 0 {
 		return nil
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+
+	"github.com/vpnmasq/vpnmasq/internal/interval"
 )
 
 func TestNftIntervalElementsEncodeLikeNft(t *testing.T) {
@@ -15,22 +17,22 @@ func TestNftIntervalElementsEncodeLikeNft(t *testing.T) {
 	}
 	tests := []struct {
 		name   string
-		ranges []addrRange
+		ranges []interval.Range
 		width  int
 		want   []elem
 	}{
 		{"no ranges give no elements", nil, 2, nil},
-		{"a range not starting at zero opens with an interval end at zero", []addrRange{{20000, 32767}}, 2,
+		{"a range not starting at zero opens with an interval end at zero", []interval.Range{{First: 20000, Last: 32767}}, 2,
 			[]elem{{"0000", true}, {"4e20", false}, {"8000", true}}},
-		{"a single port is a range of one", []addrRange{{500, 500}}, 2,
+		{"a single port is a range of one", []interval.Range{{First: 500, Last: 500}}, 2,
 			[]elem{{"0000", true}, {"01f4", false}, {"01f5", true}}},
-		{"a range starting at zero has no leading end", []addrRange{{0, 9}}, 2,
+		{"a range starting at zero has no leading end", []interval.Range{{First: 0, Last: 9}}, 2,
 			[]elem{{"0000", false}, {"000a", true}}},
-		{"a range reaching the last port has no closing end", []addrRange{{65000, 65535}}, 2,
+		{"a range reaching the last port has no closing end", []interval.Range{{First: 65000, Last: 65535}}, 2,
 			[]elem{{"0000", true}, {"fde8", false}}},
-		{"addresses use four bytes", []addrRange{{0x0a4d0000, 0x0a4d00ff}}, 4,
+		{"addresses use four bytes", []interval.Range{{First: 0x0a4d0000, Last: 0x0a4d00ff}}, 4,
 			[]elem{{"00000000", true}, {"0a4d0000", false}, {"0a4d0100", true}}},
-		{"the whole address space is one open element", []addrRange{{0, 0xffffffff}}, 4,
+		{"the whole address space is one open element", []interval.Range{{First: 0, Last: 0xffffffff}}, 4,
 			[]elem{{"00000000", false}}},
 	}
 	for _, tt := range tests {

@@ -7,6 +7,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/internal/interval"
 )
 
 // Changing the guards of a running instance: a reload changes the ports
@@ -49,7 +50,7 @@ func (h *Host) UpdateGuard(tun string, ports, hairpinPorts []config.PortRange, h
 		return err
 	}
 	var protos []nftables.SetElement
-	for _, p := range dedupe(hairpinProtos) {
+	for _, p := range interval.UniqueProtocols(hairpinProtos) {
 		protos = append(protos, nftables.SetElement{Key: []byte{p}})
 	}
 	if err := replace(ndTable, nftSetHairpinProtocols, protos); err != nil {
@@ -64,7 +65,7 @@ func (h *Host) UpdateGuard(tun string, ports, hairpinPorts []config.PortRange, h
 
 // portElements encodes port ranges for an interval set (see addPortSet).
 func portElements(ports []config.PortRange) []nftables.SetElement {
-	return intervalElements(portRanges(ports), 2)
+	return intervalElements(interval.Ports(ports), 2)
 }
 
 // SetWANAddr replaces the nftables rules that name the WAN address with

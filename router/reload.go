@@ -14,8 +14,8 @@ import (
 	"github.com/vpnmasq/vpnmasq/config"
 	"github.com/vpnmasq/vpnmasq/datapath"
 	"github.com/vpnmasq/vpnmasq/hostnet"
+	"github.com/vpnmasq/vpnmasq/internal/interval"
 	"github.com/vpnmasq/vpnmasq/nat"
-	"github.com/vpnmasq/vpnmasq/wan"
 )
 
 // Live reconfiguration (SIGHUP, `vpnmasq reload`). A reload reads and
@@ -271,7 +271,7 @@ func engineConfig(cfg *config.Config) (nc nat.Config, ports []config.PortRange, 
 			hairpinProtos = append(hairpinProtos, f.Proto)
 		}
 	}
-	ports = wan.MergePortRanges(ports)
+	ports = interval.MergePorts(ports)
 	slices.Sort(hairpinProtos)
 	return nc, ports, hairpinProtos, nil
 }

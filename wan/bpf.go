@@ -5,6 +5,7 @@ import (
 
 	"golang.org/x/net/bpf"
 
+	"github.com/vpnmasq/vpnmasq/internal/interval"
 	"github.com/vpnmasq/vpnmasq/nat"
 )
 
@@ -61,13 +62,13 @@ func captureFilter(c Capture, linkHdrLen uint32) ([]bpf.Instruction, error) {
 	a.gotoIfBelow(5, reject)
 
 	a.emit(bpf.LoadAbsolute{Off: linkHdrLen + ipv4DstOffset, Size: 4})
-	a.gotoIfNot(addrToUint32(c.Addr), prefixes)
+	a.gotoIfNot(interval.Addr(c.Addr), prefixes)
 
 	// Destination is the WAN address: decide by protocol.
 	a.emit(bpf.LoadAbsolute{Off: linkHdrLen + ipv4ProtocolOffset, Size: 1})
 	a.gotoIf(uint32(nat.ProtoTCP), l4)
 	a.gotoIf(uint32(nat.ProtoUDP), l4)
-	for _, p := range UniqueProtocols(c.Protocols) {
+	for _, p := range interval.UniqueProtocols(c.Protocols) {
 		a.gotoIf(uint32(p), accept)
 	}
 	if c.ICMP {
@@ -76,7 +77,7 @@ func captureFilter(c Capture, linkHdrLen uint32) ([]bpf.Instruction, error) {
 	a.jump(prefixes)
 
 	a.label(l4)
-	ports := MergePortRanges(c.Ports)
+	ports := interval.MergePorts(c.Ports)
 	if len(ports) > 0 {
 		a.emit(bpf.LoadAbsolute{Off: linkHdrLen + ipv4FragmentOffset, Size: 2})
 		a.gotoIfBitsSet(ipv4FragOffsetMask, accept)
@@ -95,7 +96,7 @@ func captureFilter(c Capture, linkHdrLen uint32) ([]bpf.Instruction, error) {
 	}
 
 	a.label(prefixes)
-	ranges := PrefixRanges(c.Prefixes)
+	ranges := interval.Prefixes(c.Prefixes)
 	if len(ranges) > 0 {
 		a.emit(bpf.LoadAbsolute{Off: linkHdrLen + ipv4DstOffset, Size: 4})
 		for _, r := range ranges {
