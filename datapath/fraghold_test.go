@@ -78,7 +78,7 @@ func checkReassembled(t *testing.T, frags [][]byte) header.IPv4 {
 func TestCoreReleasedFragments(t *testing.T) {
 	t.Run("a LAN datagram's last fragment before its first leaves translated right behind the first, in the same write", func(t *testing.T) {
 		c, o := testCore(t, 1500), newTestOutbox()
-		pool := &segmentPool{}
+		pool := &offload.Segments{Headroom: Headroom}
 		buf, n := udpPacket(lanHost, remote, 40000, 53, 1400, 63, false)
 		frags := fragmentsOf(t, buf, n, 1000)
 		var p nat.Packet
@@ -103,7 +103,7 @@ func TestCoreReleasedFragments(t *testing.T) {
 	})
 	t.Run("a reply's last fragment before its first reaches the LAN host right behind the first", func(t *testing.T) {
 		c, o := testCore(t, 1500), newTestOutbox()
-		pool := &segmentPool{}
+		pool := &offload.Segments{Headroom: Headroom}
 		var p nat.Packet
 		buf, n := udpPacket(lanHost, remote, 20001, 53, 8, 63, false)
 		c.fromLAN(buf, n, &p, o)
@@ -130,7 +130,7 @@ func TestCoreReleasedFragments(t *testing.T) {
 	})
 	t.Run("a released fragment too big for the WAN MTU is fragmented again", func(t *testing.T) {
 		c, o := testCore(t, 1280), newTestOutbox()
-		pool := &segmentPool{}
+		pool := &offload.Segments{Headroom: Headroom}
 		var p nat.Packet
 		buf, n := udpPacket(lanHost, remote, 40000, 53, 2900, 63, false)
 		frags := fragmentsOf(t, buf, n, 1500) // as the LAN, at its MTU
@@ -149,7 +149,7 @@ func TestCoreReleasedFragments(t *testing.T) {
 	})
 	t.Run("more released fragments than a write takes wait for the next one", func(t *testing.T) {
 		c, o := testCore(t, 1500), newTestOutbox()
-		pool := &segmentPool{}
+		pool := &offload.Segments{Headroom: Headroom}
 		var p nat.Packet
 		buf, n := udpPacket(lanHost, remote, 40000, 53, 1400, 63, false)
 		frags := fragmentsOf(t, buf, n, 400)
@@ -165,7 +165,7 @@ func TestCoreReleasedFragments(t *testing.T) {
 			all = append(all, append([]byte(nil), f...))
 		}
 		o.reset()
-		pool.reset()
+		pool.Reset()
 		if more := c.sendReleased(true, o, pool, &p, 2); more || len(o.wan) != len(frags)-3 {
 			t.Fatalf("second write: %d queued (more %v), want %d", len(o.wan), more, len(frags)-3)
 		}
@@ -174,7 +174,7 @@ func TestCoreReleasedFragments(t *testing.T) {
 	})
 	t.Run("a released fragment from the WAN that would expire on the way in is dropped", func(t *testing.T) {
 		c, o := testCore(t, 1500), newTestOutbox()
-		pool := &segmentPool{}
+		pool := &offload.Segments{Headroom: Headroom}
 		var p nat.Packet
 		buf, n := udpPacket(lanHost, remote, 20001, 53, 8, 63, false)
 		c.fromLAN(buf, n, &p, o)

@@ -19,7 +19,7 @@ func FuzzPath(f *testing.F) {
 	// engine's state carries over, as on a running router.
 	c := testCore(f, 1400)
 	c.dev.superWAN = superPacketWAN{}
-	o, segs := newTestOutbox(), &segmentPool{}
+	o, segs := newTestOutbox(), &offload.Segments{Headroom: Headroom}
 	buf := make([]byte, Headroom+MaxPacket)
 	f.Fuzz(func(t *testing.T, pkt []byte, flags, gsoType uint8, gsoSize, csumStart, csumOffset uint16) {
 		if len(pkt) > MaxPacket || gsoSize < 64 && gsoSize != 0 {
@@ -28,7 +28,7 @@ func FuzzPath(f *testing.F) {
 			return
 		}
 		o.reset()
-		segs.reset()
+		segs.Reset()
 		h := offload.Header{Flags: flags, GSOType: gsoType, GSOSize: gsoSize, CsumStart: csumStart, CsumOffset: csumOffset}
 		var p nat.Packet
 		copy(buf[Headroom:], pkt)

@@ -75,31 +75,3 @@ func (o *outbox) toLANSuper(buf []byte, n int, h offload.Header) {
 	o.lan = append(o.lan, buf[:Headroom+n])
 	o.lanHdrs = append(o.lanHdrs, h)
 }
-
-// segmentPool hands out buffers (with headroom) for the segments of split
-// super-packets and for released fragments; they live until the pass is
-// flushed.
-type segmentPool struct {
-	bufs [][]byte
-	used int
-	out  [][]byte // segments handed out, buf[:Headroom+size]
-}
-
-func (s *segmentPool) reset() {
-	s.used = 0
-	s.out = s.out[:0]
-}
-
-// next returns the packet area of a buffer for a size-byte packet.
-func (s *segmentPool) next(size int) []byte {
-	if s.used == len(s.bufs) {
-		s.bufs = append(s.bufs, nil)
-	}
-	if cap(s.bufs[s.used]) < Headroom+size {
-		s.bufs[s.used] = make([]byte, Headroom+max(size, 2048))
-	}
-	b := s.bufs[s.used][:Headroom+size]
-	s.used++
-	s.out = append(s.out, b)
-	return b[Headroom:]
-}

@@ -86,8 +86,8 @@ func (p *Path) RunLAN() error {
 	bufs, sizes := newBuffers(batch)
 	hdrs := make([]offload.Header, batch) // stay zero without super-packets
 	o := newOutbox(batch, 2*batch, max(p.wanMTU, maxICMPErrorLen))
-	segs := &segmentPool{}
-	released := &segmentPool{}
+	segs := &offload.Segments{Headroom: Headroom}
+	released := &offload.Segments{Headroom: Headroom}
 	var pk nat.Packet
 	for {
 		var n int
@@ -107,7 +107,7 @@ func (p *Path) RunLAN() error {
 			p.log.Debug().Err(err).Msg("tun read")
 		}
 		o.reset()
-		segs.reset()
+		segs.Reset()
 		for i := range n {
 			p.fromTUN(bufs[i], sizes[i], hdrs[i], &pk, o, segs)
 		}
@@ -117,21 +117,21 @@ func (p *Path) RunLAN() error {
 
 // fromTUN handles one packet read from the TUN, buf[Headroom:Headroom+n],
 // described by h.
-func (p *Path) fromTUN(buf []byte, n int, h offload.Header, pk *nat.Packet, o *outbox, segs *segmentPool) {
+func (p *Path) fromTUN(buf []byte, n int, h offload.Header, pk *nat.Packet, o *outbox, segs *offload.Segments) {
 	pkt := buf[Headroom : Headroom+n]
 	switch {
 	case h.IsSuperPacket():
 		if p.dev.superWAN != nil && p.sendSuperPacket(buf, n, h, pk, o) {
 			return
 		}
-		from := len(segs.out)
-		first, _, err := offload.Split(pkt, h, segs.next)
+		from := len(segs.Out)
+		first, _, err := offload.Split(pkt, h, segs.Next)
 		if err != nil {
 			p.drop(nat.DropMalformed)
 			return
 		}
 		p.fromLAN(buf, first, pk, o)
-		for _, seg := range segs.out[from:] {
+		for _, seg := range segs.Out[from:] {
 			p.fromLAN(seg, len(seg)-Headroom, pk, o)
 		}
 	case h.NeedsChecksum():
@@ -313,13 +313,13 @@ func (p *Path) sendWAN(buf []byte, pk *nat.Packet, o *outbox, tooBig bool) {
 // the pass released from the engine's hold (outbound: the LAN loop's, else
 // the WAN loop's), which follow their first fragments in the same write;
 // more than max of them take further writes.
-func (p *Path) flushReleased(o *outbox, pool *segmentPool, pk *nat.Packet, outbound bool, max int) {
-	pool.reset()
+func (p *Path) flushReleased(o *outbox, pool *offload.Segments, pk *nat.Packet, outbound bool, max int) {
+	pool.Reset()
 	more := p.sendReleased(outbound, o, pool, pk, max)
 	p.flush(o)
 	for more {
 		o.reset()
-		pool.reset()
+		pool.Reset()
 		more = p.sendReleased(outbound, o, pool, pk, max)
 		p.flush(o)
 	}
@@ -381,7 +381,7 @@ func (p *Path) RunWAN() error {
 	bufs, sizes := newBuffers(batch)
 	hdrs := make([]offload.Header, batch)
 	o := newOutbox(batch, batch, maxICMPErrorLen)
-	released := &segmentPool{}
+	released := &offload.Segments{Headroom: Headroom}
 	var pk nat.Packet
 	for {
 		n, err := p.dev.WAN.Read(bufs, sizes, hdrs, Headroom)

@@ -11,16 +11,16 @@ import (
 // (the WAN loop's). The loop calls it after a pass, so they leave in the
 // same write as their first fragment, behind it. It takes at most max, in
 // buffers from pool, and reports whether more are waiting.
-func (p *Path) sendReleased(outbound bool, o *outbox, pool *segmentPool, pk *nat.Packet, max int) bool {
+func (p *Path) sendReleased(outbound bool, o *outbox, pool *offload.Segments, pk *nat.Packet, max int) bool {
 	for range max {
 		if !p.nat.HasReleased(outbound) {
 			return false
 		}
-		n, v := p.nat.TakeReleased(outbound, pool.next)
+		n, v := p.nat.TakeReleased(outbound, pool.Next)
 		if n == 0 {
 			return p.nat.HasReleased(outbound)
 		}
-		buf := pool.out[len(pool.out)-1]
+		buf := pool.Out[len(pool.Out)-1]
 		if pk.Parse(buf[Headroom:Headroom+n]) != nat.DropNone {
 			p.drop(nat.DropMalformed) // the engine checked it when it came
 			continue

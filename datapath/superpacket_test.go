@@ -64,7 +64,7 @@ func TestSuperPacketsLeaveWhole(t *testing.T) {
 	t.Run("a masqueraded TCP super-packet is translated once and queued whole", func(t *testing.T) {
 		c := testCore(t, 1500)
 		c.dev.superWAN = superPacketWAN{}
-		o, segs := newTestOutbox(), &segmentPool{}
+		o, segs := newTestOutbox(), &offload.Segments{Headroom: Headroom}
 		buf, n, h := tcpSuperPacket(lanHost, remote, 40000, 5201, 20000, 1448)
 		var p nat.Packet
 		c.fromTUN(buf, n, h, &p, o, segs)
@@ -99,7 +99,7 @@ func TestSuperPacketsLeaveWhole(t *testing.T) {
 			if tc.gsoOut {
 				c.dev.superWAN = superPacketWAN{}
 			}
-			o, segs := newTestOutbox(), &segmentPool{}
+			o, segs := newTestOutbox(), &offload.Segments{Headroom: Headroom}
 			buf, n, h := tcpSuperPacket(lanHost, remote, tc.sport, tc.dport, 4000, 1448)
 			var p nat.Packet
 			c.fromTUN(buf, n, h, &p, o, segs)
@@ -152,7 +152,7 @@ func (e errBadChecksum) Error() string { return string(e) + " checksum wrong" }
 func TestForwardingAllocatesNothingPerPacket(t *testing.T) {
 	c := testCore(t, 1500)
 	c.dev.superWAN = superPacketWAN{}
-	o, segs := newTestOutbox(), &segmentPool{}
+	o, segs := newTestOutbox(), &offload.Segments{Headroom: Headroom}
 	var p nat.Packet
 	for _, tc := range []struct {
 		name string
@@ -175,7 +175,7 @@ func TestForwardingAllocatesNothingPerPacket(t *testing.T) {
 			run := func() {
 				copy(buf, tmpl)
 				o.reset()
-				segs.reset()
+				segs.Reset()
 				c.fromTUN(buf, n, h, &p, o, segs)
 				if len(o.wan) != 1 {
 					t.Fatalf("%d packets to the WAN", len(o.wan))

@@ -57,21 +57,11 @@ const (
 
 // withDefaults fills what a Config leaves zero, as New does.
 func (cfg Config) withDefaults() Config {
-	if cfg.UDPTimeout <= 0 {
-		cfg.UDPTimeout = DefaultUDPTimeout
-	}
-	if cfg.TCPEstablishedTimeout <= 0 {
-		cfg.TCPEstablishedTimeout = DefaultTCPEstablishedTimeout
-	}
-	if cfg.TCPTransitoryTimeout <= 0 {
-		cfg.TCPTransitoryTimeout = DefaultTCPTransitoryTimeout
-	}
-	if cfg.ICMPTimeout <= 0 {
-		cfg.ICMPTimeout = DefaultICMPTimeout
-	}
-	if cfg.MaxMappings <= 0 {
-		cfg.MaxMappings = DefaultMaxMappings
-	}
+	orDefault(&cfg.UDPTimeout, DefaultUDPTimeout)
+	orDefault(&cfg.TCPEstablishedTimeout, DefaultTCPEstablishedTimeout)
+	orDefault(&cfg.TCPTransitoryTimeout, DefaultTCPTransitoryTimeout)
+	orDefault(&cfg.ICMPTimeout, DefaultICMPTimeout)
+	orDefault(&cfg.MaxMappings, DefaultMaxMappings)
 	cfg.Limits = cfg.Limits.withDefaults()
 	cfg.IPsec = cfg.IPsec.withDefaults()
 	cfg.PPTP = cfg.PPTP.withDefaults()
@@ -79,66 +69,45 @@ func (cfg Config) withDefaults() Config {
 }
 
 func (l Limits) withDefaults() Limits {
-	def := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	def(&l.MaxFlows, DefaultMaxFlows)
-	def(&l.MaxFlowsPerHost, DefaultMaxFlowsPerHost)
-	def(&l.MaxMappingsPerHost, DefaultMaxMappingsPerHost)
-	def(&l.MaxESPPerHost, DefaultMaxESPPerHost)
-	def(&l.MaxIKEPerHost, DefaultMaxIKEPerHost)
-	def(&l.MaxRemoteIKE, DefaultMaxRemoteIKE)
-	def(&l.MaxCallsPerHost, DefaultMaxCallsPerHost)
-	def(&l.MaxFragmentsPerHost, DefaultMaxFragmentsPerHost)
-	def(&l.HostFlowRate, DefaultHostFlowRate)
-	def(&l.HostFlowBurst, DefaultHostFlowBurst)
-	def(&l.ForwardFlowRate, DefaultForwardFlowRate)
-	def(&l.ForwardFlowBurst, DefaultForwardFlowBurst)
-	if l.RemoteIKETimeout <= 0 {
-		l.RemoteIKETimeout = DefaultRemoteIKETimeout
-	}
-	if l.UnrepliedTimeout <= 0 {
-		l.UnrepliedTimeout = DefaultUnrepliedTimeout
-	}
+	orDefault(&l.MaxFlows, DefaultMaxFlows)
+	orDefault(&l.MaxFlowsPerHost, DefaultMaxFlowsPerHost)
+	orDefault(&l.MaxMappingsPerHost, DefaultMaxMappingsPerHost)
+	orDefault(&l.MaxESPPerHost, DefaultMaxESPPerHost)
+	orDefault(&l.MaxIKEPerHost, DefaultMaxIKEPerHost)
+	orDefault(&l.MaxRemoteIKE, DefaultMaxRemoteIKE)
+	orDefault(&l.MaxCallsPerHost, DefaultMaxCallsPerHost)
+	orDefault(&l.MaxFragmentsPerHost, DefaultMaxFragmentsPerHost)
+	orDefault(&l.HostFlowRate, DefaultHostFlowRate)
+	orDefault(&l.HostFlowBurst, DefaultHostFlowBurst)
+	orDefault(&l.ForwardFlowRate, DefaultForwardFlowRate)
+	orDefault(&l.ForwardFlowBurst, DefaultForwardFlowBurst)
+	orDefault(&l.RemoteIKETimeout, DefaultRemoteIKETimeout)
+	orDefault(&l.UnrepliedTimeout, DefaultUnrepliedTimeout)
 	return l
 }
 
 func (c IPsecConfig) withDefaults() IPsecConfig {
-	if c.IKETimeout <= 0 {
-		c.IKETimeout = DefaultIKETimeout
-	}
-	if c.ESPTimeout <= 0 {
-		c.ESPTimeout = DefaultESPTimeout
-	}
-	if c.ESPWait <= 0 {
-		c.ESPWait = DefaultESPWait
-	}
-	if c.ESPRetries <= 0 {
-		c.ESPRetries = DefaultESPRetries
-	}
-	if c.ESPSquelch <= 0 {
-		c.ESPSquelch = DefaultESPSquelch
-	}
-	if c.MaxESP <= 0 {
-		c.MaxESP = DefaultMaxESP
-	}
+	orDefault(&c.IKETimeout, DefaultIKETimeout)
+	orDefault(&c.ESPTimeout, DefaultESPTimeout)
+	orDefault(&c.ESPWait, DefaultESPWait)
+	orDefault(&c.ESPRetries, DefaultESPRetries)
+	orDefault(&c.ESPSquelch, DefaultESPSquelch)
+	orDefault(&c.MaxESP, DefaultMaxESP)
 	return c
 }
 
 func (c PPTPConfig) withDefaults() PPTPConfig {
-	if c.CallSetupTimeout <= 0 {
-		c.CallSetupTimeout = DefaultCallSetupTimeout
-	}
-	if c.TeardownGrace <= 0 {
-		c.TeardownGrace = DefaultTeardownGrace
-	}
-	if c.GRETimeout <= 0 {
-		c.GRETimeout = DefaultGRETimeout
-	}
-	if c.MaxCalls <= 0 {
-		c.MaxCalls = DefaultMaxCalls
-	}
+	orDefault(&c.CallSetupTimeout, DefaultCallSetupTimeout)
+	orDefault(&c.TeardownGrace, DefaultTeardownGrace)
+	orDefault(&c.GRETimeout, DefaultGRETimeout)
+	orDefault(&c.MaxCalls, DefaultMaxCalls)
 	return c
+}
+
+// orDefault sets *v to d when it is zero (or negative, which no setting
+// means): a Config leaves zero what it wants the default of.
+func orDefault[T ~int | ~int64 | ~float64](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
 }

@@ -102,7 +102,7 @@ type Transport struct {
 	frameMu  sync.Mutex // guards the scratch of Write and WriteSuperPackets below
 	slowIdx  []int
 	slowBufs [][]byte
-	segs     segmentBuffers // segments of super-packets sent the slow way
+	segs     offload.Segments // segments of super-packets sent the slow way
 
 	truncated  atomic.Uint64
 	malformed  atomic.Uint64

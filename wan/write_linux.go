@@ -143,16 +143,16 @@ func (w *Transport) WriteSuperPackets(bufs [][]byte, hdrs []offload.Header, offs
 	w.slowIdx = slow
 	sent := len(bufs) - len(slow)
 	w.superSent.Add(uint64(sent))
-	w.segs.offset = offset
+	w.segs.Headroom = offset
 	for _, i := range slow {
 		w.superSplit.Add(1)
-		w.segs.reset()
-		first, _, err := offload.Split(bufs[i][offset:], hdrs[i], w.segs.next)
+		w.segs.Reset()
+		first, _, err := offload.Split(bufs[i][offset:], hdrs[i], w.segs.Next)
 		if err != nil {
 			w.malformed.Add(1)
 			continue
 		}
-		segs := append(append(w.slowBufs[:0], bufs[i][:offset+first]), w.segs.out...)
+		segs := append(append(w.slowBufs[:0], bufs[i][:offset+first]), w.segs.Out...)
 		w.slowBufs = segs
 		if _, err := w.writeRaw(segs, offset); err != nil && !errors.As(err, new(*datapath.WriteError)) {
 			return sent, err
@@ -160,31 +160,4 @@ func (w *Transport) WriteSuperPackets(bufs [][]byte, hdrs []offload.Header, offs
 		sent++
 	}
 	return sent, nil
-}
-
-// segmentBuffers hands out buffers, with offset bytes of headroom, for the
-// segments of a super-packet split on the way out.
-type segmentBuffers struct {
-	offset int
-	bufs   [][]byte
-	used   int
-	out    [][]byte // segments handed out, buf[:offset+size]
-}
-
-func (s *segmentBuffers) reset() {
-	s.used = 0
-	s.out = s.out[:0]
-}
-
-func (s *segmentBuffers) next(size int) []byte {
-	if s.used == len(s.bufs) {
-		s.bufs = append(s.bufs, nil)
-	}
-	if cap(s.bufs[s.used]) < s.offset+size {
-		s.bufs[s.used] = make([]byte, s.offset+max(size, 2048))
-	}
-	b := s.bufs[s.used][:s.offset+size]
-	s.used++
-	s.out = append(s.out, b)
-	return b[s.offset:]
 }
