@@ -111,7 +111,7 @@ func (g Guard) Validate() error {
 type Host struct {
 	log  zerolog.Logger
 	ns   netns.NsHandle
-	mu   sync.Mutex
+	mu   sync.Mutex // guards undo and done: Close, Hold and the updates may come from any goroutine
 	undo []hostUndo // in the order things were added
 	done bool
 }

@@ -146,7 +146,7 @@ type protoHandler interface {
 // It is safe for concurrent use: the TUN reader and the WAN reader call it
 // from different goroutines.
 type Engine struct {
-	mu       sync.Mutex
+	mu       sync.Mutex // guards the tables and settings below (the counters are atomic): one packet, snapshot or control call at a time
 	cfg      Config
 	wan      [4]byte
 	clock    Clock

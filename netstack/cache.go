@@ -40,7 +40,7 @@ type cacheEntry struct {
 // dnsCache holds upstream answers until their TTL runs out. It is bounded:
 // when full, the entry stored longest ago goes first.
 type dnsCache struct {
-	mu      sync.Mutex
+	mu      sync.Mutex // guards entries and order: queries are answered concurrently
 	max     int
 	now     func() time.Time
 	entries map[cacheKey]*list.Element // of *cacheEntry

@@ -78,7 +78,7 @@ type dnsServer struct {
 	udpSlots chan struct{}
 	tcpSlots chan struct{}
 
-	mu      sync.Mutex
+	mu      sync.Mutex // guards closing and conns: Close against new TCP connections
 	closing bool
 	conns   map[net.Conn]struct{}
 	wg      sync.WaitGroup

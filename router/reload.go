@@ -35,7 +35,7 @@ import (
 
 // reloadState is what reloads keep between them.
 type reloadState struct {
-	mu sync.Mutex
+	mu sync.Mutex // guards cfg, and serialises reloads with the WAN watcher's changes
 	// cfg is the configuration running now: the start's, with the live
 	// settings of the last reload. nil until the first reload.
 	cfg *config.Config

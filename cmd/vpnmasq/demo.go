@@ -299,7 +299,7 @@ type demoRouter struct {
 	readyAfter time.Duration
 	ready      map[string]string
 
-	mu      sync.Mutex
+	mu      sync.Mutex          // guards lines and changed: the log reader appends while waiters read
 	lines   []map[string]string // decoded JSON log lines
 	changed chan struct{}
 }
