@@ -55,13 +55,13 @@ func ServeUnix(path string, h http.Handler) (closer func() error, err error) {
 		return nil, fmt.Errorf("admin socket %s: path too long: a unix socket's path, and %s bound first, must fit in %d bytes",
 			path, bound, maxSocketPath)
 	}
-	l, err := net.Listen("unix", bound)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: bound, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	// The listener would unlink the temporary name on Close; the socket's
 	// real name is removed below instead.
-	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.SetUnlinkOnClose(false)
 	if err := os.Chmod(bound, 0o600); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
