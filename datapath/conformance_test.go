@@ -1,12 +1,12 @@
 package datapath
 
 import (
+	"net/netip"
 	"testing"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 	"github.com/vpnmasq/vpnmasq/nat"
 	"github.com/vpnmasq/vpnmasq/offload"
 )
@@ -15,24 +15,13 @@ import (
 // with pad zero bytes, with the given TTL and DF bit, into a buffer with
 // headroom, and returns the buffer and the packet length.
 func sizedICMPError(src, dst [4]byte, quote []byte, pad int, ttl uint8, df bool) ([]byte, int) {
-	icmpLen := header.ICMPv4MinimumSize + len(quote) + pad
-	total := header.IPv4MinimumSize + icmpLen
-	buf := make([]byte, Headroom+MaxPacket)
-	pkt := buf[Headroom : Headroom+total]
-	flags := uint8(0)
+	var flags uint8
 	if df {
 		flags = header.IPv4FlagDontFragment
 	}
-	ip := header.IPv4(pkt)
-	ip.Encode(&header.IPv4Fields{TotalLength: uint16(total), TTL: ttl, Flags: flags, ID: 9,
-		Protocol: uint8(header.ICMPv4ProtocolNumber), SrcAddr: tcpip.AddrFrom4(src), DstAddr: tcpip.AddrFrom4(dst)})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	icmp := header.ICMPv4(pkt[header.IPv4MinimumSize:])
-	icmp.SetType(header.ICMPv4DstUnreachable)
-	icmp.SetCode(header.ICMPv4PortUnreachable)
-	copy(icmp[header.ICMPv4MinimumSize:], quote)
-	icmp.SetChecksum(^checksum.Checksum(icmp, 0))
-	return buf, total
+	body := append(append([]byte(nil), quote...), make([]byte, pad)...)
+	return inBuffer(testpacket.IPv4(testpacket.IPv4Header{Src: netip.AddrFrom4(src), Dst: netip.AddrFrom4(dst), Proto: uint8(header.ICMPv4ProtocolNumber),
+		ID: 9, Flags: flags, TTL: ttl}, testpacket.ICMP(header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, [4]byte{}, body)))
 }
 
 // TestRFC5508WhenNotToSendICMPErrors shows RFC 5508 REQ-10e (RFC 1812
@@ -59,11 +48,7 @@ func TestRFC5508WhenNotToSendICMPErrors(t *testing.T) {
 		fragment(buf[Headroom:Headroom+n], 56,
 			func() []byte { cur = make([]byte, Headroom+MaxPacket); return cur[Headroom:] },
 			func(n int) { frags = append(frags, cur[:Headroom+n]) })
-		last := header.IPv4(frags[len(frags)-1][Headroom:])
-		last.SetTTL(ttl)
-		last.SetChecksum(0)
-		last.SetChecksum(^last.CalculateChecksum())
-		return frags[0], frags[len(frags)-1]
+		return frags[0], withTTL(frags[len(frags)-1], ttl)
 	}
 	cases := []struct {
 		name             string

@@ -3,11 +3,12 @@ package datapath
 import (
 	"bytes"
 	"encoding/binary"
+	"net/netip"
 	"testing"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 	"github.com/vpnmasq/vpnmasq/nat"
 	"github.com/vpnmasq/vpnmasq/offload"
 )
@@ -26,15 +27,7 @@ func ipsecPacket(proto uint8, src, dst [4]byte, spi uint32) ([]byte, int) {
 		binary.BigEndian.PutUint32(body[0:4], spi)
 		binary.BigEndian.PutUint32(body[4:8], 1)
 	}
-	total := header.IPv4MinimumSize + len(body)
-	buf := make([]byte, Headroom+MaxPacket)
-	pkt := buf[Headroom : Headroom+total]
-	ip := header.IPv4(pkt)
-	ip.Encode(&header.IPv4Fields{TotalLength: uint16(total), TTL: 60, ID: 9, Protocol: proto,
-		SrcAddr: tcpip.AddrFrom4(src), DstAddr: tcpip.AddrFrom4(dst)})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	copy(pkt[header.IPv4MinimumSize:], body)
-	return buf, total
+	return inBuffer(testpacket.IPv4(testpacket.IPv4Header{Src: netip.AddrFrom4(src), Dst: netip.AddrFrom4(dst), Proto: proto, ID: 9, TTL: 60}, body))
 }
 
 func TestCoreIPsec(t *testing.T) {

@@ -6,10 +6,10 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 	"github.com/vpnmasq/vpnmasq/nat"
 	"github.com/vpnmasq/vpnmasq/offload"
 )
@@ -49,28 +49,32 @@ func testCore(t testing.TB, wanMTU int) *Path {
 	})
 }
 
-// udpPacket builds a UDP/IPv4 packet into a buffer with headroom and
-// returns the buffer and the packet length.
-func udpPacket(src, dst [4]byte, sport, dport uint16, payload int, ttl uint8, df bool) ([]byte, int) {
-	total := header.IPv4MinimumSize + header.UDPMinimumSize + payload
+// inBuffer copies pkt into a buffer with the path's headroom, as the loops
+// hand packets over, and returns the buffer and the packet length.
+func inBuffer(pkt []byte) ([]byte, int) {
 	buf := make([]byte, Headroom+MaxPacket)
-	pkt := buf[Headroom : Headroom+total]
-	ip := header.IPv4(pkt)
-	flags := uint8(0)
+	return buf, copy(buf[Headroom:], pkt)
+}
+
+// counting returns n payload bytes counting up from zero.
+func counting(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i)
+	}
+	return b
+}
+
+// udpPacket builds a UDP/IPv4 packet (IP ID 7, payload bytes counting up)
+// into a buffer with headroom and returns the buffer and the packet length.
+func udpPacket(src, dst [4]byte, sport, dport uint16, payload int, ttl uint8, df bool) ([]byte, int) {
+	var flags uint8
 	if df {
 		flags = header.IPv4FlagDontFragment
 	}
-	ip.Encode(&header.IPv4Fields{TotalLength: uint16(total), TTL: ttl, Flags: flags, ID: 7,
-		Protocol: uint8(header.UDPProtocolNumber), SrcAddr: tcpip.AddrFrom4(src), DstAddr: tcpip.AddrFrom4(dst)})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	udp := header.UDP(pkt[header.IPv4MinimumSize:])
-	udp.Encode(&header.UDPFields{SrcPort: sport, DstPort: dport, Length: uint16(header.UDPMinimumSize + payload)})
-	for i := range payload {
-		udp.Payload()[i] = byte(i)
-	}
-	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, tcpip.AddrFrom4(src), tcpip.AddrFrom4(dst), udp.Length())
-	udp.SetChecksum(^udp.CalculateChecksum(checksum.Checksum(udp.Payload(), xsum)))
-	return buf, total
+	s, d := netip.AddrPortFrom(netip.AddrFrom4(src), sport), netip.AddrPortFrom(netip.AddrFrom4(dst), dport)
+	return inBuffer(testpacket.IPv4(testpacket.IPv4Header{Src: s.Addr(), Dst: d.Addr(), Proto: uint8(header.UDPProtocolNumber),
+		ID: 7, Flags: flags, TTL: ttl}, testpacket.UDP(s, d, counting(payload))))
 }
 
 func newTestOutbox() *outbox { return newOutbox(8, 16, 2048) }
@@ -300,17 +304,11 @@ func TestCoreFromWAN(t *testing.T) {
 	t.Run("a LAN host reaching a forwarded port on the WAN address is hairpinned", func(t *testing.T) {
 		c, o := testCore(t, 1500), newTestOutbox()
 		// TCP SYN lan2 → WAN:8080, forwarded to lan1:80.
-		buf := make([]byte, Headroom+MaxPacket)
-		pkt := buf[Headroom : Headroom+40]
-		ip := header.IPv4(pkt)
-		ip.Encode(&header.IPv4Fields{TotalLength: 40, TTL: 63, Protocol: 6, SrcAddr: tcpip.AddrFrom4(lanHost2), DstAddr: tcpip.AddrFrom4(wanAddr)})
-		ip.SetChecksum(^ip.CalculateChecksum())
-		tcp := header.TCP(pkt[20:])
-		tcp.Encode(&header.TCPFields{SrcPort: 20002, DstPort: 8080, SeqNum: 1, DataOffset: 20, Flags: header.TCPFlagSyn, WindowSize: 1000})
-		xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), 20)
-		tcp.SetChecksum(^tcp.CalculateChecksum(xsum))
+		s, d := netip.AddrPortFrom(netip.AddrFrom4(lanHost2), 20002), netip.AddrPortFrom(netip.AddrFrom4(wanAddr), 8080)
+		buf, n := inBuffer(testpacket.IPv4(testpacket.IPv4Header{Src: s.Addr(), Dst: d.Addr(), Proto: 6, TTL: 63},
+			testpacket.TCP(testpacket.TCPHeader{Src: s, Dst: d, Seq: 1, Flags: header.TCPFlagSyn, Window: 1000}, nil)))
 		var p nat.Packet
-		c.fromLAN(buf, 40, &p, o)
+		c.fromLAN(buf, n, &p, o)
 		if len(o.lan) != 1 {
 			t.Fatalf("queued lan=%d wan=%d, want the hairpinned packet on the LAN", len(o.lan), len(o.wan))
 		}

@@ -1,13 +1,13 @@
 package datapath
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 	"github.com/vpnmasq/vpnmasq/nat"
 	"github.com/vpnmasq/vpnmasq/offload"
 )
@@ -17,34 +17,18 @@ var (
 	siteRouter = [4]byte{10, 20, 0, 254}
 )
 
-// icmpErrorPacket builds an ICMP error from src to dst quoting quoted
-// (an IPv4 packet), in a buffer with headroom.
+// icmpErrorPacket builds an ICMP error from src to dst quoting quoted (an
+// IPv4 packet), with a next-hop MTU of 1400, in a buffer with headroom.
 func icmpErrorPacket(src, dst [4]byte, typ header.ICMPv4Type, code header.ICMPv4Code, quoted []byte) ([]byte, int) {
-	buf := make([]byte, Headroom+MaxPacket)
-	n := buildICMPError(buf[Headroom:], src, quoted, typ, code, 1400)
-	ip := header.IPv4(buf[Headroom : Headroom+n])
-	ip.SetDestinationAddress(tcpip.AddrFrom4(dst))
-	ip.SetChecksum(0)
-	ip.SetChecksum(^ip.CalculateChecksum())
-	return buf, n
+	return inBuffer(testpacket.IPv4(testpacket.IPv4Header{Src: netip.AddrFrom4(src), Dst: netip.AddrFrom4(dst), Proto: uint8(header.ICMPv4ProtocolNumber)},
+		testpacket.ICMP(typ, code, [4]byte{0, 0, 1400 >> 8, 1400 & 0xff}, quoted)))
 }
 
-// echoPacket builds an ICMP echo request or reply.
+// echoPacket builds an ICMP echo request or reply (sequence number 1, eight
+// zero bytes of data) in a buffer with headroom.
 func echoPacket(src, dst [4]byte, typ header.ICMPv4Type, id uint16) ([]byte, int) {
-	const total = header.IPv4MinimumSize + header.ICMPv4MinimumSize + 8
-	buf := make([]byte, Headroom+MaxPacket)
-	pkt := buf[Headroom : Headroom+total]
-	ip := header.IPv4(pkt)
-	ip.Encode(&header.IPv4Fields{TotalLength: total, TTL: 60, ID: 3, Protocol: uint8(header.ICMPv4ProtocolNumber),
-		SrcAddr: tcpip.AddrFrom4(src), DstAddr: tcpip.AddrFrom4(dst)})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	icmp := header.ICMPv4(pkt[header.IPv4MinimumSize:])
-	icmp.SetType(typ)
-	icmp.SetIdent(id)
-	icmp.SetSequence(1)
-	icmp.SetChecksum(0)
-	icmp.SetChecksum(^checksum.Checksum(icmp, 0))
-	return buf, total
+	return inBuffer(testpacket.IPv4(testpacket.IPv4Header{Src: netip.AddrFrom4(src), Dst: netip.AddrFrom4(dst), Proto: uint8(header.ICMPv4ProtocolNumber), ID: 3, TTL: 60},
+		testpacket.ICMP(typ, 0, [4]byte{byte(id >> 8), byte(id), 0, 1}, make([]byte, 8))))
 }
 
 func TestNoNATRouteAdmitsOnlyReturnTraffic(t *testing.T) {

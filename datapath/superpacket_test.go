@@ -1,12 +1,14 @@
 package datapath
 
 import (
+	"net/netip"
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 	"github.com/vpnmasq/vpnmasq/nat"
 	"github.com/vpnmasq/vpnmasq/offload"
 )
@@ -15,24 +17,16 @@ import (
 // checksum field holding the pseudo-header sum, and its virtio-net header
 // (TCPV4, NEEDS_CSUM, csum_start at the TCP header).
 func tcpSuperPacket(src, dst [4]byte, sport, dport uint16, payload, mss int) ([]byte, int, offload.Header) {
-	total := header.IPv4MinimumSize + header.TCPMinimumSize + payload
-	buf := make([]byte, Headroom+MaxPacket)
-	pkt := buf[Headroom : Headroom+total]
-	ip := header.IPv4(pkt)
-	ip.Encode(&header.IPv4Fields{TotalLength: uint16(total), TTL: 63, Flags: header.IPv4FlagDontFragment, ID: 9,
-		Protocol: uint8(header.TCPProtocolNumber), SrcAddr: tcpip.AddrFrom4(src), DstAddr: tcpip.AddrFrom4(dst)})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	tcp := header.TCP(pkt[header.IPv4MinimumSize:])
-	tcp.Encode(&header.TCPFields{SrcPort: sport, DstPort: dport, SeqNum: 1000, AckNum: 1, DataOffset: header.TCPMinimumSize,
-		Flags: header.TCPFlagAck | header.TCPFlagPsh, WindowSize: 1000})
-	for i := range payload {
-		pkt[header.IPv4MinimumSize+header.TCPMinimumSize+i] = byte(i)
-	}
-	tcp.SetChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp))))
+	s, d := netip.AddrPortFrom(netip.AddrFrom4(src), sport), netip.AddrPortFrom(netip.AddrFrom4(dst), dport)
+	seg := testpacket.TCP(testpacket.TCPHeader{Src: s, Dst: d, Seq: 1000, Ack: 1, Flags: header.TCPFlagAck | header.TCPFlagPsh, Window: 1000}, counting(payload))
+	// The rest of the checksum is left to the offload.
+	header.TCP(seg).SetChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, tcpip.AddrFrom4(src), tcpip.AddrFrom4(dst), uint16(len(seg))))
+	buf, n := inBuffer(testpacket.IPv4(testpacket.IPv4Header{Src: s.Addr(), Dst: d.Addr(), Proto: uint8(header.TCPProtocolNumber),
+		ID: 9, Flags: header.IPv4FlagDontFragment, TTL: 63}, seg))
 	h := offload.Header{Flags: offload.FlagNeedsChecksum, GSOType: offload.GSOTCPv4,
 		HdrLen: header.IPv4MinimumSize + header.TCPMinimumSize, GSOSize: uint16(mss),
 		CsumStart: header.IPv4MinimumSize, CsumOffset: header.TCPChecksumOffset}
-	return buf, total, h
+	return buf, n, h
 }
 
 // superPacketWAN is a WAN that takes super-packets whole; the tests only

@@ -31,12 +31,18 @@ type IPv4Header struct {
 	FragOff  uint16 // fragment offset in bytes, a multiple of 8
 	TTL      uint8
 	OptWords int // 4-byte option words, NOP-filled, after the 20-byte header
+	// Options are option bytes written as given after the 20-byte header,
+	// before any NOP words, and padded with End of Option List (zero)
+	// bytes to a 4-byte boundary: a test of option handling needs real
+	// options (a Router Alert, a source route), not NOPs.
+	Options []byte
 }
 
 // IPv4 returns the header h in front of payload, with its total length and
 // header checksum set.
 func IPv4(h IPv4Header, payload []byte) []byte {
-	hlen := header.IPv4MinimumSize + 4*h.OptWords
+	optLen := (len(h.Options) + 3) &^ 3
+	hlen := header.IPv4MinimumSize + optLen + 4*h.OptWords
 	b := make([]byte, hlen+len(payload))
 	ip := header.IPv4(b)
 	ttl := h.TTL
@@ -53,7 +59,8 @@ func IPv4(h IPv4Header, payload []byte) []byte {
 		SrcAddr:        addr(h.Src),
 		DstAddr:        addr(h.Dst),
 	})
-	for i := header.IPv4MinimumSize; i < hlen; i++ {
+	copy(b[header.IPv4MinimumSize:], h.Options)
+	for i := header.IPv4MinimumSize + optLen; i < hlen; i++ {
 		b[i] = byte(header.IPv4OptionNOPType)
 	}
 	ip.SetHeaderLength(uint8(hlen))

@@ -41,6 +41,18 @@ func TestIPv4(t *testing.T) {
 			}
 		}
 	})
+	t.Run("options are written as given, padded to a word, before the NOP words", func(t *testing.T) {
+		routerAlert := []byte{byte(header.IPv4OptionRouterAlertType), 4, 0, 0}
+		b := IPv4(IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: 17, Options: append(routerAlert, 1), OptWords: 1}, []byte("x"))
+		ip := header.IPv4(b)
+		if !ip.IsValid(len(b)) || !ip.IsChecksumValid() {
+			t.Fatalf("invalid header: %x", b)
+		}
+		want := append(append(routerAlert, 1, 0, 0, 0), 1, 1, 1, 1)
+		if ip.HeaderLength() != 32 || string(ip.Options()) != string(want) || string(ip.Payload()) != "x" {
+			t.Errorf("header length %d, options %x, want 32 and %x", ip.HeaderLength(), ip.Options(), want)
+		}
+	})
 	t.Run("a zero TTL is 64", func(t *testing.T) {
 		if ttl := header.IPv4(IPv4(IPv4Header{Src: src.Addr(), Dst: dst.Addr()}, nil)).TTL(); ttl != 64 {
 			t.Errorf("TTL %d", ttl)
