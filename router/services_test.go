@@ -5,12 +5,11 @@ import (
 	"testing"
 
 	"github.com/rs/zerolog"
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/config"
 	"github.com/vpnmasq/vpnmasq/datapath"
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 	"github.com/vpnmasq/vpnmasq/nat"
 )
 
@@ -91,15 +90,6 @@ func TestAdminSourceListsMappingsOnlyByPage(t *testing.T) {
 
 // udpPacket builds an 8-byte UDP/IPv4 datagram with valid checksums.
 func udpPacket(src, dst netip.Addr, sport, dport uint16) []byte {
-	const payload = 8
-	pkt := make([]byte, header.IPv4MinimumSize+header.UDPMinimumSize+payload)
-	ip := header.IPv4(pkt)
-	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(pkt)), TTL: 60, Protocol: uint8(header.UDPProtocolNumber),
-		SrcAddr: tcpip.AddrFrom4(src.As4()), DstAddr: tcpip.AddrFrom4(dst.As4())})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	u := header.UDP(pkt[header.IPv4MinimumSize:])
-	u.Encode(&header.UDPFields{SrcPort: sport, DstPort: dport, Length: uint16(len(u))})
-	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(u)))
-	u.SetChecksum(^u.CalculateChecksum(checksum.Checksum(u.Payload(), xsum)))
-	return pkt
+	return testpacket.IPv4(testpacket.IPv4Header{Src: src, Dst: dst, Proto: uint8(header.UDPProtocolNumber), TTL: 60},
+		testpacket.UDP(netip.AddrPortFrom(src, sport), netip.AddrPortFrom(dst, dport), make([]byte, 8)))
 }
