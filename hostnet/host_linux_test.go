@@ -17,6 +17,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/internal/netnstest"
 )
 
 // hostLab is a router namespace with a LAN host and a WAN peer:
@@ -36,12 +37,12 @@ const (
 
 func newHostLab(t *testing.T) hostLab {
 	t.Helper()
-	requireRoot(t)
-	l := hostLab{router: newLabNetns(t, "rtr"), lan: newLabNetns(t, "lan"), wan: newLabNetns(t, "out")}
-	vethBetween(t, l.router, "lan0", "10.77.0.1/24", l.lan, "host0", "10.77.0.2/24")
-	vethBetween(t, l.router, "wan0", "198.18.0.1/24", l.wan, "peer0", "198.18.0.2/24")
-	run(t, "ip", "-n", l.lan, "route", "add", "default", "via", "10.77.0.1")
-	run(t, "ip", "-n", l.wan, "route", "add", "10.77.0.0/24", "via", "198.18.0.1")
+	netnstest.RequireRoot(t, "nft")
+	l := hostLab{router: netnstest.New(t, "vmq-hn-rtr"), lan: netnstest.New(t, "vmq-hn-lan"), wan: netnstest.New(t, "vmq-hn-out")}
+	netnstest.Veth(t, l.router, "lan0", "10.77.0.1/24", l.lan, "host0", "10.77.0.2/24")
+	netnstest.Veth(t, l.router, "wan0", "198.18.0.1/24", l.wan, "peer0", "198.18.0.2/24")
+	netnstest.Run(t, "ip", "-n", l.lan, "route", "add", "default", "via", "10.77.0.1")
+	netnstest.Run(t, "ip", "-n", l.wan, "route", "add", "10.77.0.0/24", "via", "198.18.0.1")
 	return l
 }
 
@@ -71,7 +72,7 @@ func (l hostLab) spec() Spec {
 func (l hostLab) openTUN(t *testing.T) *os.File {
 	t.Helper()
 	var f *os.File
-	mustInNetns(t, l.router, func() error {
+	netnstest.MustDo(t, l.router, func() error {
 		var err error
 		f, err = openTestTUN(labTUN)
 		return err
@@ -83,7 +84,7 @@ func (l hostLab) openTUN(t *testing.T) *os.File {
 func (l hostLab) setup(t *testing.T, s Spec) (*Host, error) {
 	t.Helper()
 	var h *Host
-	err := inNetns(t, l.router, func() error {
+	err := netnstest.Do(l.router, func() error {
 		var err error
 		h, err = Setup(s)
 		return err
@@ -104,7 +105,7 @@ func (l hostLab) mustSetup(t *testing.T, s Spec) *Host {
 
 func (l hostLab) cleanupStale(t *testing.T, s Spec) error {
 	t.Helper()
-	return inNetns(t, l.router, func() error { return CleanupStale(s) })
+	return netnstest.Do(l.router, func() error { return CleanupStale(s) })
 }
 
 // hostState is what `ip` and `nft` show of vpnmasq's objects in the router.
@@ -139,7 +140,7 @@ func (l hostLab) state(t *testing.T) hostState {
 		Iif      string `json:"iif"`
 		Table    string `json:"table"`
 	}
-	if err := json.Unmarshal([]byte(run(t, "ip", "-n", l.router, "-j", "-4", "rule", "show")), &rules); err != nil {
+	if err := json.Unmarshal([]byte(netnstest.Run(t, "ip", "-n", l.router, "-j", "-4", "rule", "show")), &rules); err != nil {
 		t.Fatalf("parsing ip rule: %v", err)
 	}
 	for _, r := range rules {
@@ -179,7 +180,7 @@ func (l hostLab) state(t *testing.T) hostState {
 	var ruleset struct {
 		Nftables []map[string]json.RawMessage `json:"nftables"`
 	}
-	if err := json.Unmarshal([]byte(run(t, "ip", "netns", "exec", l.router, "nft", "-j", "list", "ruleset")), &ruleset); err != nil {
+	if err := json.Unmarshal([]byte(netnstest.Run(t, "ip", "netns", "exec", l.router, "nft", "-j", "list", "ruleset")), &ruleset); err != nil {
 		t.Fatalf("parsing nft -j list ruleset: %v", err)
 	}
 	for _, obj := range ruleset.Nftables {
@@ -214,7 +215,7 @@ func (l hostLab) state(t *testing.T) hostState {
 	}
 	if _, ok := s.chains["netdev hairpin_lan0"]; ok {
 		// nft 1.0.6 leaves a netdev chain's device out of its JSON.
-		text := run(t, "ip", "netns", "exec", l.router, "nft", "list", "chain", "netdev", nftTableName(labTUN), "hairpin_lan0")
+		text := netnstest.Run(t, "ip", "netns", "exec", l.router, "nft", "list", "chain", "netdev", nftTableName(labTUN), "hairpin_lan0")
 		if strings.Contains(text, `device "lan0"`) {
 			ch := s.chains["netdev hairpin_lan0"]
 			ch.Dev = "lan0"
@@ -251,7 +252,7 @@ func TestHostSetupInstallsEverythingAndCloseRemovesIt(t *testing.T) {
 	lab := newHostLab(t)
 	// Strict reverse path filtering everywhere (RHEL's default) is what
 	// the TUN must be exempted from.
-	run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1")
+	netnstest.Run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1")
 	lab.openTUN(t)
 	before := lab.state(t)
 	if before.forward != "0" {
@@ -292,7 +293,7 @@ func TestHostSetupInstallsEverythingAndCloseRemovesIt(t *testing.T) {
 		})
 	}
 
-	if err := inNetns(t, lab.router, h.Close); err != nil {
+	if err := netnstest.Do(lab.router, h.Close); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	after := lab.state(t)
@@ -330,7 +331,7 @@ func contains(list []string, s string) bool {
 func TestHostLeavesForwardingOnWhenItWasAlreadyOn(t *testing.T) {
 	lab := newHostLab(t)
 	lab.openTUN(t)
-	run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	netnstest.Run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	h := lab.mustSetup(t, lab.spec())
 	// Close from an unrelated goroutine: the Host remembers its namespace.
 	if err := h.Close(); err != nil {
@@ -384,7 +385,7 @@ func TestHostSetupFailureLeavesNothingBehind(t *testing.T) {
 	lab.openTUN(t)
 	// A rule identical to the one Setup adds last makes it fail at
 	// the very end, after everything else was installed.
-	run(t, "ip", "-n", lab.router, "rule", "add", "iif", "lan0", "lookup", fmt.Sprint(labTable), "priority", fmt.Sprint(labPriority))
+	netnstest.Run(t, "ip", "-n", lab.router, "rule", "add", "iif", "lan0", "lookup", fmt.Sprint(labTable), "priority", fmt.Sprint(labPriority))
 	_, err := lab.setup(t, lab.spec())
 	if err == nil {
 		t.Fatal("Setup succeeded despite a conflicting rule")
@@ -488,7 +489,7 @@ func TestHostCleanupStaleTUNLink(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			lab := newHostLab(t)
-			run(t, append([]string{"ip", "-n", lab.router}, tt.create...)...)
+			netnstest.Run(t, append([]string{"ip", "-n", lab.router}, tt.create...)...)
 			if err := lab.cleanupStale(t, lab.spec()); err != nil {
 				t.Fatalf("CleanupStale: %v", err)
 			}
@@ -503,7 +504,7 @@ func TestHostCleanupStaleTUNLink(t *testing.T) {
 // sendUDPFrom sends one datagram from a fresh socket in ns.
 func sendUDPFrom(t *testing.T, ns, to string, payload string) {
 	t.Helper()
-	c := dialUDPIn(t, ns, to)
+	c := netnstest.DialUDP(t, ns, to)
 	if _, err := c.Write([]byte(payload)); err != nil {
 		t.Fatalf("sending to %s from %s: %v", to, ns, err)
 	}
@@ -545,7 +546,7 @@ func TestHostHairpinAndPolicyRoutingDeliverIntoTheTUN(t *testing.T) {
 	lab := newHostLab(t)
 	tun := lab.openTUN(t)
 	lab.mustSetup(t, lab.spec())
-	local := listenUDPIn(t, lab.router, "0.0.0.0:7000")
+	local := netnstest.ListenUDP(t, lab.router, "0.0.0.0:7000")
 
 	t.Run("a LAN host reaching a NAT port on the WAN address is hairpinned into the TUN as plain IPv4", func(t *testing.T) {
 		sendUDPFrom(t, lab.lan, "198.18.0.1:20005", "hairpin")
@@ -557,7 +558,7 @@ func TestHostHairpinAndPolicyRoutingDeliverIntoTheTUN(t *testing.T) {
 	})
 	t.Run("a LAN host reaching another port on the WAN address is served by the host", func(t *testing.T) {
 		sendUDPFrom(t, lab.lan, "198.18.0.1:7000", "to-host")
-		got, _, err := readUDP(local, 3*time.Second)
+		got, _, err := netnstest.ReadUDP(local, 3*time.Second)
 		if err != nil || string(got) != "to-host" {
 			t.Fatalf("the host's socket got %q, %v", got, err)
 		}
@@ -567,7 +568,7 @@ func TestHostHairpinAndPolicyRoutingDeliverIntoTheTUN(t *testing.T) {
 	})
 	t.Run("a LAN host reaching the router's LAN address stays local", func(t *testing.T) {
 		sendUDPFrom(t, lab.lan, "10.77.0.1:7000", "lan-local")
-		got, _, err := readUDP(local, 3*time.Second)
+		got, _, err := netnstest.ReadUDP(local, 3*time.Second)
 		if err != nil || string(got) != "lan-local" {
 			t.Fatalf("the host's socket got %q, %v", got, err)
 		}
@@ -583,18 +584,18 @@ func TestHostGuardsKeepTheHostOutOfTheNAT(t *testing.T) {
 	lab.openTUN(t)
 	// Forwarding on before setup, so the prerouting guard is what stops
 	// the host from forwarding WAN traffic to the LAN by itself.
-	run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-	lanListener := listenUDPIn(t, lab.lan, "10.77.0.2:6000")
+	netnstest.Run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	lanListener := netnstest.ListenUDP(t, lab.lan, "10.77.0.2:6000")
 
 	// refused sends from the WAN peer and reports whether the router
 	// answered with ICMP port unreachable.
 	refused := func(t *testing.T, port int) bool {
 		t.Helper()
-		c := dialUDPIn(t, lab.wan, fmt.Sprintf("198.18.0.1:%d", port))
+		c := netnstest.DialUDP(t, lab.wan, fmt.Sprintf("198.18.0.1:%d", port))
 		if _, err := c.Write([]byte("probe")); err != nil {
 			t.Fatal(err)
 		}
-		_, _, err := readUDP(c, 500*time.Millisecond)
+		_, _, err := netnstest.ReadUDP(c, 500*time.Millisecond)
 		switch {
 		case err == nil:
 			t.Fatalf("port %d answered: nothing listens there", port)
@@ -609,7 +610,7 @@ func TestHostGuardsKeepTheHostOutOfTheNAT(t *testing.T) {
 	forwarded := func(t *testing.T, payload string) bool {
 		t.Helper()
 		sendUDPFrom(t, lab.wan, "10.77.0.2:6000", payload)
-		got, _, err := readUDP(lanListener, 500*time.Millisecond)
+		got, _, err := netnstest.ReadUDP(lanListener, 500*time.Millisecond)
 		if isTimeout(err) {
 			return false
 		}

@@ -1,19 +1,12 @@
 package hostnet
 
 import (
-	"fmt"
-	"math/rand/v2"
 	"net/netip"
-	"os"
-	"os/exec"
 	"reflect"
-	"runtime"
-	"strings"
 	"testing"
 
-	"github.com/vishvananda/netns"
-
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/internal/netnstest"
 )
 
 // prefixes parses IPv4 prefixes.
@@ -25,66 +18,30 @@ func prefixes(list ...string) []netip.Prefix {
 	return out
 }
 
-// testNamespace creates a network namespace that is deleted when the test
-// ends, and returns its name and a function running `ip` inside it.
+// testNamespace creates a network namespace as the kernel makes it, deleted
+// when the test ends, and returns its name and a function running `ip`
+// inside it.
 func testNamespace(t *testing.T) (string, func(args ...string)) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test needs root: it creates a network namespace (run the suite as root, e.g. via .ci/run)")
-	}
-	name := fmt.Sprintf("vmq-cfg-%08x", rand.Uint32())
-	ip := func(args ...string) {
+	name := netnstest.NewBare(t, "vmq-cfg")
+	return name, func(args ...string) {
 		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
+		netnstest.Run(t, append([]string{"ip", "-n", name}, args...)...)
 	}
-	ip("netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			t.Errorf("deleting namespace %s: %v\n%s", name, err, out)
-		}
-	})
-	return name, func(args ...string) { t.Helper(); ip(append([]string{"-n", name}, args...)...) }
 }
 
-// readHostIn runs ReadHost inside the named namespace. The goroutine's thread
-// is never unlocked, so Go discards it instead of reusing a thread that
-// lives in another namespace.
+// readHostIn runs ReadHost inside the named namespace.
 func readHostIn(t *testing.T, name string) *config.Host {
 	t.Helper()
-	type result struct {
-		host *config.Host
-		err  error
+	var h *config.Host
+	err := netnstest.Do(name, func() (err error) {
+		h, err = ReadHost()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("ReadHost in %s: %v", name, err)
 	}
-	done := make(chan result)
-	go func() {
-		runtime.LockOSThread()
-		defer func() {
-			// Report a panic as a failure, so that the namespace is still
-			// deleted by the test's cleanup.
-			if p := recover(); p != nil {
-				done <- result{err: fmt.Errorf("panic: %v", p)}
-			}
-		}()
-		ns, err := netns.GetFromName(name)
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			done <- result{err: err}
-			return
-		}
-		h, err := ReadHost()
-		done <- result{h, err}
-	}()
-	r := <-done
-	if r.err != nil {
-		t.Fatalf("ReadHost in %s: %v", name, r.err)
-	}
-	return r.host
+	return h
 }
 
 func TestReadHostSeesTheNamespacesInterfacesAndDefaultRoute(t *testing.T) {

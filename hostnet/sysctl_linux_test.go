@@ -7,10 +7,12 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/vpnmasq/vpnmasq/internal/netnstest"
 )
 
 func TestSysctlEnsureAndUndo(t *testing.T) {
-	requireRoot(t)
+	netnstest.RequireRoot(t, "nft")
 	tests := []struct {
 		name        string
 		start       string // ip_forward before
@@ -22,10 +24,10 @@ func TestSysctlEnsureAndUndo(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ns := newLabNetns(t, "sys")
-			run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward="+tt.start)
+			ns := netnstest.New(t, "vmq-hn-sys")
+			netnstest.Run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward="+tt.start)
 			var change *sysctlChange
-			mustInNetns(t, ns, func() error {
+			netnstest.MustDo(t, ns, func() error {
 				var err error
 				change, err = ensureSysctl(sysctlIPForward, "1")
 				return err
@@ -61,11 +63,11 @@ func TestSysctlEnsureAndUndo(t *testing.T) {
 	}
 	for _, tt := range rpTests {
 		t.Run("rp_filter all="+tt.all+" dev="+tt.dev+": "+tt.name, func(t *testing.T) {
-			ns := newLabNetns(t, "sys")
-			run(t, "ip", "-n", ns, "link", "add", "rp0", "type", "veth", "peer", "name", "rp1")
-			run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter="+tt.all, "net.ipv4.conf.rp0.rp_filter="+tt.dev)
+			ns := netnstest.New(t, "vmq-hn-sys")
+			netnstest.Run(t, "ip", "-n", ns, "link", "add", "rp0", "type", "veth", "peer", "name", "rp1")
+			netnstest.Run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter="+tt.all, "net.ipv4.conf.rp0.rp_filter="+tt.dev)
 			var change *sysctlChange
-			mustInNetns(t, ns, func() error {
+			netnstest.MustDo(t, ns, func() error {
 				var err error
 				change, err = ensureLooseRPFilter("rp0")
 				return err
@@ -83,22 +85,22 @@ func TestSysctlEnsureAndUndo(t *testing.T) {
 	}
 
 	t.Run("undo of a device sysctl whose device is gone succeeds", func(t *testing.T) {
-		ns := newLabNetns(t, "sys")
-		run(t, "ip", "-n", ns, "link", "add", "gone0", "type", "veth", "peer", "name", "gone1")
+		ns := netnstest.New(t, "vmq-hn-sys")
+		netnstest.Run(t, "ip", "-n", ns, "link", "add", "gone0", "type", "veth", "peer", "name", "gone1")
 		var change *sysctlChange
-		mustInNetns(t, ns, func() error {
+		netnstest.MustDo(t, ns, func() error {
 			var err error
 			change, err = ensureSysctl(sysctlRPFilterKey("gone0"), "2")
 			return err
 		})
-		run(t, "ip", "-n", ns, "link", "del", "gone0")
+		netnstest.Run(t, "ip", "-n", ns, "link", "del", "gone0")
 		if err := change.undo(); err != nil {
 			t.Fatalf("undo after the device went away: %v", err)
 		}
 	})
 	t.Run("a missing sysctl is an error naming it", func(t *testing.T) {
-		ns := newLabNetns(t, "sys")
-		err := inNetns(t, ns, func() error {
+		ns := netnstest.New(t, "vmq-hn-sys")
+		err := netnstest.Do(ns, func() error {
 			_, err := ensureSysctl(sysctlRPFilterKey("nosuch0"), "2")
 			return err
 		})
@@ -169,7 +171,7 @@ func TestSysctlReadOnlyProcSysExplainsTheFix(t *testing.T) {
 	}
 
 	t.Run("with forwarding on but accept_local unset a read-only /proc/sys it fails and says how to fix it", func(t *testing.T) {
-		run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		netnstest.Run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 		err := inNetnsWithReadOnlySys(t, lab.router, func() error {
 			h, err := Setup(lab.spec())
 			if err == nil {
@@ -182,8 +184,8 @@ func TestSysctlReadOnlyProcSysExplainsTheFix(t *testing.T) {
 		}
 	})
 	t.Run("with forwarding on, accept_local on for all and reverse path filtering not strict a read-only /proc/sys is fine", func(t *testing.T) {
-		run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-		run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.conf.all.accept_local=1")
+		netnstest.Run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		netnstest.Run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.conf.all.accept_local=1")
 		err := inNetnsWithReadOnlySys(t, lab.router, func() error {
 			h, err := Setup(lab.spec())
 			if err != nil {
@@ -196,7 +198,7 @@ func TestSysctlReadOnlyProcSysExplainsTheFix(t *testing.T) {
 		}
 	})
 	t.Run("with strict reverse path filtering a read-only /proc/sys fails and says how to fix it", func(t *testing.T) {
-		run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1")
+		netnstest.Run(t, "ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1")
 		err := inNetnsWithReadOnlySys(t, lab.router, func() error {
 			h, err := Setup(lab.spec())
 			if err == nil {

@@ -1,58 +1,24 @@
 package tundev
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"net"
-	"os"
 	"os/exec"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/datapath"
+	"github.com/vpnmasq/vpnmasq/internal/netnstest"
 	"github.com/vpnmasq/vpnmasq/offload"
 )
 
 // inNewNetns runs fn on a locked OS thread in a network namespace of its
-// own (named vmq-tun-<random>, deleted at cleanup).
+// own (named vmq-tun-..., deleted at cleanup).
 func inNewNetns(t *testing.T, fn func(ns string)) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatalf("%s needs root (a network namespace and a TUN device): sudo go test ./tundev/", t.Name())
-	}
-	var b [4]byte
-	rand.Read(b[:])
-	name := "vmq-tun-" + hex.EncodeToString(b[:])
-	ip := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	ip("netns", "add", name)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // the thread dies with the goroutine, in the namespace
-		h, err := netns.GetFromName(name)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			t.Error(err)
-			return
-		}
-		fn(name)
-	}()
-	<-done
+	ns := netnstest.NewBare(t, "vmq-tun")
+	netnstest.MustDo(t, ns, func() error { fn(ns); return nil })
 }
 
 func TestDeviceReadsWhatTheKernelRoutesIntoIt(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/config"
+	"github.com/vpnmasq/vpnmasq/internal/netnstest"
 	"github.com/vpnmasq/vpnmasq/offload"
 )
 
@@ -18,9 +19,9 @@ import (
 // TUN-form header beside them rather than in the buffer.
 func TestWANKeepsSuperPacketsWholeWhenAsked(t *testing.T) {
 	lab := newWANLab(t)
-	run(t, "ip", "netns", "exec", lab.router, "ethtool", "-K", "wan0", "gro", "on")
+	netnstest.Run(t, "ip", "netns", "exec", lab.router, "ethtool", "-K", "wan0", "gro", "on")
 	var w *Transport
-	mustInNetns(t, lab.router, func() error {
+	netnstest.MustDo(t, lab.router, func() error {
 		var err error
 		w, err = Open(Capture{Interface: "wan0", Addr: lab.wanAddr, Ports: []config.PortRange{{First: 5201, Last: 5201}}},
 			Options{KeepSuperPackets: true})
@@ -57,7 +58,7 @@ func TestWANKeepsSuperPacketsWholeWhenAsked(t *testing.T) {
 	}()
 
 	var ln net.Listener
-	mustInNetns(t, lab.router, func() error {
+	netnstest.MustDo(t, lab.router, func() error {
 		var err error
 		ln, err = net.Listen("tcp4", "198.18.0.1:5201")
 		return err
@@ -70,7 +71,7 @@ func TestWANKeepsSuperPacketsWholeWhenAsked(t *testing.T) {
 		}
 	}()
 	var conn net.Conn
-	mustInNetns(t, lab.peer, func() error {
+	netnstest.MustDo(t, lab.peer, func() error {
 		var err error
 		conn, err = net.DialTimeout("tcp4", "198.18.0.1:5201", 3*time.Second)
 		return err

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vpnmasq/vpnmasq/config"
 	"github.com/vpnmasq/vpnmasq/datapath"
+	"github.com/vpnmasq/vpnmasq/internal/netnstest"
 	"github.com/vpnmasq/vpnmasq/nat"
 	"github.com/vpnmasq/vpnmasq/offload"
 )
@@ -30,21 +31,21 @@ type wanLab struct {
 
 func newWANLab(t testing.TB) wanLab {
 	t.Helper()
-	requireRoot(t)
+	netnstest.RequireRoot(t, "nft")
 	l := wanLab{
-		router:   newLabNetns(t, "wan"),
-		peer:     newLabNetns(t, "peer"),
+		router:   netnstest.New(t, "vmq-rt-wan"),
+		peer:     netnstest.New(t, "vmq-rt-peer"),
 		wanAddr:  netip.MustParseAddr("198.18.0.1"),
 		peerAddr: netip.MustParseAddr("198.18.0.2"),
 	}
-	vethBetween(t, l.router, "wan0", "198.18.0.1/24", l.peer, "peer0", "198.18.0.2/24")
+	netnstest.Veth(t, l.router, "wan0", "198.18.0.1/24", l.peer, "peer0", "198.18.0.2/24")
 	return l
 }
 
 func (l wanLab) openWAN(t *testing.T, c Capture) *Transport {
 	t.Helper()
 	var w *Transport
-	mustInNetns(t, l.router, func() error {
+	netnstest.MustDo(t, l.router, func() error {
 		var err error
 		w, err = Open(c, Options{})
 		return err
@@ -115,7 +116,7 @@ func TestWANReadReturnsOnlyCapturedPackets(t *testing.T) {
 		Prefixes: []netip.Prefix{netip.MustParsePrefix("198.18.0.2/32")},
 	})
 	packets := wanReader(t, w)
-	echo := listenUDPIn(t, lab.router, "198.18.0.1:7777")
+	echo := netnstest.ListenUDP(t, lab.router, "198.18.0.1:7777")
 	go func() {
 		buf := make([]byte, 2048)
 		for {
@@ -126,7 +127,7 @@ func TestWANReadReturnsOnlyCapturedPackets(t *testing.T) {
 			echo.WriteToUDP(buf[:n], from)
 		}
 	}()
-	peer := listenUDPIn(t, lab.peer, "198.18.0.2:0")
+	peer := netnstest.ListenUDP(t, lab.peer, "198.18.0.2:0")
 	send := func(port int, payload string) {
 		t.Helper()
 		if _, err := peer.WriteToUDP([]byte(payload), &net.UDPAddr{IP: net.IPv4(198, 18, 0, 1), Port: port}); err != nil {
@@ -150,7 +151,7 @@ func TestWANReadReturnsOnlyCapturedPackets(t *testing.T) {
 	})
 	t.Run("udp to an uncaptured port is not returned and the host answers it", func(t *testing.T) {
 		send(7777, "for-the-host")
-		reply, _, err := readUDP(peer, 3*time.Second)
+		reply, _, err := netnstest.ReadUDP(peer, 3*time.Second)
 		if err != nil || string(reply) != "for-the-host" {
 			t.Fatalf("the host's echo service did not answer: %q, %v", reply, err)
 		}
@@ -165,7 +166,7 @@ func TestWANReadReturnsOnlyCapturedPackets(t *testing.T) {
 	t.Run("packets the router sends itself are not returned", func(t *testing.T) {
 		// Addressed to the captured /32: a capture that saw outgoing
 		// frames would return it before the marker.
-		out := listenUDPIn(t, lab.router, "198.18.0.1:20009")
+		out := netnstest.ListenUDP(t, lab.router, "198.18.0.1:20009")
 		if _, err := out.WriteToUDP([]byte("outgoing"), &net.UDPAddr{IP: net.IPv4(198, 18, 0, 2), Port: 20009}); err != nil {
 			t.Fatal(err)
 		}
@@ -180,7 +181,7 @@ func TestWANReadReturnsOnlyCapturedPackets(t *testing.T) {
 func TestWANWriteSendsBatchAndReportsRefusedPackets(t *testing.T) {
 	lab := newWANLab(t)
 	w := lab.openWAN(t, Capture{Interface: "wan0", Addr: lab.wanAddr})
-	peer := listenUDPIn(t, lab.peer, "198.18.0.2:9999")
+	peer := netnstest.ListenUDP(t, lab.peer, "198.18.0.2:9999")
 
 	const offset = 8
 	withHeadroom := func(p []byte) []byte { return append(make([]byte, offset), p...) }
@@ -229,7 +230,7 @@ func TestWANWriteSendsBatchAndReportsRefusedPackets(t *testing.T) {
 
 	t.Run("the packets around the refused ones arrive at the peer", func(t *testing.T) {
 		for _, want := range []string{"one", "two"} {
-			got, from, err := readUDP(peer, 3*time.Second)
+			got, from, err := netnstest.ReadUDP(peer, 3*time.Second)
 			if err != nil {
 				t.Fatalf("waiting for %q: %v", want, err)
 			}
@@ -251,7 +252,7 @@ func TestWANWriteSendsBatchAndReportsRefusedPackets(t *testing.T) {
 			t.Fatalf("sent %d of %d: %v", sent, len(big), err)
 		}
 		for i := range big {
-			got, _, err := readUDP(peer, 3*time.Second)
+			got, _, err := netnstest.ReadUDP(peer, 3*time.Second)
 			if err != nil {
 				t.Fatalf("packet %d of %d: %v", i, len(big), err)
 			}
@@ -302,7 +303,7 @@ func TestWANCloseUnblocksRead(t *testing.T) {
 
 func TestWANOpenRefusesUnknownInterface(t *testing.T) {
 	lab := newWANLab(t)
-	err := inNetns(t, lab.router, func() error {
+	err := netnstest.Do(lab.router, func() error {
 		w, err := Open(Capture{Interface: "nosuch0", Addr: lab.wanAddr}, Options{})
 		if err == nil {
 			w.Close()
@@ -322,12 +323,12 @@ func TestWANReadReturnsWirePacketsWhateverTheOffloads(t *testing.T) {
 	// GRO on the router's end of the veth: the kernel merges the peer's TCP
 	// segments into super-packets before the capture socket sees them, as
 	// on most physical NICs.
-	run(t, "ip", "netns", "exec", lab.router, "ethtool", "-K", "wan0", "gro", "on")
+	netnstest.Run(t, "ip", "netns", "exec", lab.router, "ethtool", "-K", "wan0", "gro", "on")
 	w := lab.openWAN(t, Capture{Interface: "wan0", Addr: lab.wanAddr, Ports: []config.PortRange{{First: 5201, Last: 5201}, {First: 20000, Last: 20010}}})
 	packets := wanReader(t, w)
 
 	t.Run("a udp datagram from a stack with checksum offload arrives with a complete checksum", func(t *testing.T) {
-		peer := listenUDPIn(t, lab.peer, "198.18.0.2:0")
+		peer := netnstest.ListenUDP(t, lab.peer, "198.18.0.2:0")
 		if _, err := peer.WriteToUDP([]byte("checksum-me"), &net.UDPAddr{IP: net.IPv4(198, 18, 0, 1), Port: 20005}); err != nil {
 			t.Fatal(err)
 		}
@@ -370,7 +371,7 @@ func TestWANReadReturnsWirePacketsWhateverTheOffloads(t *testing.T) {
 		}()
 
 		var ln net.Listener
-		mustInNetns(t, lab.router, func() error {
+		netnstest.MustDo(t, lab.router, func() error {
 			var err error
 			ln, err = net.Listen("tcp4", "198.18.0.1:5201")
 			return err
@@ -392,7 +393,7 @@ func TestWANReadReturnsWirePacketsWhateverTheOffloads(t *testing.T) {
 		// byte count below can be exact.
 		const total, burst = 8 << 20, 64 << 10
 		var conn net.Conn
-		mustInNetns(t, lab.peer, func() error {
+		netnstest.MustDo(t, lab.peer, func() error {
 			var err error
 			conn, err = net.DialTimeout("tcp4", "198.18.0.1:5201", 3*time.Second)
 			return err
@@ -445,7 +446,7 @@ func TestWANReadReturnsWirePacketsWhateverTheOffloads(t *testing.T) {
 func BenchmarkWANWrite(b *testing.B) {
 	lab := newWANLab(b)
 	var w *Transport
-	mustInNetns(b, lab.router, func() error {
+	netnstest.MustDo(b, lab.router, func() error {
 		var err error
 		w, err = Open(Capture{Interface: "wan0", Addr: lab.wanAddr}, Options{})
 		return err
