@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
@@ -18,11 +17,11 @@ import (
 // (TCPV4, NEEDS_CSUM, csum_start at the TCP header).
 func tcpSuperPacket(src, dst [4]byte, sport, dport uint16, payload, mss int) ([]byte, int, offload.Header) {
 	s, d := netip.AddrPortFrom(netip.AddrFrom4(src), sport), netip.AddrPortFrom(netip.AddrFrom4(dst), dport)
-	seg := testpacket.TCP(testpacket.TCPHeader{Src: s, Dst: d, Seq: 1000, Ack: 1, Flags: header.TCPFlagAck | header.TCPFlagPsh, Window: 1000}, counting(payload))
-	// The rest of the checksum is left to the offload.
-	header.TCP(seg).SetChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, tcpip.AddrFrom4(src), tcpip.AddrFrom4(dst), uint16(len(seg))))
-	buf, n := inBuffer(testpacket.IPv4(testpacket.IPv4Header{Src: s.Addr(), Dst: d.Addr(), Proto: uint8(header.TCPProtocolNumber),
-		ID: 9, Flags: header.IPv4FlagDontFragment, TTL: 63}, seg))
+	pkt := testpacket.IPv4(testpacket.IPv4Header{Src: s.Addr(), Dst: d.Addr(), Proto: uint8(header.TCPProtocolNumber),
+		ID: 9, Flags: header.IPv4FlagDontFragment, TTL: 63},
+		testpacket.TCP(testpacket.TCPHeader{Src: s, Dst: d, Seq: 1000, Ack: 1, Flags: header.TCPFlagAck | header.TCPFlagPsh, Window: 1000}, counting(payload)))
+	testpacket.PartialChecksum(pkt) // the rest of the sum is left to the offload
+	buf, n := inBuffer(pkt)
 	h := offload.Header{Flags: offload.FlagNeedsChecksum, GSOType: offload.GSOTCPv4,
 		HdrLen: header.IPv4MinimumSize + header.TCPMinimumSize, GSOSize: uint16(mss),
 		CsumStart: header.IPv4MinimumSize, CsumOffset: header.TCPChecksumOffset}
@@ -43,17 +42,6 @@ func (superPacketWAN) WriteSuperPackets(bufs [][]byte, _ []offload.Header, _ int
 
 var _ SuperPacketWAN = superPacketWAN{}
 
-// tcpChecksumAfterOffload completes a partial checksum as offload would and
-// reports whether the segment then verifies.
-func tcpChecksumAfterOffload(pkt []byte) bool {
-	ip := header.IPv4(pkt)
-	tcp := header.TCP(pkt[ip.HeaderLength():ip.TotalLength()])
-	c := append([]byte(nil), tcp...)
-	header.TCP(c).SetChecksum(^checksum.Checksum(c, 0))
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(c)))
-	return checksum.Checksum(c, xsum) == 0xffff
-}
-
 func TestSuperPacketsLeaveWhole(t *testing.T) {
 	t.Run("a masqueraded TCP super-packet is translated once and queued whole", func(t *testing.T) {
 		c := testCore(t, 1500)
@@ -70,7 +58,7 @@ func TestSuperPacketsLeaveWhole(t *testing.T) {
 		if ip.SourceAddress().As4() != wanAddr || int(ip.TotalLength()) != n || !ip.IsChecksumValid() {
 			t.Errorf("left as %v, %d bytes", ip.SourceAddress(), ip.TotalLength())
 		}
-		if !tcpChecksumAfterOffload(pkt) {
+		if !testpacket.PartialChecksumCompletes(pkt) {
 			t.Error("the partial checksum does not verify after offload")
 		}
 		if h := o.wanHdrs[0]; h.GSOSize != 1448 || !h.IsSuperPacket() {

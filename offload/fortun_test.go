@@ -4,22 +4,11 @@ import (
 	"net/netip"
 	"testing"
 
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 	"github.com/vpnmasq/vpnmasq/nat"
 )
-
-// tcpChecksumAfterOffload completes a partial checksum as offload would and
-// reports whether the segment then verifies.
-func tcpChecksumAfterOffload(pkt []byte) bool {
-	ip := header.IPv4(pkt)
-	tcp := header.TCP(pkt[ip.HeaderLength():ip.TotalLength()])
-	c := append([]byte(nil), tcp...)
-	header.TCP(c).SetChecksum(^checksum.Checksum(c, 0))
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(c)))
-	return checksum.Checksum(c, xsum) == 0xffff
-}
 
 func TestForTUN(t *testing.T) {
 	src, dst := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.18.0.1")
@@ -53,7 +42,7 @@ func TestForTUN(t *testing.T) {
 			if h.CsumStart != 20 || h.CsumOffset != header.TCPChecksumOffset || h.GSOSize != 1448 || h.HdrLen != 40 || !h.NeedsChecksum() {
 				t.Errorf("TUN header %+v", h)
 			}
-			if !tcpChecksumAfterOffload(pkt) {
+			if !testpacket.PartialChecksumCompletes(pkt) {
 				t.Error("checksum field is not the pseudo-header sum")
 			}
 		})

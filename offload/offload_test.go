@@ -7,49 +7,11 @@ import (
 	"net/netip"
 	"testing"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 	"github.com/vpnmasq/vpnmasq/nat"
 )
-
-// l4ChecksumValid checks a TCP or UDP packet's transport checksum.
-func l4ChecksumValid(pkt []byte) bool {
-	ip := header.IPv4(pkt)
-	l4 := ip.Payload()
-	switch ip.Protocol() {
-	case nat.ProtoTCP:
-		tcp := header.TCP(l4)
-		payload := l4[tcp.DataOffset():]
-		return tcp.IsChecksumValid(ip.SourceAddress(), ip.DestinationAddress(), checksum.Checksum(payload, 0), uint16(len(payload)))
-	case nat.ProtoUDP:
-		udp := header.UDP(l4)
-		return udp.IsChecksumValid(ip.SourceAddress(), ip.DestinationAddress(), checksum.Checksum(udp.Payload(), 0))
-	}
-	return false
-}
-
-// partialChecksum leaves only the pseudo-header sum in the transport
-// checksum field, as a stack relying on checksum offload does, and returns
-// where the field is.
-func partialChecksum(pkt []byte) (start, offset int) {
-	ip := header.IPv4(pkt)
-	l4 := ip.Payload()
-	start = int(ip.HeaderLength())
-	pseudo := func(proto tcpip.TransportProtocolNumber) uint16 {
-		return header.PseudoHeaderChecksum(proto, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(l4)))
-	}
-	switch ip.Protocol() {
-	case nat.ProtoTCP:
-		header.TCP(l4).SetChecksum(pseudo(header.TCPProtocolNumber))
-		offset = header.TCPChecksumOffset
-	case nat.ProtoUDP:
-		header.UDP(l4).SetChecksum(pseudo(header.UDPProtocolNumber))
-		offset = 6 // RFC 768: source port, destination port, length, checksum
-	}
-	return start, offset
-}
 
 func testPayload(n int) []byte {
 	b := make([]byte, n)
@@ -73,8 +35,8 @@ func TestCompleteChecksum(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			want := craftIPv4(t, tt.pkt)
 			pkt := append([]byte(nil), want...)
-			start, offset := partialChecksum(pkt)
-			if l4ChecksumValid(pkt) {
+			start, offset := testpacket.PartialChecksum(pkt)
+			if testpacket.TransportChecksumValid(pkt) {
 				t.Fatal("the partial checksum already validates: the test proves nothing")
 			}
 			if err := CompleteChecksum(pkt, start, offset, tt.pkt.proto); err != nil {
@@ -114,7 +76,7 @@ func TestSplitSuperPackets(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			super := craftIPv4(t, tt.pkt)
-			start, offset := partialChecksum(super)
+			start, offset := testpacket.PartialChecksum(super)
 			hdrLen := int(header.IPv4(super).HeaderLength())
 			origID := header.IPv4(super).ID()
 			pkt := append([]byte(nil), super...)
@@ -141,7 +103,7 @@ func TestSplitSuperPackets(t *testing.T) {
 				if ip.ID() != origID+uint16(k) {
 					t.Errorf("segment %d: IP ID %d, want %d", k, ip.ID(), origID+uint16(k))
 				}
-				if !l4ChecksumValid(seg) {
+				if !testpacket.TransportChecksumValid(seg) {
 					t.Errorf("segment %d: transport checksum invalid", k)
 				}
 				last := k == len(all)-1

@@ -17,6 +17,7 @@ import (
 	"github.com/vpnmasq/vpnmasq/config"
 	"github.com/vpnmasq/vpnmasq/datapath"
 	"github.com/vpnmasq/vpnmasq/internal/netnstest"
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 	"github.com/vpnmasq/vpnmasq/nat"
 	"github.com/vpnmasq/vpnmasq/offload"
 )
@@ -333,7 +334,7 @@ func TestWANReadReturnsWirePacketsWhateverTheOffloads(t *testing.T) {
 			t.Fatal(err)
 		}
 		pkt := nextPacket(t, packets, 3*time.Second)
-		if !l4ChecksumValid(pkt) {
+		if !testpacket.TransportChecksumValid(pkt) {
 			t.Fatalf("UDP checksum not valid: % x", pkt)
 		}
 	})
@@ -356,7 +357,7 @@ func TestWANReadReturnsWirePacketsWhateverTheOffloads(t *testing.T) {
 					if len(pkt) > 1500 {
 						tl.oversize++
 					}
-					if !l4ChecksumValid(pkt) {
+					if !testpacket.TransportChecksumValid(pkt) {
 						tl.invalid++
 					}
 					ip := header.IPv4(pkt)

@@ -14,6 +14,7 @@
 package testpacket
 
 import (
+	"encoding/binary"
 	"net/netip"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -138,3 +139,83 @@ func pseudo(proto tcpip.TransportProtocolNumber, src, dst netip.AddrPort, n int)
 }
 
 func addr(a netip.Addr) tcpip.Address { return tcpip.AddrFrom4(a.As4()) }
+
+// udpChecksumOffset is where the UDP checksum is: after the source port,
+// destination port and length (RFC 768).
+const udpChecksumOffset = 6
+
+// transport returns the TCP or UDP message of an unfragmented IPv4 packet
+// (up to the total length) and the offset of its checksum field, or ok
+// false for another protocol or lengths that do not fit the buffer.
+func transport(pkt []byte) (ip header.IPv4, l4 []byte, field int, ok bool) {
+	ip = header.IPv4(pkt)
+	if len(pkt) < header.IPv4MinimumSize || int(ip.HeaderLength()) < header.IPv4MinimumSize ||
+		int(ip.TotalLength()) > len(pkt) || int(ip.HeaderLength()) > int(ip.TotalLength()) {
+		return ip, nil, 0, false
+	}
+	l4 = pkt[ip.HeaderLength():ip.TotalLength()]
+	switch tcpip.TransportProtocolNumber(ip.Protocol()) {
+	case header.TCPProtocolNumber:
+		if len(l4) < header.TCPMinimumSize {
+			return ip, nil, 0, false
+		}
+		if off := int(header.TCP(l4).DataOffset()); off < header.TCPMinimumSize || off > len(l4) {
+			return ip, nil, 0, false
+		}
+		return ip, l4, header.TCPChecksumOffset, true
+	case header.UDPProtocolNumber:
+		if len(l4) < header.UDPMinimumSize {
+			return ip, nil, 0, false
+		}
+		return ip, l4, udpChecksumOffset, true
+	}
+	return ip, l4, 0, false
+}
+
+// TransportChecksumValid reports whether the TCP or UDP checksum of an
+// unfragmented IPv4 packet verifies over its pseudo-header. It is false
+// for any other protocol.
+func TransportChecksumValid(pkt []byte) bool {
+	ip, l4, _, ok := transport(pkt)
+	if !ok {
+		return false
+	}
+	if ip.Protocol() == uint8(header.TCPProtocolNumber) {
+		tcp := header.TCP(l4)
+		payload := l4[tcp.DataOffset():]
+		return tcp.IsChecksumValid(ip.SourceAddress(), ip.DestinationAddress(), checksum.Checksum(payload, 0), uint16(len(payload)))
+	}
+	udp := header.UDP(l4)
+	return udp.IsChecksumValid(ip.SourceAddress(), ip.DestinationAddress(), checksum.Checksum(udp.Payload(), 0))
+}
+
+// PartialChecksum leaves only the pseudo-header sum in the TCP or UDP
+// checksum field of an unfragmented IPv4 packet, as a stack relying on
+// checksum offload hands a packet over (virtio-net NEEDS_CSUM), and returns
+// where the sum is to start (the transport header) and the field's offset
+// from there. Another protocol is left alone, with start and offset zero.
+func PartialChecksum(pkt []byte) (start, offset int) {
+	ip, l4, field, ok := transport(pkt)
+	if !ok {
+		return 0, 0
+	}
+	binary.BigEndian.PutUint16(l4[field:], header.PseudoHeaderChecksum(tcpip.TransportProtocolNumber(ip.Protocol()),
+		ip.SourceAddress(), ip.DestinationAddress(), uint16(len(l4))))
+	return int(ip.HeaderLength()), field
+}
+
+// PartialChecksumCompletes reports whether the TCP or UDP message of an
+// unfragmented IPv4 packet whose checksum field holds a partial sum (see
+// PartialChecksum) verifies once completed as checksum offload completes
+// it: the complement of the sum over the whole message, field included,
+// written into the field. pkt is not changed.
+func PartialChecksumCompletes(pkt []byte) bool {
+	_, l4, field, ok := transport(pkt)
+	if !ok {
+		return false
+	}
+	done := append([]byte(nil), pkt...)
+	_, l4done, _, _ := transport(done)
+	binary.BigEndian.PutUint16(l4done[field:], ^checksum.Checksum(l4, 0))
+	return TransportChecksumValid(done)
+}

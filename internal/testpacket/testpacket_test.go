@@ -87,3 +87,67 @@ func TestTransport(t *testing.T) {
 		}
 	})
 }
+
+func TestChecksumChecks(t *testing.T) {
+	udp := func() []byte {
+		return IPv4(IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: uint8(header.UDPProtocolNumber)}, UDP(src, dst, []byte("odd")))
+	}
+	tcp := func() []byte {
+		return IPv4(IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: uint8(header.TCPProtocolNumber)},
+			TCP(TCPHeader{Src: src, Dst: dst, Seq: 1, Flags: header.TCPFlagAck, OptWords: 1}, []byte("segment")))
+	}
+	for _, tc := range []struct {
+		name  string
+		pkt   func() []byte
+		field int
+	}{{"UDP", udp, 6}, {"TCP", tcp, header.TCPChecksumOffset}} {
+		t.Run(tc.name+": a built packet verifies, a flipped bit does not", func(t *testing.T) {
+			b := tc.pkt()
+			if !TransportChecksumValid(b) {
+				t.Fatal("a built packet does not verify")
+			}
+			b[len(b)-1] ^= 1
+			if TransportChecksumValid(b) {
+				t.Error("a changed payload verifies")
+			}
+		})
+		t.Run(tc.name+": a partial checksum is the pseudo-header sum and completes", func(t *testing.T) {
+			b := tc.pkt()
+			start, offset := PartialChecksum(b)
+			ip := header.IPv4(b)
+			l4 := ip.Payload()
+			want := header.PseudoHeaderChecksum(ip.TransportProtocol(), ip.SourceAddress(), ip.DestinationAddress(), uint16(len(l4)))
+			if start != 20 || offset != tc.field || uint16(b[start+offset])<<8|uint16(b[start+offset+1]) != want {
+				t.Fatalf("start %d offset %d field %x, want 20, %d, %x", start, offset, b[start+offset:start+offset+2], tc.field, want)
+			}
+			if TransportChecksumValid(b) {
+				t.Error("a partial checksum verifies as a full one")
+			}
+			before := string(b)
+			if !PartialChecksumCompletes(b) {
+				t.Error("the partial checksum does not complete to a valid one")
+			}
+			if string(b) != before {
+				t.Error("PartialChecksumCompletes changed the packet")
+			}
+			b[start+offset+1] ^= 1
+			if PartialChecksumCompletes(b) {
+				t.Error("a wrong pseudo-header sum completes to a valid checksum")
+			}
+		})
+	}
+	t.Run("other protocols and short packets are never valid, and are left alone", func(t *testing.T) {
+		icmp := IPv4(IPv4Header{Src: src.Addr(), Dst: dst.Addr(), Proto: uint8(header.ICMPv4ProtocolNumber)}, ICMP(header.ICMPv4Echo, 0, [4]byte{}, nil))
+		before := string(icmp)
+		if start, offset := PartialChecksum(icmp); start != 0 || offset != 0 || string(icmp) != before {
+			t.Errorf("PartialChecksum on ICMP: %d, %d, %x", start, offset, icmp)
+		}
+		short := udp()
+		header.IPv4(short).SetTotalLength(uint16(len(short) + 1))
+		for _, b := range [][]byte{icmp, short, tcp()[:30], nil} {
+			if TransportChecksumValid(b) || PartialChecksumCompletes(b) {
+				t.Errorf("%x is valid", b)
+			}
+		}
+	})
+}
