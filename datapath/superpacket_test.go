@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vpnmasq/vpnmasq/internal/testpacket"
@@ -119,9 +118,7 @@ func validTCP(pkt []byte) error {
 	if !ip.IsChecksumValid() {
 		return errBadChecksum("IP")
 	}
-	tcp := header.TCP(pkt[ip.HeaderLength():ip.TotalLength()])
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp)))
-	if checksum.Checksum(tcp, xsum) != 0xffff {
+	if ip.Protocol() != uint8(header.TCPProtocolNumber) || !testpacket.TransportChecksumValid(pkt) {
 		return errBadChecksum("TCP")
 	}
 	return nil
