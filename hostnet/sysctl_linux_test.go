@@ -1,11 +1,9 @@
 package hostnet
 
 import (
-	"runtime"
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/vpnmasq/vpnmasq/internal/netnstest"
@@ -115,39 +113,22 @@ func TestSysctlEnsureAndUndo(t *testing.T) {
 // started without --sysctl. The thread dies with its goroutine.
 func inNetnsWithReadOnlySys(t *testing.T, ns string, fn func() error) error {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
+	return netnstest.Do(ns, func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-			errc <- err
-			return
+			return err
 		}
 		// Private first, so the read-only remount stays on this thread.
 		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-			errc <- err
-			return
+			return err
 		}
 		if err := unix.Mount("/proc/sys", "/proc/sys", "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			errc <- err
-			return
+			return err
 		}
 		if err := unix.Mount("", "/proc/sys", "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-			errc <- err
-			return
+			return err
 		}
-		h, err := netns.GetFromName(ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
+		return fn()
+	})
 }
 
 func TestSysctlReadOnlyProcSysExplainsTheFix(t *testing.T) {
