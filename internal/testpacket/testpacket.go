@@ -11,6 +11,11 @@
 //
 // The transport checksums cover the pseudo-header of the addresses given to
 // the transport builder, so they must be the IPv4 header's.
+//
+// Beside the builders are the checks the tests make of what the code under
+// test wrote: TransportChecksumValid for a finished packet, and
+// PartialChecksum and PartialChecksumCompletes for a packet whose checksum
+// is left to offload.
 package testpacket
 
 import (
