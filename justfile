@@ -4,6 +4,7 @@ default_config := "/etc/vpnmasq/vpnmasq.toml"
 version := `git describe --tags --always --dirty 2>/dev/null || echo dev`
 # Pinned so that a new release's checks cannot break `just lint` overnight.
 staticcheck := "honnef.co/go/tools/cmd/staticcheck@v0.8.2"
+deadcode := "golang.org/x/tools/cmd/deadcode@v0.53.0"
 
 # Static binary in bin/vpnmasq (no cgo: runs on any Linux of the same architecture).
 build:
@@ -33,7 +34,7 @@ fuzz time="20s":
 bench:
     go test -tags bench -run TestBench -v -timeout 30m ./integration/
 
-# gofmt, go vet and staticcheck.
+# gofmt, go vet, staticcheck and deadcode (nothing that no command or test reaches).
 lint:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -45,6 +46,12 @@ lint:
     fi
     go vet ./...
     go run {{staticcheck}} ./...
+    dead=$(go run {{deadcode}} -test ./...)
+    if [[ -n $dead ]]; then
+        echo "unreachable code:"
+        echo "$dead"
+        exit 1
+    fi
 
 # Run the router (root).
 run config=default_config:
