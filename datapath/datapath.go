@@ -18,7 +18,7 @@ const Headroom = 16
 // MaxPacket is the largest IPv4 packet.
 const MaxPacket = 65535
 
-// Path is the routing core and its two packet loops. It decides for each
+// Path is the routing decision and its two packet loops. It decides for each
 // packet with no I/O of its own; the loops (path.go) read from one
 // transport, call it, and write what it queued to the other.
 //

@@ -216,7 +216,7 @@ func (h *Host) setupSysctls(tun string) error {
 		h.log.Debug().Str("device", tun).Msg("reverse path filter not strict, left as it is")
 	}
 
-	// The core writes packets into the TUN whose source is one of this
+	// The packet path writes packets into the TUN whose source is one of this
 	// host's own addresses: ICMP errors from the router's LAN address, and
 	// hairpinned packets from the WAN address. Without accept_local the
 	// kernel drops them as martians. The setting dies with the device.

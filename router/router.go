@@ -86,17 +86,9 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 	nc.Log = log.With().Str("component", "nat").Logger()
 	r.nat = nat.New(nc)
 
-	var lanAddrs []netip.Prefix
-	tunMTU := wanIf.MTU
-	for _, name := range cfg.LAN.Interfaces {
-		li, ok := h.Interface(name)
-		if !ok {
-			return nil, fmt.Errorf("lan.interfaces: no interface %q", name)
-		}
-		lanAddrs = append(lanAddrs, li.Prefixes...)
-		// The TUN must take whatever the LAN delivers; the WAN MTU is
-		// enforced by the core, which answers with Fragmentation Needed.
-		tunMTU = max(tunMTU, li.MTU)
+	lanAddrs, tunMTU, err := lanLinks(cfg, h, wanIf.MTU)
+	if err != nil {
+		return nil, err
 	}
 	r.tunMTU = tunMTU
 	wanMTU := cfg.WAN.MTU
@@ -143,6 +135,23 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 	}
 	r.watch = r.newWANWatcher(h)
 	return r, nil
+}
+
+// lanLinks returns the router's own addresses on the LAN interfaces and
+// the TUN's MTU: the largest of the LAN and WAN interfaces', since the TUN
+// must take whatever the LAN delivers; the WAN MTU is enforced by the
+// packet path, which answers with Fragmentation Needed.
+func lanLinks(cfg *config.Config, h *config.Host, wanMTU int) (addrs []netip.Prefix, tunMTU int, err error) {
+	tunMTU = wanMTU
+	for _, name := range cfg.LAN.Interfaces {
+		li, ok := h.Interface(name)
+		if !ok {
+			return nil, 0, fmt.Errorf("lan.interfaces: no interface %q", name)
+		}
+		addrs = append(addrs, li.Prefixes...)
+		tunMTU = max(tunMTU, li.MTU)
+	}
+	return addrs, tunMTU, nil
 }
 
 // Engine is the router's NAT engine (for status and tables).

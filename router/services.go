@@ -20,8 +20,8 @@ import (
 // Version is the vpnmasq version the admin API reports; the command sets it.
 var Version = "dev"
 
-// The local services: a gVisor netstack owns the service address. The core
-// hands it every LAN packet addressed there (and nothing from the WAN: the
+// The local services: a gVisor netstack owns the service address. The packet
+// path (datapath) hands it every LAN packet addressed there (and nothing from the WAN: the
 // policy rule only brings LAN traffic into the TUN, and fromWAN never
 // delivers to it); what the netstack sends goes back into the TUN. On it run
 // ICMP echo, the DNS forwarder and the admin HTTP server. The admin API is

@@ -23,7 +23,7 @@ import (
 //     in the configuration and the address in use is gone: the capture
 //     filter and the nftables rules that name the address are replaced,
 //     the engine drops the state bound to the old address
-//     (nat.SetWANAddr), and the next-hop cache is emptied. The core, the ICMP
+//     (nat.SetWANAddr), and the next-hop cache is emptied. The packet path, the ICMP
 //     errors and the admin snapshot read the address from the engine.
 //   - A configured wan.address that disappears: logged loudly and kept.
 //   - The WAN link going down and up: the state is kept; the capture
@@ -280,7 +280,7 @@ func (w *wanWatcher) check() {
 // setWANAddr moves the router to a new WAN address: the capture filter and
 // the nftables rules first, so that the answers to the first packets from
 // the new address reach the engine rather than the host's stack (which
-// would reset them), then the engine (the core reads the address from it),
+// would reset them), then the engine (the packet path reads the address from it),
 // then the next-hop cache.
 func (r *Router) setWANAddr(a netip.Addr) error {
 	// A reload rewrites the capture ports and the guard's sets from
