@@ -35,8 +35,9 @@ const (
 // round-trip measurement two: p50 and p99); a throughput measurement of
 // vpnmasq also gives a row of router CPU per million packets.
 type benchMetric struct {
-	name string
-	unit int
+	name  string
+	short string // the name in the CPU rows
+	unit  int
 	// iperf3 client arguments (unitBits), the raw protocol (unitPackets),
 	// or whether the round trip is measured under a UDP load (unitMicros).
 	args  []string
@@ -49,13 +50,13 @@ type benchMetric struct {
 var benchUDP = []string{"-u", "-b", "0", "-l", "1400", "-w", "4M"}
 
 var benchMetrics = []benchMetric{
-	{name: "TCP 1 stream LAN→WAN", unit: unitBits},
-	{name: "TCP 1 stream WAN→LAN", unit: unitBits, args: []string{"-R"}},
-	{name: "TCP 4 streams LAN→WAN", unit: unitBits, args: []string{"-P", "4"}},
-	{name: "UDP 1400 B LAN→WAN (receiver rate, 4 MB socket buffers)", unit: unitBits, args: benchUDP},
-	{name: "UDP 1400 B WAN→LAN (receiver rate, 4 MB socket buffers)", unit: unitBits, args: append(slices.Clone(benchUDP), "-R")},
-	{name: "raw ESP 1400 B, packets/s reaching the WAN host from one raw-socket sender", unit: unitPackets, proto: "esp"},
-	{name: "enhanced GRE 1400 B (PPTP data, no call set up), the same", unit: unitPackets, proto: "gre"},
+	{name: "TCP 1 stream LAN→WAN", short: "TCP 1 stream LAN→WAN", unit: unitBits},
+	{name: "TCP 1 stream WAN→LAN", short: "TCP 1 stream WAN→LAN", unit: unitBits, args: []string{"-R"}},
+	{name: "TCP 4 streams LAN→WAN", short: "TCP 4 streams LAN→WAN", unit: unitBits, args: []string{"-P", "4"}},
+	{name: "UDP 1400 B LAN→WAN (receiver rate, 4 MB socket buffers)", short: "UDP LAN→WAN", unit: unitBits, args: benchUDP},
+	{name: "UDP 1400 B WAN→LAN (receiver rate, 4 MB socket buffers)", short: "UDP WAN→LAN", unit: unitBits, args: append(slices.Clone(benchUDP), "-R")},
+	{name: "raw ESP 1400 B, packets/s reaching the WAN host from one raw-socket sender", short: "raw ESP", unit: unitPackets, proto: "esp"},
+	{name: "enhanced GRE 1400 B (PPTP data, no call set up), the same", short: "GRE", unit: unitPackets, proto: "gre"},
 	{name: "ping RTT, idle (200 × 5 ms)", unit: unitMicros},
 	{name: "ping RTT under a " + benchLoadRate + "bit/s UDP load (200 × 5 ms)", unit: unitMicros, load: true},
 }
@@ -536,8 +537,8 @@ func benchTable(kernel, userspace *benchResults, runs, seconds int) string {
 			continue
 		}
 		u := summarize(userspace.cpu[i])
-		fmt.Fprintf(&b, "| router CPU s per million packets, %s | n/a (softirq, charged to the senders) | %.2f s (%.2f–%.2f) | |\n",
-			m.name, u[1], u[0], u[2])
+		fmt.Fprintf(&b, "| router CPU s per million packets, %s | n/a (softirq, not attributable) | %.2f s (%.2f–%.2f) | |\n",
+			m.short, u[1], u[0], u[2])
 	}
 	b.WriteString("\nRouter CPU: the vpnmasq process's user + system time over the measurement divided by the packets it forwarded (its vpnmasq_packets_total, both directions; a TCP super-packet counts once). The kernel's forwarding runs in softirq on whichever CPU receives, so it cannot be attributed.\n")
 	return b.String()
