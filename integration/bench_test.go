@@ -69,23 +69,28 @@ const benchLoadRate = "200M"
 // load so that it never finds the first one busy.
 const benchLoadPort = 5202
 
-// benchRow is one row of the table: metric i, and for round trips which
-// percentile.
+// benchRow is one row of the table: metric i's value, or its second
+// value: a round trip's p99 (the first is p50), or the share of the raw
+// packets sent that arrived.
 type benchRow struct {
 	name   string
 	metric int
-	pct    int // 50 or 99 for round trips
+	second bool
 }
 
 func benchRows() []benchRow {
 	var rows []benchRow
 	for i, m := range benchMetrics {
-		if m.unit != unitMicros {
-			rows = append(rows, benchRow{m.name, i, 0})
-			continue
+		switch m.unit {
+		case unitMicros:
+			rows = append(rows, benchRow{strings.Replace(m.name, "ping RTT", "ping RTT p50", 1), i, false},
+				benchRow{strings.Replace(m.name, "ping RTT", "ping RTT p99", 1), i, true})
+		case unitPackets:
+			rows = append(rows, benchRow{m.name, i, false},
+				benchRow{m.short + ": share of the packets sent that arrive", i, true})
+		default:
+			rows = append(rows, benchRow{m.name, i, false})
 		}
-		rows = append(rows, benchRow{strings.Replace(m.name, "ping RTT", "ping RTT p50", 1), i, 50},
-			benchRow{strings.Replace(m.name, "ping RTT", "ping RTT p99", 1), i, 99})
 	}
 	return rows
 }
@@ -382,12 +387,14 @@ func measureAll(t *testing.T, b *benchLab, res *benchResults, r *benchRouter) {
 			t.Logf("%s: %.0f Mbit/s", m.name, bps/1e6)
 			res.rows[row] = append(res.rows[row], bps)
 		case unitPackets:
-			pps, err := rawRate(t, b, m.proto)
+			pps, share, err := rawRate(t, b, m.proto)
 			if err != nil {
 				t.Fatalf("%s: %v", m.name, err)
 			}
-			t.Logf("%s: %.0f packets/s", m.name, pps)
+			t.Logf("%s: %.0f packets/s, %.1f %% of those sent", m.name, pps, share*100)
 			res.rows[row] = append(res.rows[row], pps)
+			res.rows[row+1] = append(res.rows[row+1], share)
+			row++
 		case unitMicros:
 			var p50, p99 float64
 			var err error
@@ -419,51 +426,55 @@ func measureAll(t *testing.T, b *benchLab, res *benchResults, r *benchRouter) {
 }
 
 // rawRate sends raw packets of proto from lan1 to the WAN host for the
-// run's length and returns the packets per second the WAN host received.
-func rawRate(t *testing.T, b *benchLab, proto string) (float64, error) {
+// run's length and returns the packets per second the WAN host received
+// and the share of the packets sent that it received.
+func rawRate(t *testing.T, b *benchLab, proto string) (pps, share float64, err error) {
 	t.Helper()
 	counter := exec.Command("ip", "netns", "exec", b.l.WAN.Name, b.rawgen, "count", proto, "10")
 	var out syncBuffer
 	counter.Stdout, counter.Stderr = &out, &out
 	if err := counter.Start(); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer stopProcess(counter)
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(out.String(), "listening") {
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("rawgen count not listening after 5s: %s", out.String())
+			return 0, 0, fmt.Errorf("rawgen count not listening after 5s: %s", out.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	sent, code := runIn(t, b.l.LAN1, time.Duration(b.seconds+30)*time.Second,
 		b.rawgen, "send", proto, lab.WANAddr.String(), "1400", strconv.Itoa(b.seconds))
 	if code != 0 {
-		return 0, fmt.Errorf("rawgen send: exit %d: %s", code, sent)
+		return 0, 0, fmt.Errorf("rawgen send: exit %d: %s", code, sent)
 	}
 	t.Logf("rawgen %s", strings.TrimSpace(sent))
+	var nSent, sentPPS, refused float64
+	if _, err := fmt.Sscanf(strings.TrimSpace(sent), "sent %g pps %g refused %g", &nSent, &sentPPS, &refused); err != nil || nSent <= 0 {
+		return 0, 0, fmt.Errorf("rawgen send: %q: %v", sent, err)
+	}
 	waited := make(chan error, 1)
 	go func() { waited <- counter.Wait() }()
 	select {
 	case err := <-waited:
 		if err != nil {
-			return 0, fmt.Errorf("rawgen count: %v: %s", err, out.String())
+			return 0, 0, fmt.Errorf("rawgen count: %v: %s", err, out.String())
 		}
 	case <-time.After(15 * time.Second):
 		_ = counter.Process.Kill()
 		<-waited
-		return 0, fmt.Errorf("rawgen count still running 15s after the sender: %s", out.String())
+		return 0, 0, fmt.Errorf("rawgen count still running 15s after the sender: %s", out.String())
 	}
-	var n, pps float64
-	var secs float64
+	var n, secs float64
 	line := strings.TrimSpace(strings.TrimPrefix(out.String(), "listening\n"))
 	if _, err := fmt.Sscanf(line, "received %g seconds %g pps %g", &n, &secs, &pps); err != nil {
-		return 0, fmt.Errorf("rawgen count: %q: %v", line, err)
+		return 0, 0, fmt.Errorf("rawgen count: %q: %v", line, err)
 	}
 	if n < 2 {
-		return 0, fmt.Errorf("rawgen count: %q", line)
+		return 0, 0, fmt.Errorf("rawgen count: %q", line)
 	}
-	return pps, nil
+	return pps, n / nSent, nil
 }
 
 // iperf runs one iperf3 client in ns and returns the receiver's rate. It
@@ -520,14 +531,17 @@ func benchTable(kernel, userspace *benchResults, runs, seconds int) string {
 	b.WriteString("|---|---|---|---|\n")
 	for i, row := range benchRows() {
 		k, u := summarize(kernel.rows[i]), summarize(userspace.rows[i])
-		switch benchMetrics[row.metric].unit {
-		case unitMicros:
+		switch unit := benchMetrics[row.metric].unit; {
+		case unit == unitPackets && row.second:
+			fmt.Fprintf(&b, "| %s | %.0f %% (%.0f–%.0f) | %.0f %% (%.0f–%.0f) | %.2f |\n",
+				row.name, k[1]*100, k[0]*100, k[2]*100, u[1]*100, u[0]*100, u[2]*100, ratio(u[1], k[1]))
+		case unit == unitMicros:
 			fmt.Fprintf(&b, "| %s | %.0f µs (%.0f–%.0f) | %.0f µs (%.0f–%.0f) | %+.0f µs |\n",
 				row.name, k[1], k[0], k[2], u[1], u[0], u[2], u[1]-k[1])
-		case unitBits:
+		case unit == unitBits:
 			fmt.Fprintf(&b, "| %s | %.2f Gbit/s (%.2f–%.2f) | %.2f Gbit/s (%.2f–%.2f) | %.2f |\n",
 				row.name, k[1]/1e9, k[0]/1e9, k[2]/1e9, u[1]/1e9, u[0]/1e9, u[2]/1e9, ratio(u[1], k[1]))
-		case unitPackets:
+		case unit == unitPackets:
 			fmt.Fprintf(&b, "| %s | %.0f k (%.0f–%.0f) | %.0f k (%.0f–%.0f) | %.2f |\n",
 				row.name, k[1]/1e3, k[0]/1e3, k[2]/1e3, u[1]/1e3, u[0]/1e3, u[2]/1e3, ratio(u[1], k[1]))
 		}
