@@ -28,7 +28,7 @@ func TestProfileUnderLoad(t *testing.T) {
 	l := newLab(t, lab.Options{})
 	sock := filepath.Join(t.TempDir(), "admin.sock")
 	startRouter(t, l, benchConfig+"\n[services]\nadmin_socket = \""+sock+"\"\n")
-	startIperfServer(t, l.WAN)
+	startIperfServer(t, l.WAN, 5201)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
