@@ -23,7 +23,9 @@ import (
 const defaultConfigPath = "/etc/vpnmasq/vpnmasq.toml"
 
 const runAbout = `Runs the router until SIGINT or SIGTERM, which tear down what it set up
-on the host. Without --config it reads ` + defaultConfigPath + ` when that
+on the host, but for the hold table: with [state] on, it drops the NAT's
+traffic for [state] hold so the host resets nothing before the next start,
+which deletes it. Without --config it reads ` + defaultConfigPath + ` when that
 exists, else the embedded default. SIGHUP re-reads the file (see
 ` + "`vpnmasq reload`" + `); SIGUSR1 logs the NAT table. It needs root: it
 creates a TUN device and changes routing and nftables.`
