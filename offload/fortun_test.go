@@ -29,8 +29,8 @@ func TestForTUN(t *testing.T) {
 		{"an ordinary packet is not a super-packet", 443, vnet(FlagNeedsChecksum, GSONone, 0), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pkt := craftIPv4(t, craftedPacket{src: src, dst: dst, proto: nat.ProtoTCP, srcPort: 80, dstPort: tc.dport,
-				tcpFlags: header.TCPFlagAck, payload: testPayload(5000)})
+			pkt := testpacket.Build(testpacket.Spec{Src: src, Dst: dst, Proto: nat.ProtoTCP, SrcPort: 80, DstPort: tc.dport,
+				TCPFlags: header.TCPFlagAck, Payload: testPayload(5000)})
 			header.TCP(pkt[20:]).SetChecksum(0x1234) // whatever GRO left there
 			h, ok := ForTUN(pkt, tc.h)
 			if ok != tc.want {
@@ -59,8 +59,8 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 }
 
 func TestForLinkCountsFromTheLinkHeader(t *testing.T) {
-	pkt := craftIPv4(t, craftedPacket{src: netip.MustParseAddr("192.168.1.2"), dst: netip.MustParseAddr("198.18.0.2"),
-		proto: nat.ProtoTCP, srcPort: 40000, dstPort: 443, tcpFlags: header.TCPFlagAck, payload: testPayload(3000)})
+	pkt := testpacket.Build(testpacket.Spec{Src: netip.MustParseAddr("192.168.1.2"), Dst: netip.MustParseAddr("198.18.0.2"),
+		Proto: nat.ProtoTCP, SrcPort: 40000, DstPort: 443, TCPFlags: header.TCPFlagAck, Payload: testPayload(3000)})
 	tun := Header{Flags: FlagNeedsChecksum, GSOType: GSOTCPv4, HdrLen: 40, GSOSize: 1448, CsumStart: 20, CsumOffset: header.TCPChecksumOffset}
 	got := ForLink(pkt, tun, 14)
 	want := Header{Flags: FlagNeedsChecksum, GSOType: GSOTCPv4, HdrLen: 54, GSOSize: 1448, CsumStart: 34, CsumOffset: header.TCPChecksumOffset}

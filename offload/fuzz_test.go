@@ -6,6 +6,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 	"github.com/vpnmasq/vpnmasq/nat"
 )
 
@@ -26,8 +27,8 @@ func FuzzDecode(f *testing.F) {
 
 // seedSuperPacket is a TCP super-packet for the fuzz corpora.
 func seedSuperPacket(f *testing.F) []byte {
-	return craftIPv4(f, craftedPacket{src: netip.MustParseAddr("198.18.0.2"), dst: netip.MustParseAddr("198.18.0.1"),
-		proto: nat.ProtoTCP, srcPort: 443, dstPort: 20000, tcpFlags: header.TCPFlagAck, payload: testPayload(4000)})
+	return testpacket.Build(testpacket.Spec{Src: netip.MustParseAddr("198.18.0.2"), Dst: netip.MustParseAddr("198.18.0.1"),
+		Proto: nat.ProtoTCP, SrcPort: 443, DstPort: 20000, TCPFlags: header.TCPFlagAck, Payload: testPayload(4000)})
 }
 
 func FuzzSplit(f *testing.F) {

@@ -25,21 +25,21 @@ func TestCompleteChecksum(t *testing.T) {
 	src, dst := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.18.0.1")
 	tests := []struct {
 		name string
-		pkt  craftedPacket
+		pkt  testpacket.Spec
 	}{
-		{"a udp checksum left to offload is completed", craftedPacket{src: src, dst: dst, proto: 17, srcPort: 53, dstPort: 20000, payload: testPayload(333)}},
-		{"a tcp checksum left to offload is completed", craftedPacket{src: src, dst: dst, proto: 6, srcPort: 443, dstPort: 20000, tcpFlags: header.TCPFlagAck, payload: testPayload(1000)}},
-		{"an odd-length payload is summed right", craftedPacket{src: src, dst: dst, proto: 17, srcPort: 53, dstPort: 20000, payload: testPayload(1)}},
+		{"a udp checksum left to offload is completed", testpacket.Spec{Src: src, Dst: dst, Proto: 17, SrcPort: 53, DstPort: 20000, Payload: testPayload(333)}},
+		{"a tcp checksum left to offload is completed", testpacket.Spec{Src: src, Dst: dst, Proto: 6, SrcPort: 443, DstPort: 20000, TCPFlags: header.TCPFlagAck, Payload: testPayload(1000)}},
+		{"an odd-length payload is summed right", testpacket.Spec{Src: src, Dst: dst, Proto: 17, SrcPort: 53, DstPort: 20000, Payload: testPayload(1)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			want := craftIPv4(t, tt.pkt)
+			want := testpacket.Build(tt.pkt)
 			pkt := append([]byte(nil), want...)
 			start, offset := testpacket.PartialChecksum(pkt)
 			if testpacket.TransportChecksumValid(pkt) {
 				t.Fatal("the partial checksum already validates: the test proves nothing")
 			}
-			if err := CompleteChecksum(pkt, start, offset, tt.pkt.proto); err != nil {
+			if err := CompleteChecksum(pkt, start, offset, tt.pkt.Proto); err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(pkt, want) {
@@ -48,7 +48,7 @@ func TestCompleteChecksum(t *testing.T) {
 		})
 	}
 	t.Run("a checksum position outside the packet is an error, not a panic", func(t *testing.T) {
-		pkt := craftIPv4(t, tests[0].pkt)
+		pkt := testpacket.Build(tests[0].pkt)
 		if err := CompleteChecksum(pkt, len(pkt)-1, 6, nat.ProtoUDP); err == nil {
 			t.Fatal("no error")
 		}
@@ -60,22 +60,22 @@ func TestSplitSuperPackets(t *testing.T) {
 	const mss = 1448
 	tests := []struct {
 		name     string
-		pkt      craftedPacket
+		pkt      testpacket.Spec
 		gsoType  uint8
 		wantSegs int
 	}{
-		{"a tcp super-packet splits into mss-sized segments", craftedPacket{src: src, dst: dst, proto: 6, srcPort: 443, dstPort: 20001, seq: 0xfffff000, id: 0xfffe,
-			tcpFlags: header.TCPFlagAck | header.TCPFlagPsh | header.TCPFlagFin | header.TCPFlagCwr, payload: testPayload(5 * 1000)}, GSOTCPv4, 4},
-		{"a tcp super-packet with ECN splits the same", craftedPacket{src: src, dst: dst, proto: 6, srcPort: 443, dstPort: 20001, seq: 1,
-			tcpFlags: header.TCPFlagAck | header.TCPFlagCwr, payload: testPayload(2 * mss)}, GSOTCPv4 | GSOECN, 2},
-		{"a tcp super-packet of one segment stays one packet", craftedPacket{src: src, dst: dst, proto: 6, srcPort: 443, dstPort: 20001, seq: 1,
-			tcpFlags: header.TCPFlagAck | header.TCPFlagPsh, payload: testPayload(100)}, GSOTCPv4, 1},
-		{"a udp gso super-packet splits into datagrams", craftedPacket{src: src, dst: dst, proto: 17, srcPort: 443, dstPort: 20001,
-			payload: testPayload(3*mss + 10)}, GSOUDPL4, 4},
+		{"a tcp super-packet splits into mss-sized segments", testpacket.Spec{Src: src, Dst: dst, Proto: 6, SrcPort: 443, DstPort: 20001, Seq: 0xfffff000, ID: 0xfffe,
+			TCPFlags: header.TCPFlagAck | header.TCPFlagPsh | header.TCPFlagFin | header.TCPFlagCwr, Payload: testPayload(5 * 1000)}, GSOTCPv4, 4},
+		{"a tcp super-packet with ECN splits the same", testpacket.Spec{Src: src, Dst: dst, Proto: 6, SrcPort: 443, DstPort: 20001, Seq: 1,
+			TCPFlags: header.TCPFlagAck | header.TCPFlagCwr, Payload: testPayload(2 * mss)}, GSOTCPv4 | GSOECN, 2},
+		{"a tcp super-packet of one segment stays one packet", testpacket.Spec{Src: src, Dst: dst, Proto: 6, SrcPort: 443, DstPort: 20001, Seq: 1,
+			TCPFlags: header.TCPFlagAck | header.TCPFlagPsh, Payload: testPayload(100)}, GSOTCPv4, 1},
+		{"a udp gso super-packet splits into datagrams", testpacket.Spec{Src: src, Dst: dst, Proto: 17, SrcPort: 443, DstPort: 20001,
+			Payload: testPayload(3*mss + 10)}, GSOUDPL4, 4},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			super := craftIPv4(t, tt.pkt)
+			super := testpacket.Build(tt.pkt)
 			start, offset := testpacket.PartialChecksum(super)
 			hdrLen := int(header.IPv4(super).HeaderLength())
 			origID := header.IPv4(super).ID()
@@ -107,14 +107,14 @@ func TestSplitSuperPackets(t *testing.T) {
 					t.Errorf("segment %d: transport checksum invalid", k)
 				}
 				last := k == len(all)-1
-				switch tt.pkt.proto {
+				switch tt.pkt.Proto {
 				case nat.ProtoTCP:
 					tcp := header.TCP(ip.Payload())
-					if want := tt.pkt.seq + uint32(k*mss); tcp.SequenceNumber() != want {
+					if want := tt.pkt.Seq + uint32(k*mss); tcp.SequenceNumber() != want {
 						t.Errorf("segment %d: seq %d, want %d", k, tcp.SequenceNumber(), want)
 					}
 					f := tcp.Flags()
-					orig := tt.pkt.tcpFlags
+					orig := tt.pkt.TCPFlags
 					if got, want := f&(header.TCPFlagFin|header.TCPFlagPsh), orig&(header.TCPFlagFin|header.TCPFlagPsh); last && got != want || !last && got != 0 {
 						t.Errorf("segment %d (last=%v): FIN/PSH %v from %v", k, last, got, orig)
 					}
@@ -136,25 +136,25 @@ func TestSplitSuperPackets(t *testing.T) {
 					t.Errorf("segment %d is %d bytes, more than one mss", k, len(seg))
 				}
 			}
-			if !bytes.Equal(payload, tt.pkt.payload) {
-				t.Fatalf("segments carry %d bytes that differ from the %d sent", len(payload), len(tt.pkt.payload))
+			if !bytes.Equal(payload, tt.pkt.Payload) {
+				t.Fatalf("segments carry %d bytes that differ from the %d sent", len(payload), len(tt.pkt.Payload))
 			}
 		})
 	}
 
 	bad := []struct {
 		name string
-		pkt  craftedPacket
+		pkt  testpacket.Spec
 		hdr  Header
 	}{
-		{"tcp gso on a udp packet is refused", craftedPacket{src: src, dst: dst, proto: 17, srcPort: 1, dstPort: 2, payload: testPayload(3000)}, Header{GSOType: GSOTCPv4, GSOSize: mss}},
-		{"udp gso on a tcp packet is refused", craftedPacket{src: src, dst: dst, proto: 6, srcPort: 1, dstPort: 2, payload: testPayload(3000)}, Header{GSOType: GSOUDPL4, GSOSize: mss}},
-		{"an IPv6 gso type is refused", craftedPacket{src: src, dst: dst, proto: 6, srcPort: 1, dstPort: 2, payload: testPayload(3000)}, Header{GSOType: GSOTCPv6, GSOSize: mss}},
-		{"a zero segment size is refused", craftedPacket{src: src, dst: dst, proto: 6, srcPort: 1, dstPort: 2, payload: testPayload(3000)}, Header{GSOType: GSOTCPv4}},
+		{"tcp gso on a udp packet is refused", testpacket.Spec{Src: src, Dst: dst, Proto: 17, SrcPort: 1, DstPort: 2, Payload: testPayload(3000)}, Header{GSOType: GSOTCPv4, GSOSize: mss}},
+		{"udp gso on a tcp packet is refused", testpacket.Spec{Src: src, Dst: dst, Proto: 6, SrcPort: 1, DstPort: 2, Payload: testPayload(3000)}, Header{GSOType: GSOUDPL4, GSOSize: mss}},
+		{"an IPv6 gso type is refused", testpacket.Spec{Src: src, Dst: dst, Proto: 6, SrcPort: 1, DstPort: 2, Payload: testPayload(3000)}, Header{GSOType: GSOTCPv6, GSOSize: mss}},
+		{"a zero segment size is refused", testpacket.Spec{Src: src, Dst: dst, Proto: 6, SrcPort: 1, DstPort: 2, Payload: testPayload(3000)}, Header{GSOType: GSOTCPv4}},
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
-			pkt := craftIPv4(t, tt.pkt)
+			pkt := testpacket.Build(tt.pkt)
 			_, _, err := Split(pkt, tt.hdr, func(size int) []byte { return make([]byte, size) })
 			if !errors.Is(err, ErrNotSegmentable) {
 				t.Fatalf("got %v, want ErrNotSegmentable", err)

@@ -1,7 +1,6 @@
 package wan
 
 import (
-	"cmp"
 	"net/netip"
 	"testing"
 
@@ -12,44 +11,14 @@ import (
 	"github.com/vpnmasq/vpnmasq/internal/testpacket"
 )
 
-// craftedPacket describes one IPv4 packet for filter and socket tests.
-type craftedPacket struct {
-	src, dst   netip.Addr
-	proto      uint8
-	srcPort    uint16
-	dstPort    uint16
-	fragOffset uint16 // in bytes, multiple of 8
-	moreFrags  bool
-	tcpFlags   header.TCPFlags // SYN when zero
-	seq        uint32
-	id         uint16 // 7 when zero
-	options    []byte // IPv4 options, see testpacket.IPv4Header.Options
-	payload    []byte
-}
-
-// craftIPv4 builds the packet with testpacket, every checksum valid,
-// starting at the IPv4 header.
-func craftIPv4(t testing.TB, p craftedPacket) []byte {
+// craftIPv4 builds the packet, starting at the IPv4 header. A non-first
+// fragment carries payload bytes where the transport header would be; they
+// are made to look like an out-of-range port, so that only the fragment rule
+// can accept it.
+func craftIPv4(t testing.TB, p testpacket.Spec) []byte {
 	t.Helper()
-	src, dst := netip.AddrPortFrom(p.src, p.srcPort), netip.AddrPortFrom(p.dst, p.dstPort)
-	l4 := p.payload
-	switch p.proto {
-	case uint8(header.UDPProtocolNumber):
-		l4 = testpacket.UDP(src, dst, p.payload)
-	case uint8(header.TCPProtocolNumber):
-		l4 = testpacket.TCP(testpacket.TCPHeader{Src: src, Dst: dst, Seq: p.seq, Ack: 1,
-			Flags: cmp.Or(p.tcpFlags, header.TCPFlagSyn), Window: 1024}, p.payload)
-	}
-	var flags uint8
-	if p.moreFrags {
-		flags = header.IPv4FlagMoreFragments
-	}
-	pkt := testpacket.IPv4(testpacket.IPv4Header{Src: p.src, Dst: p.dst, Proto: p.proto, ID: cmp.Or(p.id, 7),
-		Flags: flags, FragOff: p.fragOffset, Options: p.options}, l4)
-	if p.fragOffset != 0 {
-		// A non-first fragment carries payload bytes where the transport
-		// header would be; make them look like an out-of-range port so only
-		// the fragment rule can accept it.
+	pkt := testpacket.Build(p)
+	if p.FragOff != 0 {
 		hdrLen := header.IPv4(pkt).HeaderLength()
 		pkt[hdrLen+2], pkt[hdrLen+3] = 0, 1
 	}
@@ -77,24 +46,24 @@ func TestBPFCaptureFilter(t *testing.T) {
 	everything.Ports = []config.PortRange{{First: 0, Last: 65535}}
 	everything.Prefixes = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
 
-	udpTo := func(dst netip.Addr, port uint16) craftedPacket {
-		return craftedPacket{src: remote, dst: dst, proto: 17, srcPort: 53, dstPort: port, payload: []byte("hello")}
+	udpTo := func(dst netip.Addr, port uint16) testpacket.Spec {
+		return testpacket.Spec{Src: remote, Dst: dst, Proto: 17, SrcPort: 53, DstPort: port, Payload: []byte("hello")}
 	}
-	tcpTo := func(dst netip.Addr, port uint16) craftedPacket {
-		return craftedPacket{src: remote, dst: dst, proto: 6, srcPort: 443, dstPort: port}
+	tcpTo := func(dst netip.Addr, port uint16) testpacket.Spec {
+		return testpacket.Spec{Src: remote, Dst: dst, Proto: 6, SrcPort: 443, DstPort: port}
 	}
 	withOptions := udpTo(wan, 20000)
-	withOptions.options = []byte{byte(header.IPv4OptionRouterAlertType), 4, 0, 0} // Router Alert (RFC 2113)
+	withOptions.Options = []byte{byte(header.IPv4OptionRouterAlertType), 4, 0, 0} // Router Alert (RFC 2113)
 	optionsOutOfRange := udpTo(wan, 22)
-	optionsOutOfRange.options = withOptions.options
+	optionsOutOfRange.Options = withOptions.Options
 	firstFragment := udpTo(wan, 22)
-	firstFragment.moreFrags = true
+	firstFragment.MoreFrags = true
 	laterFragment := udpTo(wan, 22)
-	laterFragment.fragOffset = 1480
+	laterFragment.FragOff = 1480
 	laterFragmentOtherDst := laterFragment
-	laterFragmentOtherDst.dst = other
-	greFragment := craftedPacket{src: remote, dst: other, proto: 47, fragOffset: 8, payload: make([]byte, 16)}
-	otherProtoFragment := craftedPacket{src: remote, dst: wan, proto: 51, fragOffset: 8, payload: make([]byte, 16)}
+	laterFragmentOtherDst.Dst = other
+	greFragment := testpacket.Spec{Src: remote, Dst: other, Proto: 47, FragOff: 8, Payload: make([]byte, 16)}
+	otherProtoFragment := testpacket.Spec{Src: remote, Dst: wan, Proto: 51, FragOff: 8, Payload: make([]byte, 16)}
 
 	tests := []struct {
 		name    string
@@ -110,14 +79,14 @@ func TestBPFCaptureFilter(t *testing.T) {
 		{"udp just below the mapping range is left to the host", capture, packetOf(udpTo(wan, 19999)), false},
 		{"udp just above the mapping range is left to the host", capture, packetOf(udpTo(wan, 32768)), false},
 		{"udp to a captured port on another address is ignored", capture, packetOf(udpTo(other, 20000)), false},
-		{"gre to the wan address is captured", capture, packetOf(craftedPacket{src: remote, dst: wan, proto: 47, payload: make([]byte, 8)}), true},
-		{"esp to the wan address is captured", capture, packetOf(craftedPacket{src: remote, dst: wan, proto: 50, payload: make([]byte, 16)}), true},
-		{"ah not listed in protocols is left to the host", capture, packetOf(craftedPacket{src: remote, dst: wan, proto: 51, payload: make([]byte, 16)}), false},
-		{"gre to another address is ignored", capture, packetOf(craftedPacket{src: remote, dst: other, proto: 47, payload: make([]byte, 8)}), false},
-		{"icmp to the wan address is captured when ICMP is on", capture, packetOf(craftedPacket{src: remote, dst: wan, proto: 1, payload: make([]byte, 8)}), true},
-		{"icmp to the wan address is ignored when ICMP is off", noICMP, packetOf(craftedPacket{src: remote, dst: wan, proto: 1, payload: make([]byte, 8)}), false},
+		{"gre to the wan address is captured", capture, packetOf(testpacket.Spec{Src: remote, Dst: wan, Proto: 47, Payload: make([]byte, 8)}), true},
+		{"esp to the wan address is captured", capture, packetOf(testpacket.Spec{Src: remote, Dst: wan, Proto: 50, Payload: make([]byte, 16)}), true},
+		{"ah not listed in protocols is left to the host", capture, packetOf(testpacket.Spec{Src: remote, Dst: wan, Proto: 51, Payload: make([]byte, 16)}), false},
+		{"gre to another address is ignored", capture, packetOf(testpacket.Spec{Src: remote, Dst: other, Proto: 47, Payload: make([]byte, 8)}), false},
+		{"icmp to the wan address is captured when ICMP is on", capture, packetOf(testpacket.Spec{Src: remote, Dst: wan, Proto: 1, Payload: make([]byte, 8)}), true},
+		{"icmp to the wan address is ignored when ICMP is off", noICMP, packetOf(testpacket.Spec{Src: remote, Dst: wan, Proto: 1, Payload: make([]byte, 8)}), false},
 		{"udp to a host in a LAN prefix is captured whatever the port", capture, packetOf(udpTo(lanHost, 22)), true},
-		{"icmp to a host in a LAN prefix is captured even when ICMP is off", noICMP, packetOf(craftedPacket{src: remote, dst: lanHost, proto: 1, payload: make([]byte, 8)}), true},
+		{"icmp to a host in a LAN prefix is captured even when ICMP is off", noICMP, packetOf(testpacket.Spec{Src: remote, Dst: lanHost, Proto: 1, Payload: make([]byte, 8)}), true},
 		{"tcp to a host in the second LAN prefix is captured", capture, packetOf(tcpTo(netip.MustParseAddr("10.1.200.3"), 80)), true},
 		{"udp to an address just outside the LAN prefixes is ignored", capture, packetOf(udpTo(netip.MustParseAddr("10.2.0.1"), 20000)), false},
 		{"a header with options still finds the port (in range)", capture, packetOf(withOptions), true},
@@ -183,7 +152,7 @@ func TestBPFCaptureFilter(t *testing.T) {
 	}
 }
 
-func packetOf(p craftedPacket) func(t *testing.T) []byte {
+func packetOf(p testpacket.Spec) func(t *testing.T) []byte {
 	return func(t *testing.T) []byte { return craftIPv4(t, p) }
 }
 
@@ -235,7 +204,7 @@ func TestBPFCaptureFilterStaysWithinKernelLimits(t *testing.T) {
 		port uint16
 		want bool
 	}{{1000, true}, {1001, false}, {2198, true}, {2199, false}, {2200, false}} {
-		n, err := vm.Run(craftIPv4(t, craftedPacket{src: remote, dst: c.Addr, proto: 17, srcPort: 1, dstPort: tc.port}))
+		n, err := vm.Run(craftIPv4(t, testpacket.Spec{Src: remote, Dst: c.Addr, Proto: 17, SrcPort: 1, DstPort: tc.port}))
 		if err != nil {
 			t.Fatalf("vm.Run: %v", err)
 		}

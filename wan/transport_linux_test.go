@@ -187,7 +187,7 @@ func TestWANWriteSendsBatchAndReportsRefusedPackets(t *testing.T) {
 	const offset = 8
 	withHeadroom := func(p []byte) []byte { return append(make([]byte, offset), p...) }
 	udp := func(dst netip.Addr, payload []byte) []byte {
-		return withHeadroom(craftIPv4(t, craftedPacket{src: lab.wanAddr, dst: dst, proto: 17, srcPort: 20001, dstPort: 9999, payload: payload}))
+		return withHeadroom(craftIPv4(t, testpacket.Spec{Src: lab.wanAddr, Dst: dst, Proto: 17, SrcPort: 20001, DstPort: 9999, Payload: payload}))
 	}
 	unroutable := netip.MustParseAddr("203.0.113.9") // the router namespace has no default route
 	batch := [][]byte{
@@ -455,7 +455,7 @@ func BenchmarkWANWrite(b *testing.B) {
 	defer w.Close()
 	batch := make([][]byte, w.BatchSize())
 	for i := range batch {
-		batch[i] = craftIPv4(b, craftedPacket{src: lab.wanAddr, dst: lab.peerAddr, proto: 17, srcPort: 20001, dstPort: 9, payload: make([]byte, 32)})
+		batch[i] = craftIPv4(b, testpacket.Spec{Src: lab.wanAddr, Dst: lab.peerAddr, Proto: 17, SrcPort: 20001, DstPort: 9, Payload: make([]byte, 32)})
 	}
 	b.ResetTimer()
 	sent := 0

@@ -19,6 +19,7 @@
 package testpacket
 
 import (
+	"cmp"
 	"encoding/binary"
 	"net/netip"
 
@@ -223,4 +224,40 @@ func PartialChecksumCompletes(pkt []byte) bool {
 	_, l4done, _, _ := transport(done)
 	binary.BigEndian.PutUint16(l4done[field:], ^checksum.Checksum(l4, 0))
 	return TransportChecksumValid(done)
+}
+
+// Spec describes one IPv4 packet for Build, every checksum valid: for UDP
+// and TCP (SYN unless TCPFlags says otherwise, ack 1, window 1024) a
+// transport header from the ports in front of Payload; for any other
+// protocol Payload is the whole transport part.
+type Spec struct {
+	Src, Dst         netip.Addr
+	Proto            uint8
+	SrcPort, DstPort uint16
+	TCPFlags         header.TCPFlags // SYN when zero
+	Seq              uint32
+	ID               uint16 // 7 when zero
+	FragOff          uint16 // in bytes, a multiple of 8
+	MoreFrags        bool
+	Options          []byte // IPv4 options, as IPv4Header.Options
+	Payload          []byte
+}
+
+// Build writes the packet s describes, starting at the IPv4 header.
+func Build(s Spec) []byte {
+	src, dst := netip.AddrPortFrom(s.Src, s.SrcPort), netip.AddrPortFrom(s.Dst, s.DstPort)
+	l4 := s.Payload
+	switch s.Proto {
+	case uint8(header.UDPProtocolNumber):
+		l4 = UDP(src, dst, s.Payload)
+	case uint8(header.TCPProtocolNumber):
+		l4 = TCP(TCPHeader{Src: src, Dst: dst, Seq: s.Seq, Ack: 1,
+			Flags: cmp.Or(s.TCPFlags, header.TCPFlagSyn), Window: 1024}, s.Payload)
+	}
+	var flags uint8
+	if s.MoreFrags {
+		flags = header.IPv4FlagMoreFragments
+	}
+	return IPv4(IPv4Header{Src: s.Src, Dst: s.Dst, Proto: s.Proto, ID: cmp.Or(s.ID, 7),
+		Flags: flags, FragOff: s.FragOff, Options: s.Options}, l4)
 }

@@ -151,3 +151,33 @@ func TestChecksumChecks(t *testing.T) {
 		}
 	})
 }
+
+func TestBuildWritesTheSpecifiedPacket(t *testing.T) {
+	src, dst := netip.MustParseAddr("192.168.77.10"), netip.MustParseAddr("198.18.0.2")
+	t.Run("UDP and TCP get their transport header from the ports, checksums valid", func(t *testing.T) {
+		for _, proto := range []uint8{uint8(header.UDPProtocolNumber), uint8(header.TCPProtocolNumber)} {
+			pkt := Build(Spec{Src: src, Dst: dst, Proto: proto, SrcPort: 40000, DstPort: 53, Payload: []byte("hi")})
+			ip := header.IPv4(pkt)
+			if !ip.IsChecksumValid() || !TransportChecksumValid(pkt) {
+				t.Fatalf("protocol %d: checksums not valid", proto)
+			}
+			if ip.ID() != 7 || ip.Protocol() != proto || ip.SourceAddress() != addr(src) || ip.DestinationAddress() != addr(dst) {
+				t.Fatalf("protocol %d: header %v→%v proto %d id %d", proto, ip.SourceAddress(), ip.DestinationAddress(), ip.Protocol(), ip.ID())
+			}
+			if proto == uint8(header.TCPProtocolNumber) && header.TCP(ip.Payload()).Flags() != header.TCPFlagSyn {
+				t.Fatalf("TCP flags %v, want SYN when none are given", header.TCP(ip.Payload()).Flags())
+			}
+		}
+	})
+	t.Run("a fragment carries its offset, more-fragments flag, ID and options", func(t *testing.T) {
+		pkt := Build(Spec{Src: src, Dst: dst, Proto: 50, ID: 99, FragOff: 1480, MoreFrags: true,
+			Options: []byte{148, 4, 0, 0}, Payload: make([]byte, 16)})
+		ip := header.IPv4(pkt)
+		if ip.FragmentOffset() != 1480 || ip.Flags()&header.IPv4FlagMoreFragments == 0 || ip.ID() != 99 || ip.HeaderLength() != 24 {
+			t.Fatalf("offset %d flags %#x id %d header %d bytes", ip.FragmentOffset(), ip.Flags(), ip.ID(), ip.HeaderLength())
+		}
+		if len(ip.Payload()) != 16 {
+			t.Fatalf("%d payload bytes, want the 16 given as the whole transport part", len(ip.Payload()))
+		}
+	})
+}
