@@ -45,11 +45,11 @@ func fakeSnapshot() Snapshot {
 		LANPrefixes: []netip.Prefix{lanPrefix, netip.MustParsePrefix("10.1.0.0/16")},
 		ServiceAddr: addr("192.0.2.53"),
 		Traffic: []Traffic{
-			{LANToWAN, "tcp", 100, 150000},
-			{WANToLAN, "tcp", 90, 900000},
-			{LANToWAN, "udp", 10, 1000},
-			{WANToLAN, "udp", 5, 500},
-			{LANToWAN, "esp", 7, 700},
+			{LANToWAN, "tcp", 100, 150000, 3},
+			{WANToLAN, "tcp", 90, 900000, 0},
+			{LANToWAN, "udp", 10, 1000, 0},
+			{WANToLAN, "udp", 5, 500, 0},
+			{LANToWAN, "esp", 7, 700, 0},
 		},
 		Drops: map[string]uint64{"malformed": 3, "esp_squelched": 2, "unsolicited": 0},
 		Mappings: []Mapping{

@@ -18,6 +18,9 @@ var (
 		"Packets forwarded, by direction (lan_to_wan, wan_to_lan) and protocol.", []string{"direction", "proto"}, nil)
 	descBytes = prometheus.NewDesc("vpnmasq_bytes_total",
 		"Bytes forwarded (whole IP packets), by direction and protocol.", []string{"direction", "proto"}, nil)
+	descSuperPackets = prometheus.NewDesc("vpnmasq_super_packets_total",
+		"Packets among vpnmasq_packets_total that were TCP or UDP super-packets (segments of one flow translated and sent as one), by direction and protocol.",
+		[]string{"direction", "proto"}, nil)
 	descDrops = prometheus.NewDesc("vpnmasq_drops_total",
 		"Packets dropped, by reason.", []string{"reason"}, nil)
 	descMappings = prometheus.NewDesc("vpnmasq_mappings",
@@ -66,6 +69,8 @@ var (
 //	vpnmasq_packets_total{direction,proto}    counter  packets forwarded; direction is lan_to_wan or
 //	                                                   wan_to_lan, proto one of tcp udp icmp gre esp ah other
 //	vpnmasq_bytes_total{direction,proto}      counter  bytes forwarded (IP packets, headers included)
+//	vpnmasq_super_packets_total{direction,proto} counter  packets among vpnmasq_packets_total that were
+//	                                                   super-packets (tcp and udp only)
 //	vpnmasq_drops_total{reason}               counter  packets dropped, by reason; every reason is
 //	                                                   present, zeros included
 //	vpnmasq_mappings{proto}                   gauge    NAT mappings (tcp, udp and icmp always present)
@@ -100,7 +105,7 @@ func NewCollector(src Source) *Collector { return &Collector{src: src} }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descBytes, descDrops, descMappings,
+	for _, d := range []*prometheus.Desc{descPackets, descBytes, descSuperPackets, descDrops, descMappings,
 		descPortsInUse, descPortsSize, descVPN, descDNSQueries, descDNSHits, descDNSFailures,
 		descDNSIgnored, descFlows, descLimitRefusals, descLimitEvictions, descICMPErrors,
 		descWANChanges, descWANDropped, descUptime, descBuild} {
@@ -127,11 +132,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		sum := traffic[k]
 		sum.Packets += t.Packets
 		sum.Bytes += t.Bytes
+		sum.SuperPackets += t.SuperPackets
 		traffic[k] = sum
 	}
 	for k, t := range traffic {
 		counter(descPackets, t.Packets, k.dir, k.proto)
 		counter(descBytes, t.Bytes, k.dir, k.proto)
+		if k.proto == "tcp" || k.proto == "udp" {
+			counter(descSuperPackets, t.SuperPackets, k.dir, k.proto)
+		}
 	}
 
 	for reason, n := range allDrops(s.Drops) {

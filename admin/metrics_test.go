@@ -74,6 +74,8 @@ func TestMetrics(t *testing.T) {
 		{"vpnmasq_packets_total", []string{"direction=lan_to_wan", "proto=tcp"}, counter, 100},
 		{"vpnmasq_packets_total", []string{"direction=wan_to_lan", "proto=tcp"}, counter, 90},
 		{"vpnmasq_packets_total", []string{"direction=lan_to_wan", "proto=esp"}, counter, 7},
+		{"vpnmasq_super_packets_total", []string{"direction=lan_to_wan", "proto=tcp"}, counter, 3},
+		{"vpnmasq_super_packets_total", []string{"direction=wan_to_lan", "proto=udp"}, counter, 0},
 		{"vpnmasq_bytes_total", []string{"direction=lan_to_wan", "proto=tcp"}, counter, 150000},
 		{"vpnmasq_bytes_total", []string{"direction=wan_to_lan", "proto=udp"}, counter, 500},
 		{"vpnmasq_drops_total", []string{"reason=malformed"}, counter, 3},
@@ -171,8 +173,11 @@ func TestMetricsEdgeCases(t *testing.T) {
 		want   float64
 	}{
 		{"repeated traffic rows are added up instead of failing the scrape",
-			Snapshot{Traffic: []Traffic{{LANToWAN, "udp", 1, 10}, {LANToWAN, "udp", 2, 20}}},
+			Snapshot{Traffic: []Traffic{{LANToWAN, "udp", 1, 10, 0}, {LANToWAN, "udp", 2, 20, 1}}},
 			"vpnmasq_bytes_total", []string{"direction=lan_to_wan", "proto=udp"}, 30},
+		{"repeated traffic rows add up their super-packets too",
+			Snapshot{Traffic: []Traffic{{LANToWAN, "udp", 1, 10, 1}, {LANToWAN, "udp", 2, 20, 1}}},
+			"vpnmasq_super_packets_total", []string{"direction=lan_to_wan", "proto=udp"}, 2},
 		{"repeated port rows are added up", Snapshot{Ports: []PortUse{{"tcp", 1, 10}, {"tcp", 2, 10}}},
 			"vpnmasq_ports_in_use", []string{"proto=tcp"}, 3},
 		{"an idle router still has its mapping gauges", Snapshot{}, "vpnmasq_mappings", []string{"proto=tcp"}, 0},

@@ -145,6 +145,9 @@ type Traffic struct {
 	Proto     string `json:"proto"`     // tcp udp icmp gre esp ah other
 	Packets   uint64 `json:"packets"`
 	Bytes     uint64 `json:"bytes"`
+	// SuperPackets are the packets among Packets that were TCP or UDP
+	// super-packets (up to 64 KiB of segments, translated once).
+	SuperPackets uint64 `json:"super_packets"`
 }
 
 // Directions of Traffic.

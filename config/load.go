@@ -71,7 +71,7 @@ func Default() *Config {
 			AdminPort:   80,
 			AdminSocket: "/run/vpnmasq/admin.sock",
 		},
-		TUN:   TUN{Name: "vpnmasq0", Table: 5353, RulePriority: 5353},
+		TUN:   TUN{Name: "vpnmasq0", Table: 5353, RulePriority: 5353, UDPGRO: true},
 		State: State{Enabled: true, File: "/var/lib/vpnmasq/state.bin", Interval: 5 * time.Second, MaxAge: 10 * time.Minute, Hold: 30 * time.Second},
 		Log:   Log{Level: "info", Format: "auto"},
 	}

@@ -129,7 +129,7 @@ func TestLoadDecodesValues(t *testing.T) {
 			}},
 		{"a quoted key is the same key", "[nat]\n\"max_mappings\" = 10",
 			func(c *Config) any { return c.NAT.MaxMappings }, 10},
-		{"a value given in the file replaces the default", "[tun]\nname = \"vmq1\"\ntable = 100\nrule_priority = 100\n[log]\nlevel = \"debug\"\nformat = \"json\"",
+		{"a value given in the file replaces the default", "[tun]\nname = \"vmq1\"\ntable = 100\nrule_priority = 100\nudp_gro = false\n[log]\nlevel = \"debug\"\nformat = \"json\"",
 			func(c *Config) any { return []any{c.TUN, c.Log} },
 			[]any{TUN{Name: "vmq1", Table: 100, RulePriority: 100}, Log{Level: "debug", Format: "json"}}},
 	}

@@ -175,6 +175,9 @@ type TUN struct {
 	Name         string `toml:"name"`          // default "vpnmasq0"
 	Table        int    `toml:"table"`         // policy routing table, default 5353
 	RulePriority int    `toml:"rule_priority"` // ip rule priority, default 5353
+	// UDPGRO turns on UDP GRO forwarding on the LAN and WAN interfaces while
+	// vpnmasq runs, so that UDP flows cross the router as super-packets.
+	UDPGRO bool `toml:"udp_gro"` // default true
 }
 
 // State is where the NAT state is kept across restarts: written every

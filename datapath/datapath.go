@@ -163,12 +163,18 @@ const (
 	WANToLAN        // translated or routed in
 )
 
-// Counter is a packet and byte count.
-type Counter struct{ Packets, Bytes atomic.Uint64 }
+// Counter is a packet and byte count. A super-packet counts once in
+// Packets and once in SuperPackets, its bytes whole.
+type Counter struct{ Packets, Bytes, SuperPackets atomic.Uint64 }
 
 func (c *Counter) add(n int) {
 	c.Packets.Add(1)
 	c.Bytes.Add(uint64(n))
+}
+
+func (c *Counter) addSuper(n int) {
+	c.add(n)
+	c.SuperPackets.Add(1)
 }
 
 // Stats counts what crossed the router.
@@ -179,7 +185,6 @@ type Stats struct {
 	HairpinPackets atomic.Uint64 // LAN → WAN address → LAN
 	LocalPackets   atomic.Uint64 // LAN ↔ LAN across interfaces
 	ServicePackets atomic.Uint64 // LAN → the service address (netstack)
-	SuperPackets   atomic.Uint64 // TCP super-packets translated and sent whole
 	ICMPErrorsSent atomic.Uint64 // Time Exceeded, Fragmentation Needed, Unreachable
 	// ICMPErrorsSuppressed counts errors not sent because their
 	// destination's or the global rate limit was reached (icmplimit.go).

@@ -57,7 +57,7 @@ func (o *outbox) toWAN(buf []byte, n int) {
 	o.wanHdrs = append(o.wanHdrs, offload.Header{})
 }
 
-// toWANSuper queues the n-byte TCP super-packet at buf[Headroom:],
+// toWANSuper queues the n-byte TCP or UDP super-packet at buf[Headroom:],
 // described by h as the TUN gave it.
 func (o *outbox) toWANSuper(buf []byte, n int, h offload.Header) {
 	o.wan = append(o.wan, buf[:Headroom+n])

@@ -7,8 +7,8 @@
 //
 // This file is the path in packet order. From the LAN to the WAN (RunLAN):
 //
-//  1. Read a batch from the TUN: wire packets, or TCP super-packets whole
-//     with their virtio-net header when the device offers them.
+//  1. Read a batch from the TUN: wire packets, or TCP and UDP super-packets
+//     whole with their virtio-net header when the device offers them.
 //  2. fromTUN: send a super-packet whole (sendSuperPacket) when nothing
 //     about it needs work per segment; else split it into wire packets
 //     (offload.Split) or complete a checksum left to offload.
@@ -149,37 +149,48 @@ func (p *Path) fromTUN(buf []byte, n int, h offload.Header, pk *nat.Packet, o *o
 	}
 }
 
-// sendSuperPacket translates and queues a TCP super-packet for the WAN
-// whole, or reports false when it must be split: it is not plain TCP with a
-// partial checksum, it is PPTP control (rewritten byte by byte), its
-// destination is not out on the WAN (local, service, hairpin), or its
-// segments would not fit the WAN MTU (the segments then get Fragmentation
-// Needed, or fragmentation, one by one).
+// sendSuperPacket translates and queues a TCP or UDP super-packet for the
+// WAN whole, or reports false when it must be split: its checksum is not a
+// partial one, a NAT helper reads its payload packet by packet
+// (offload.Whole: PPTP control, IKE, NAT-T), its destination is not out on
+// the WAN (local, service, hairpin), or its segments would not fit the WAN
+// MTU (the segments then get Fragmentation Needed, or fragmentation, one by
+// one).
 func (p *Path) sendSuperPacket(buf []byte, n int, h offload.Header, pk *nat.Packet, o *outbox) bool {
-	if !h.IsTCPv4() || !h.NeedsChecksum() {
+	var proto uint8
+	var csumOffset uint16
+	switch {
+	case h.IsTCPv4():
+		proto, csumOffset = nat.ProtoTCP, header.TCPChecksumOffset
+	case h.IsUDP():
+		proto, csumOffset = nat.ProtoUDP, offload.UDPChecksumOffset
+	default:
 		return false
 	}
-	if pk.Parse(buf[Headroom:Headroom+n]) != nat.DropNone || pk.Proto != nat.ProtoTCP || pk.IsFragment() {
+	if !h.NeedsChecksum() || h.GSOSize == 0 {
+		return false
+	}
+	if pk.Parse(buf[Headroom:Headroom+n]) != nat.DropNone || pk.Proto != proto || pk.IsFragment() {
 		return false
 	}
 	ihl := int(pk.IP.HeaderLength())
-	if int(h.CsumStart) != ihl || h.CsumOffset != header.TCPChecksumOffset || h.GSOSize == 0 {
-		return false
-	}
-	if pk.SrcPort == nat.PortPPTP || pk.DstPort == nat.PortPPTP {
+	if int(h.CsumStart) != ihl || h.CsumOffset != csumOffset || !offload.Whole(pk.Buf, ihl, proto) {
 		return false
 	}
 	route := p.routeLAN(pk)
 	if (route != routeMasquerade && route != routeNoNAT) || pk.Dst == p.wan() {
 		return false // local, service or hairpin: per segment
 	}
-	if ihl+int(header.TCP(pk.L4).DataOffset())+int(h.GSOSize) > p.wanMTU {
+	l4Len := header.UDPMinimumSize
+	if proto == nat.ProtoTCP {
+		l4Len = int(header.TCP(pk.L4).DataOffset())
+	}
+	if ihl+l4Len+int(h.GSOSize) > p.wanMTU {
 		return false
 	}
 	pk.PartialChecksum = true
 	if p.translateOut(buf, pk, o, route) {
-		p.stats.Traffic[LANToWAN][pk.Proto].add(len(pk.Buf))
-		p.stats.SuperPackets.Add(1)
+		p.stats.Traffic[LANToWAN][pk.Proto].addSuper(len(pk.Buf))
 		o.toWANSuper(buf, len(pk.Buf), h)
 	}
 	return true
@@ -404,7 +415,7 @@ func (p *Path) RunWAN() error {
 }
 
 // fromWAN handles one packet captured on the WAN interface,
-// buf[Headroom:Headroom+n]: a wire packet, or, when h says so, a TCP
+// buf[Headroom:Headroom+n]: a wire packet, or, when h says so, a TCP or UDP
 // super-packet with a partial checksum to be delivered to the TUN whole.
 func (p *Path) fromWAN(buf []byte, n int, h offload.Header, pk *nat.Packet, o *outbox) {
 	if r := pk.Parse(buf[Headroom : Headroom+n]); r != nat.DropNone {
@@ -464,12 +475,12 @@ func (p *Path) fromWAN(buf []byte, n int, h offload.Header, pk *nat.Packet, o *o
 // deliverLAN queues a packet from the WAN for the TUN; a super-packet (h)
 // whole.
 func (p *Path) deliverLAN(buf []byte, pk *nat.Packet, o *outbox, h offload.Header) {
-	p.stats.Traffic[WANToLAN][pk.Proto].add(len(pk.Buf))
 	if h.IsSuperPacket() {
-		p.stats.SuperPackets.Add(1)
+		p.stats.Traffic[WANToLAN][pk.Proto].addSuper(len(pk.Buf))
 		o.toLANSuper(buf, len(pk.Buf), h)
 		return
 	}
+	p.stats.Traffic[WANToLAN][pk.Proto].add(len(pk.Buf))
 	o.toLAN(buf, len(pk.Buf))
 }
 

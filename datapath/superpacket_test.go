@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -24,6 +25,21 @@ func tcpSuperPacket(src, dst [4]byte, sport, dport uint16, payload, mss int) ([]
 	h := offload.Header{Flags: offload.FlagNeedsChecksum, GSOType: offload.GSOTCPv4,
 		HdrLen: header.IPv4MinimumSize + header.TCPMinimumSize, GSOSize: uint16(mss),
 		CsumStart: header.IPv4MinimumSize, CsumOffset: header.TCPChecksumOffset}
+	return buf, n, h
+}
+
+// udpSuperPacket builds a UDP super-packet as the TUN hands it over: a UDP
+// header whose length covers every datagram, the checksum field holding the
+// pseudo-header sum, and its virtio-net header (UDP_L4, NEEDS_CSUM).
+func udpSuperPacket(src, dst [4]byte, sport, dport uint16, payload, size int) ([]byte, int, offload.Header) {
+	s, d := netip.AddrPortFrom(netip.AddrFrom4(src), sport), netip.AddrPortFrom(netip.AddrFrom4(dst), dport)
+	pkt := testpacket.IPv4(testpacket.IPv4Header{Src: s.Addr(), Dst: d.Addr(), Proto: uint8(header.UDPProtocolNumber), ID: 9, TTL: 63},
+		testpacket.UDP(s, d, counting(payload)))
+	testpacket.PartialChecksum(pkt)
+	buf, n := inBuffer(pkt)
+	h := offload.Header{Flags: offload.FlagNeedsChecksum, GSOType: offload.GSOUDPL4,
+		HdrLen: header.IPv4MinimumSize + header.UDPMinimumSize, GSOSize: uint16(size),
+		CsumStart: header.IPv4MinimumSize, CsumOffset: offload.UDPChecksumOffset}
 	return buf, n, h
 }
 
@@ -64,6 +80,49 @@ func TestSuperPacketsLeaveWhole(t *testing.T) {
 			t.Errorf("virtio-net header %+v", h)
 		}
 	})
+	t.Run("a masqueraded UDP super-packet is translated once and queued whole", func(t *testing.T) {
+		c := testCore(t, 1500)
+		c.dev.superWAN = superPacketWAN{}
+		o, segs := newTestOutbox(), &offload.Segments{Headroom: Headroom}
+		buf, n, h := udpSuperPacket(lanHost, remote, 40000, 51820, 44*1400, 1400)
+		var p nat.Packet
+		c.fromTUN(buf, n, h, &p, o, segs)
+		if len(o.wan) != 1 || !o.wanHdrs[0].IsUDP() {
+			t.Fatalf("%d packets queued, headers %v", len(o.wan), o.wanHdrs)
+		}
+		pkt := o.wan[0][Headroom:]
+		ip := header.IPv4(pkt)
+		udp := header.UDP(ip.Payload())
+		if ip.SourceAddress().As4() != wanAddr || int(ip.TotalLength()) != n || int(udp.Length()) != n-header.IPv4MinimumSize {
+			t.Errorf("left as %v, %d bytes, UDP length %d", ip.SourceAddress(), ip.TotalLength(), udp.Length())
+		}
+		if !testpacket.PartialChecksumCompletes(pkt) {
+			t.Error("the partial checksum does not verify after offload")
+		}
+		if got := c.stats.Traffic[LANToWAN][nat.ProtoUDP].SuperPackets.Load(); got != 1 {
+			t.Errorf("%d UDP super-packets counted", got)
+		}
+	})
+	for _, port := range []uint16{nat.PortIKE, nat.PortNATT} {
+		t.Run(fmt.Sprintf("a UDP super-packet to port %d is split, each message classified", port), func(t *testing.T) {
+			c := testCore(t, 1500)
+			c.dev.superWAN = superPacketWAN{}
+			o, segs := newTestOutbox(), &offload.Segments{Headroom: Headroom}
+			buf, n, h := udpSuperPacket(lanHost, remote, port, port, 3*1400, 1400)
+			var p nat.Packet
+			c.fromTUN(buf, n, h, &p, o, segs)
+			// Whether the engine passes these made-up IKE payloads is
+			// not the point: none may leave as one.
+			for i, b := range o.wan {
+				if o.wanHdrs[i].IsSuperPacket() || len(b)-Headroom > header.IPv4MinimumSize+header.UDPMinimumSize+1400 {
+					t.Fatalf("packet %d of %d queued whole (%d bytes)", i, len(o.wan), len(b)-Headroom)
+				}
+			}
+			if len(o.wan) == 0 {
+				t.Fatal("nothing queued")
+			}
+		})
+	}
 	for _, tc := range []struct {
 		name   string
 		gsoOut bool
@@ -147,6 +206,9 @@ func TestForwardingAllocatesNothingPerPacket(t *testing.T) {
 			return buf, n, offload.Header{}
 		}},
 		{"a TCP super-packet on a no-NAT route sent whole", func() ([]byte, int, offload.Header) { return tcpSuperPacket(lanHost, site, 40000, 5201, 20000, 1448) }},
+		{"a UDP super-packet sent whole", func() ([]byte, int, offload.Header) {
+			return udpSuperPacket(lanHost, remote, 40001, 51820, 44*1400, 1400)
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tmpl, n, h := tc.pkt()

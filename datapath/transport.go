@@ -34,15 +34,22 @@ type TUN interface {
 	BatchSize() int
 }
 
-// SuperPacketTUN is a TUN that can also move TCP super-packets whole, each
-// described by its virtio-net header (offload.Header, CsumStart counted
-// from the IPv4 header).
+// SuperPacketTUN is a TUN that can also move TCP super-packets whole, and
+// UDP ones where the device has UDP segmentation offload, each described by
+// its virtio-net header (offload.Header, CsumStart counted from the IPv4
+// header).
 type SuperPacketTUN interface {
 	TUN
 	// SuperPackets reports whether ReadSuperPackets and WriteSuperPacket
 	// work (the device was created with a virtio-net header); it does not
 	// change once the device is open.
 	SuperPackets() bool
+	// UDPSuperPackets reports whether UDP super-packets (GSO_UDP_L4) come
+	// and go whole too, rather than only TCP ones; it does not change once
+	// the device is open. Reads may return UDP super-packets either way
+	// (the path splits what it cannot send whole); writes take them only
+	// when this is true.
+	UDPSuperPackets() bool
 	// ReadSuperPackets is Read that leaves super-packets whole: hdrs[i] is
 	// the header of packet i (zero for a wire packet; a wire packet may
 	// still have NeedsChecksum set).
@@ -62,8 +69,8 @@ type WAN interface {
 	// Read blocks until at least one packet arrives; fills bufs[i][offset:]
 	// with an IPv4 packet, sizes[i] with its length and hdrs[i] with its
 	// offload header: zero for a wire packet with complete checksums, or
-	// the TUN-form header of a TCP super-packet kept whole (only when the
-	// transport was opened to keep them). It returns how many. After Close
+	// the TUN-form header of a TCP or UDP super-packet kept whole (only
+	// when the transport was opened to keep them). It returns how many. After Close
 	// it returns an error for which Devices.Closed reports true.
 	Read(bufs [][]byte, sizes []int, hdrs []offload.Header, offset int) (n int, err error)
 	// Write sends each bufs[i][offset:] as one IPv4 packet; returns how many
@@ -76,13 +83,13 @@ type WAN interface {
 	BatchSize() int
 }
 
-// SuperPacketWAN is a WAN that can send TCP super-packets whole.
+// SuperPacketWAN is a WAN that can send TCP and UDP super-packets whole.
 type SuperPacketWAN interface {
 	WAN
 	// SendsSuperPackets reports whether WriteSuperPackets sends them whole
 	// (rather than split); it does not change once the transport is open.
 	SendsSuperPackets() bool
-	// WriteSuperPackets sends the TCP super-packets bufs[i][offset:], each
+	// WriteSuperPackets sends the super-packets bufs[i][offset:], each
 	// described by hdrs[i] as the TUN gave it, whole where it can and split
 	// into wire packets otherwise. It returns how many it sent.
 	WriteSuperPackets(bufs [][]byte, hdrs []offload.Header, offset int) (int, error)

@@ -10,6 +10,12 @@
 //     writes packets from the host's own addresses into it; the TUN's
 //     disable_ipv6=1, since vpnmasq routes IPv4 only. A setting that
 //     already has the value is left alone.
+//   - with Spec.UDPGRO ([tun] udp_gro), UDP GRO forwarding on the LAN
+//     interfaces (a bridge's ports, where a bridge's GRO happens) and the WAN
+//     interface: ethtool's rx-gro and rx-udp-gro-forwarding on, rx-gro-list
+//     off, each only where it was not so already; an interface that cannot
+//     is left alone (logged at info). The previous values come back at
+//     Close.
 //   - the TUN link up.
 //   - nftables table ip vpnmasq_<tun>, the guards: guard_input drops what
 //     arrives on the WAN for the NAT's ports and protocols on the WAN

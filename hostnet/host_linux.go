@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -26,6 +27,9 @@ type Spec struct {
 	RulePriority  int
 	LANInterfaces []string
 	WANInterface  string
+	// UDPGRO turns on UDP GRO forwarding on the LAN and WAN interfaces
+	// while vpnmasq runs (gro_linux.go).
+	UDPGRO bool
 	// Guard is what the guards drop on the WAN side.
 	Guard Guard
 	// HairpinPorts are TCP/UDP ports on the WAN address that LAN hosts may
@@ -114,6 +118,9 @@ type Host struct {
 	mu   sync.Mutex // guards undo and done: Close, Hold and the updates may come from any goroutine
 	undo []hostUndo // in the order things were added
 	done bool
+	// ethtool is the socket that changed interface features, kept for
+	// their restore: it addresses the namespace it was opened in.
+	ethtool *ethtool.Ethtool
 }
 
 type hostUndo struct {
@@ -174,6 +181,13 @@ func (h *Host) setup(s Spec) error {
 
 	if err := h.setupSysctls(s.TUN); err != nil {
 		return err
+	}
+	if s.UDPGRO {
+		ifaces, err := receivingInterfaces(nl, append(slices.Clone(s.LANInterfaces), s.WANInterface))
+		if err != nil {
+			return fmt.Errorf("host: %w", err)
+		}
+		h.setupUDPGRO(ifaces)
 	}
 
 	if err := nl.LinkSetUp(tun); err != nil {
@@ -320,6 +334,9 @@ func (h *Host) Close() error {
 		h.log.Debug().Str("object", u.what).Msg("removed")
 	}
 	h.undo = nil
+	if h.ethtool != nil {
+		h.ethtool.Close()
+	}
 	errs = append(errs, h.ns.Close())
 	return errors.Join(errs...)
 }

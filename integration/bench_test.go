@@ -55,6 +55,7 @@ var benchMetrics = []benchMetric{
 	{name: "TCP 4 streams LAN→WAN", short: "TCP 4 streams LAN→WAN", unit: unitBits, args: []string{"-P", "4"}},
 	{name: "UDP 1400 B LAN→WAN (receiver rate, 4 MB socket buffers)", short: "UDP LAN→WAN", unit: unitBits, args: benchUDP},
 	{name: "UDP 1400 B WAN→LAN (receiver rate, 4 MB socket buffers)", short: "UDP WAN→LAN", unit: unitBits, args: append(slices.Clone(benchUDP), "-R")},
+	{name: "UDP 1400 B LAN→WAN sent 44 at a time with UDP_SEGMENT (as wireguard-go, Tailscale and QUIC send), datagrams/s reaching the WAN host", short: "UDP_SEGMENT", unit: unitPackets, proto: "udp"},
 	{name: "raw ESP 1400 B, packets/s reaching the WAN host from one raw-socket sender", short: "raw ESP", unit: unitPackets, proto: "esp"},
 	{name: "enhanced GRE 1400 B (PPTP data, no call set up), the same", short: "GRE", unit: unitPackets, proto: "gre"},
 	{name: "ping RTT, idle (200 × 5 ms)", unit: unitMicros},
@@ -111,6 +112,7 @@ type benchLab struct {
 	l       *lab.Lab
 	seconds int
 	rawgen  string // the raw packet generator's binary
+	only    string // measure only the metrics whose name contains it (BENCH_ONLY)
 }
 
 // benchRouter is a running vpnmasq whose CPU time and packet counters are
@@ -247,7 +249,9 @@ func pingUnderLoad(t *testing.T, l *lab.Lab) (p50, p99 float64, err error) {
 //
 // BENCH_RUNS (default 3) and BENCH_SECONDS (default 5) set the repetitions
 // and the length of each iperf3 and raw-packet run; BENCH_OUT names a file
-// that receives the result table in Markdown.
+// that receives the result table in Markdown; BENCH_ONLY=text measures only
+// the metrics whose name contains text (a quick comparison while working on
+// one of them).
 func TestBench(t *testing.T) {
 	for _, tool := range []string{"iperf3", "ping", "nft"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -256,7 +260,7 @@ func TestBench(t *testing.T) {
 	}
 	runs := envInt(t, "BENCH_RUNS", 3, 1, 20)
 	seconds := envInt(t, "BENCH_SECONDS", 5, 1, 60)
-	b := &benchLab{l: newLab(t, lab.Options{}), seconds: seconds, rawgen: buildRawgen(t)}
+	b := &benchLab{l: newLab(t, lab.Options{}), seconds: seconds, rawgen: buildRawgen(t), only: os.Getenv("BENCH_ONLY")}
 	l := b.l
 	startIperfServer(t, l.WAN, 5201)
 	startIperfServer(t, l.WAN, benchLoadPort)
@@ -374,6 +378,10 @@ func measureAll(t *testing.T, b *benchLab, res *benchResults, r *benchRouter) {
 	t.Helper()
 	row := 0
 	for i, m := range benchMetrics {
+		if b.only != "" && !strings.Contains(m.name, b.only) {
+			row += len(slices.DeleteFunc(benchRows(), func(r benchRow) bool { return r.metric != i }))
+			continue
+		}
 		var cpu0, pk0 float64
 		if r != nil {
 			cpu0, pk0 = r.sample(t)
@@ -530,6 +538,9 @@ func benchTable(kernel, userspace *benchResults, runs, seconds int) string {
 	b.WriteString("| metric | kernel median (min–max) | vpnmasq median (min–max) | vpnmasq vs kernel |\n")
 	b.WriteString("|---|---|---|---|\n")
 	for i, row := range benchRows() {
+		if len(kernel.rows[i]) == 0 {
+			continue // not measured (BENCH_ONLY)
+		}
 		k, u := summarize(kernel.rows[i]), summarize(userspace.rows[i])
 		switch unit := benchMetrics[row.metric].unit; {
 		case unit == unitPackets && row.second:

@@ -58,8 +58,9 @@ func FuzzCompleteChecksum(f *testing.F) {
 }
 
 func FuzzForTUN(f *testing.F) {
-	f.Add(seedSuperPacket(f), uint8(FlagDataValid), uint8(GSOTCPv4), uint16(1448))
-	f.Fuzz(func(t *testing.T, pkt []byte, flags, gsoType uint8, gsoSize uint16) {
-		ForTUN(pkt, Header{Flags: flags, GSOType: gsoType, GSOSize: gsoSize})
+	f.Add(seedSuperPacket(f), uint8(FlagDataValid), uint8(GSOTCPv4), uint16(1448), true)
+	f.Add(seedSuperPacket(f), uint8(FlagDataValid), uint8(GSOUDPL4), uint16(1400), true)
+	f.Fuzz(func(t *testing.T, pkt []byte, flags, gsoType uint8, gsoSize uint16, udp bool) {
+		ForTUN(pkt, Header{Flags: flags, GSOType: gsoType, GSOSize: gsoSize}, udp)
 	})
 }

@@ -9,7 +9,8 @@
 //
 //   - With GRO (on a NIC) or TSO (from a local stack), consecutive TCP
 //     segments of a flow arrive merged into one super-packet of up to
-//     64 KiB.
+//     64 KiB; with UDP GRO forwarding (or UDP_SEGMENT from a local
+//     sender), consecutive equal-sized UDP datagrams of a flow likewise.
 //   - Packets that were never checksummed (GRO results, anything arriving
 //     over a veth from a stack with checksum offload) carry only the
 //     pseudo-header sum in their TCP or UDP checksum field.
@@ -22,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
@@ -46,6 +48,10 @@ const (
 	GSOUDPL4 = 5    // VIRTIO_NET_HDR_GSO_UDP_L4: UDP segmentation
 	GSOECN   = 0x80 // VIRTIO_NET_HDR_GSO_ECN: the TCP segments carry ECN marks
 )
+
+// UDPChecksumOffset is the offset of the UDP checksum field (gVisor's
+// header package names only TCP's).
+const UDPChecksumOffset = 6
 
 // Header is struct virtio_net_hdr as the kernel writes it for a TUN device
 // with IFF_VNET_HDR and for a packet socket with PACKET_VNET_HDR: in host
@@ -99,6 +105,10 @@ func (h Header) NeedsChecksum() bool { return h.Flags&FlagNeedsChecksum != 0 }
 // IsTCPv4 reports whether h describes a TCP/IPv4 super-packet, with or
 // without ECN marks.
 func (h Header) IsTCPv4() bool { return h.GSOType&^GSOECN == GSOTCPv4 }
+
+// IsUDP reports whether h describes a UDP super-packet (UDP segmentation,
+// GSO_UDP_L4: each segment a datagram of its own).
+func (h Header) IsUDP() bool { return h.GSOType == GSOUDPL4 }
 
 // CompleteChecksum finishes a checksum the sender left to "hardware": the
 // field at start+offset holds the pseudo-header sum, so summing from start
@@ -217,15 +227,27 @@ func finishSegment(seg []byte, ihl, k int, last bool, mss int) {
 
 // ForTUN decides whether a received super-packet (pkt, described by h as a
 // packet socket gave it) can go to a TUN device whole, and if so returns
-// the virtio-net header in the TUN's form: plain TCP (the kernel's TUN takes
-// TSO without ECN), not PPTP control (rewritten byte by byte), with the
-// checksum left to offload (NEEDS_CSUM, from a local sender's TSO) or
-// already verified (DATA_VALID, after GRO). It sets the checksum field to
-// the pseudo-header sum over the whole TCP length, which is what
-// segmentation expects of a NEEDS_CSUM super-packet.
-func ForTUN(pkt []byte, h Header) (Header, bool) {
-	if h.GSOType != GSOTCPv4 || h.GSOSize == 0 ||
-		(!h.NeedsChecksum() && h.Flags&FlagDataValid == 0) {
+// the virtio-net header in the TUN's form. It takes TCP super-packets, and
+// UDP ones (GSO_UDP_L4) when udp is set (the TUN was opened with UDP
+// segmentation offload), provided they pass Whole, with the checksum left
+// to offload (NEEDS_CSUM, from a local sender's TSO) or already verified
+// (DATA_VALID, after GRO); the kernel's TUN takes TSO without ECN only. It
+// sets the checksum field to the pseudo-header sum over the whole transport
+// length, which is what segmentation expects of a NEEDS_CSUM super-packet.
+func ForTUN(pkt []byte, h Header, udp bool) (Header, bool) {
+	if h.GSOSize == 0 || (!h.NeedsChecksum() && h.Flags&FlagDataValid == 0) {
+		return Header{}, false
+	}
+	var proto uint8
+	switch h.GSOType {
+	case GSOTCPv4:
+		proto = nat.ProtoTCP
+	case GSOUDPL4:
+		if !udp {
+			return Header{}, false
+		}
+		proto = nat.ProtoUDP
+	default:
 		return Header{}, false
 	}
 	ip := header.IPv4(pkt)
@@ -233,37 +255,83 @@ func ForTUN(pkt []byte, h Header) (Header, bool) {
 		return Header{}, false
 	}
 	ihl := int(ip.HeaderLength())
-	if ip.Protocol() != nat.ProtoTCP || ip.More() || ip.FragmentOffset() != 0 || len(pkt) < ihl+header.TCPMinimumSize {
+	if ip.Protocol() != proto || ip.More() || ip.FragmentOffset() != 0 {
 		return Header{}, false
 	}
-	tcp := header.TCP(pkt[ihl:])
-	thl := int(tcp.DataOffset())
-	if thl < header.TCPMinimumSize || ihl+thl > len(pkt) || tcp.SourcePort() == nat.PortPPTP || tcp.DestinationPort() == nat.PortPPTP {
+	l4Len, ok := transportHeaderLen(pkt, ihl, proto)
+	if !ok || !Whole(pkt, ihl, proto) {
 		return Header{}, false
 	}
-	tcp.SetChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(pkt)-ihl)))
-	return Header{
-		Flags:      FlagNeedsChecksum,
-		GSOType:    GSOTCPv4,
-		HdrLen:     uint16(ihl + thl),
-		GSOSize:    h.GSOSize,
-		CsumStart:  uint16(ihl),
-		CsumOffset: header.TCPChecksumOffset,
-	}, true
-}
-
-// ForLink returns the header for sending the TCP super-packet pkt, read
-// from a TUN with header h (CsumStart counted from the IPv4 header), through
-// a packet socket whose frames carry linkHdr bytes of link header in front
-// of it.
-func ForLink(pkt []byte, h Header, linkHdr int) Header {
-	ip := header.IPv4(pkt)
-	ihl := int(ip.HeaderLength())
-	thl := int(header.TCP(pkt[ihl:]).DataOffset())
+	total := uint16(len(pkt) - ihl)
+	xsum := header.PseudoHeaderChecksum(tcpip.TransportProtocolNumber(proto), ip.SourceAddress(), ip.DestinationAddress(), total)
+	var csumOffset uint16
+	if proto == nat.ProtoTCP {
+		header.TCP(pkt[ihl:]).SetChecksum(xsum)
+		csumOffset = header.TCPChecksumOffset
+	} else {
+		udp := header.UDP(pkt[ihl:])
+		if udp.Length() != total {
+			return Header{}, false
+		}
+		udp.SetChecksum(xsum)
+		csumOffset = UDPChecksumOffset
+	}
 	return Header{
 		Flags:      FlagNeedsChecksum,
 		GSOType:    h.GSOType,
-		HdrLen:     uint16(linkHdr + ihl + thl),
+		HdrLen:     uint16(ihl + l4Len),
+		GSOSize:    h.GSOSize,
+		CsumStart:  uint16(ihl),
+		CsumOffset: csumOffset,
+	}, true
+}
+
+// Whole reports whether the TCP or UDP super-packet pkt (IPv4 header of ihl
+// bytes, then the transport header) may be translated once for all its
+// segments. Protocols whose payload the NAT reads and rewrites packet by
+// packet may not: PPTP control (TCP 1723, Call IDs rewritten), IKE and NAT-T
+// (UDP 500 and 4500, each message classified by its SPIs or its non-ESP
+// marker). The caller has checked that the transport header is there.
+func Whole(pkt []byte, ihl int, proto uint8) bool {
+	l4 := pkt[ihl:]
+	src, dst := binary.BigEndian.Uint16(l4[0:]), binary.BigEndian.Uint16(l4[2:])
+	switch proto {
+	case nat.ProtoTCP:
+		return src != nat.PortPPTP && dst != nat.PortPPTP
+	case nat.ProtoUDP:
+		return src != nat.PortIKE && dst != nat.PortIKE && src != nat.PortNATT && dst != nat.PortNATT
+	}
+	return false
+}
+
+// transportHeaderLen is the length of the TCP or UDP header behind an IPv4
+// header of ihl bytes, and whether it fits in pkt.
+func transportHeaderLen(pkt []byte, ihl int, proto uint8) (int, bool) {
+	switch proto {
+	case nat.ProtoTCP:
+		if len(pkt) < ihl+header.TCPMinimumSize {
+			return 0, false
+		}
+		thl := int(header.TCP(pkt[ihl:]).DataOffset())
+		return thl, thl >= header.TCPMinimumSize && ihl+thl <= len(pkt)
+	case nat.ProtoUDP:
+		return header.UDPMinimumSize, len(pkt) >= ihl+header.UDPMinimumSize
+	}
+	return 0, false
+}
+
+// ForLink returns the header for sending the TCP or UDP super-packet pkt,
+// read from a TUN with header h (CsumStart counted from the IPv4 header),
+// through a packet socket whose frames carry linkHdr bytes of link header
+// in front of it.
+func ForLink(pkt []byte, h Header, linkHdr int) Header {
+	ip := header.IPv4(pkt)
+	ihl := int(ip.HeaderLength())
+	l4Len, _ := transportHeaderLen(pkt, ihl, ip.Protocol())
+	return Header{
+		Flags:      FlagNeedsChecksum,
+		GSOType:    h.GSOType,
+		HdrLen:     uint16(linkHdr + ihl + l4Len),
 		GSOSize:    h.GSOSize,
 		CsumStart:  uint16(linkHdr) + h.CsumStart,
 		CsumOffset: h.CsumOffset,

@@ -122,6 +122,7 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 		RulePriority:  cfg.TUN.RulePriority,
 		LANInterfaces: cfg.LAN.Interfaces,
 		WANInterface:  cfg.WAN.Interface,
+		UDPGRO:        cfg.TUN.UDPGRO,
 		// The guards keep the host's stack off what the capture reads.
 		Guard: hostnet.Guard{
 			Addr:      capture.Addr,
@@ -214,7 +215,7 @@ func (r *Router) openDevices() error {
 	r.tun = dev
 	// Super-packets from the WAN go to the TUN whole only when it takes
 	// them; wire packets leave as frames wherever the next hop is known.
-	opts := wan.Options{KeepSuperPackets: dev.SuperPackets(), Frames: true}
+	opts := wan.Options{KeepSuperPackets: dev.SuperPackets(), KeepUDPSuperPackets: dev.UDPSuperPackets(), Frames: true}
 	if r.wan, err = wan.Open(r.capture, opts); err != nil {
 		r.tun.Close()
 		return fmt.Errorf("opening WAN transport on %s: %w", r.cfg.WAN.Interface, err)

@@ -148,7 +148,8 @@ func (r *Router) Snapshot() admin.Snapshot {
 			pk, by := c.Packets.Load(), c.Bytes.Load()
 			switch uint8(proto) {
 			case nat.ProtoTCP, nat.ProtoUDP, nat.ProtoICMP, nat.ProtoGRE, nat.ProtoESP, nat.ProtoAH:
-				s.Traffic = append(s.Traffic, admin.Traffic{Direction: name, Proto: protoLabel(uint8(proto)), Packets: pk, Bytes: by})
+				s.Traffic = append(s.Traffic, admin.Traffic{Direction: name, Proto: protoLabel(uint8(proto)),
+					Packets: pk, Bytes: by, SuperPackets: c.SuperPackets.Load()})
 			default:
 				other.Packets += pk
 				other.Bytes += by

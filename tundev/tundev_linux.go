@@ -1,7 +1,7 @@
 // Package tundev is the TUN device the kernel forwards LAN traffic into. It
 // wraps wireguard-go's TUN (created with a virtio-net header and TCP and UDP
 // segmentation offload) and adds what the packet path needs beyond it:
-// reading and writing TCP super-packets whole. It implements
+// reading and writing TCP and UDP super-packets whole. It implements
 // datapath.SuperPacketTUN.
 package tundev
 
@@ -21,15 +21,21 @@ import (
 // Device is an open TUN device.
 //
 // The kernel hands a forwarded TCP stream over as super-packets of up to
-// 64 KiB; wireguard-go's Read splits each into MTU-sized segments and
-// checksums them in software. ReadSuperPackets reads the device's file
-// directly instead and keeps the super-packet whole: the packet path
-// translates its headers once, and the WAN side sends it as one frame.
+// 64 KiB, and a UDP flow too when the receiving interface coalesced its
+// datagrams (UDP GRO forwarding) and the device has UDP segmentation
+// offload (TUN_F_USO4, Linux 6.2 and later); wireguard-go's Read splits
+// each into MTU-sized segments and checksums them in software.
+// ReadSuperPackets reads the device's file directly instead and keeps the
+// super-packet whole: the packet path translates its headers once, and the
+// WAN side sends it as one frame.
 type Device struct {
 	dev tun.Device
 	// super reads and writes super-packets; nil when the device has no
 	// virtio-net header (a kernel without TUN offloads).
 	super *superIO
+	// udp is set when the device has UDP segmentation offload: UDP
+	// super-packets may be written to it.
+	udp bool
 }
 
 var _ datapath.SuperPacketTUN = (*Device)(nil)
@@ -52,6 +58,7 @@ func Open(name string, mtu int) (*Device, error) {
 		dev.Close()
 		return nil, err
 	}
+	d.udp = d.super != nil && hasUDPOffload(d.super.conn)
 	return d, nil
 }
 
@@ -77,6 +84,28 @@ func (d *Device) Close() error { return d.dev.Close() }
 
 // SuperPackets reports whether ReadSuperPackets and WriteSuperPacket work.
 func (d *Device) SuperPackets() bool { return d.super != nil }
+
+// UDPSuperPackets reports whether WriteSuperPacket takes UDP super-packets.
+func (d *Device) UDPSuperPackets() bool { return d.udp }
+
+// tunOffloads are the offloads wireguard-go asks of the device when it can:
+// checksum, TCP and UDP segmentation.
+const tunOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_USO4 | unix.TUN_F_USO6
+
+// hasUDPOffload reports whether the device takes UDP segmentation offload.
+// The kernel offers no way to read a TUN's offloads, so it asks for the set
+// wireguard-go asked for: a kernel without UDP segmentation offload refuses
+// the unknown flags and changes nothing (what TUNSETOFFLOAD documents as the
+// way to test for a feature), one with it keeps what it already had.
+func hasUDPOffload(conn syscall.RawConn) bool {
+	var err error
+	if cerr := conn.Control(func(fd uintptr) {
+		err = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, tunOffloads)
+	}); cerr != nil {
+		return false
+	}
+	return err == nil
+}
 
 // ReadSuperPackets implements datapath.SuperPacketTUN. Call it only when
 // SuperPackets reports true.

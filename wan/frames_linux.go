@@ -21,7 +21,7 @@ import (
 
 // The frame send path. A packet leaves through an AF_PACKET socket with
 // PACKET_VNET_HDR as one frame: virtio-net header + Ethernet header + IPv4
-// packet. For a TCP super-packet (up to 64 KiB, read whole from the TUN and
+// packet. For a TCP or UDP super-packet (up to 64 KiB, read whole from the TUN and
 // translated once) that is the only way out, since the raw IPv4 socket sends
 // wire-sized packets only: the kernel segments the frame on the way out (in
 // the driver, or in the veth peer's GRO). Wire packets go the same way
@@ -172,7 +172,7 @@ func neighbourUse(state int) (usable, stale bool) {
 }
 
 // write sends the packets bufs[i][offset:] as frames: wire packets with
-// complete checksums when hdrs is nil, else TCP super-packets each described
+// complete checksums when hdrs is nil, else TCP or UDP super-packets each described
 // by hdrs[i] as the TUN gave it (CsumStart counted from the IPv4 header). It
 // returns the indexes of packets it could not send this way (next hop
 // unresolved, or refused by the kernel), for the caller to send another

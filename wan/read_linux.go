@@ -132,7 +132,7 @@ func (w *Transport) sortReceived(bufs [][]byte, sizes []int, hdrs []offload.Head
 			}
 		}
 		if !staged && w.opts.KeepSuperPackets {
-			if th, ok := offload.ForTUN(dst, h); ok {
+			if th, ok := offload.ForTUN(dst, h, w.opts.KeepUDPSuperPackets); ok {
 				w.superKept.Add(1)
 				sizes[n], hdrs[n] = len(dst), th
 				n++

@@ -34,6 +34,10 @@ type Options struct {
 	// their header in the TUN's form, for a TUN that takes them; the
 	// others are split into wire packets.
 	KeepSuperPackets bool
+	// KeepUDPSuperPackets does the same for UDP super-packets (GRO'd by
+	// the WAN interface's UDP GRO forwarding), for a TUN with UDP
+	// segmentation offload; it needs KeepSuperPackets.
+	KeepUDPSuperPackets bool
 	// Frames makes Write send wire packets as frames through the packet
 	// socket where the next hop is resolved: they then bypass the host's IP
 	// layer (no route lookup, netfilter or conntrack per packet), and the

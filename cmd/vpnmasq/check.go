@@ -156,7 +156,7 @@ func printSummary(out io.Writer, c *config.Config, host config.Ephemeral) {
 	}
 	row("services admin", fmt.Sprintf("http://%s:%d from %s (%s); socket %s",
 		sv.Address, sv.AdminPort, strings.Join(allow, ", "), token, sv.AdminSocket))
-	row("tun", fmt.Sprintf("%s, table %d, rule priority %d", c.TUN.Name, c.TUN.Table, c.TUN.RulePriority))
+	row("tun", fmt.Sprintf("%s, table %d, rule priority %d, UDP GRO forwarding %s", c.TUN.Name, c.TUN.Table, c.TUN.RulePriority, map[bool]string{true: "on", false: "off"}[c.TUN.UDPGRO]))
 	row("log", fmt.Sprintf("level %s, format %s", c.Log.Level, c.Log.Format))
 	w.Flush()
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"unsafe"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -12,7 +14,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 	for _, args := range [][]string{
 		nil,
 		{"send"},
-		{"send", "udp", "198.18.0.2", "1400", "5"},
+		{"send", "tcp", "198.18.0.2", "1400", "5"},
+		{"send", "udp", "198.18.0.2", "1500", "5"},
 		{"send", "esp", "::1", "1400", "5"},
 		{"send", "esp", "198.18.0.2", "8", "5"},
 		{"send", "gre", "198.18.0.2", "1400", "0"},
@@ -40,5 +43,32 @@ func TestPayloads(t *testing.T) {
 	want := []byte{0x30, 0x01, 0x88, 0x0b, 0x05, 0x6c, 0x42, 0x42, 0, 0, 0, 9}
 	if len(b) != 1400 || !bytes.Equal(b[:12], want) {
 		t.Errorf("GRE header % x, want % x", b[:12], want)
+	}
+}
+
+func TestDatagramsCountsTheSegmentsOfASuperPacket(t *testing.T) {
+	cmsg := func(seg uint32) []byte {
+		b := make([]byte, unix.CmsgSpace(4))
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+		h.Level, h.Type = unix.SOL_UDP, unix.UDP_GRO
+		h.SetLen(unix.CmsgLen(4))
+		binary.NativeEndian.PutUint32(b[unix.CmsgLen(0):], seg)
+		return b
+	}
+	for _, tc := range []struct {
+		name string
+		size int
+		oob  []byte
+		want uint64
+	}{
+		{"a datagram without a control message is one", 1400, nil, 1},
+		{"44 segments of 1400 bytes are 44", 44 * 1400, cmsg(1400), 44},
+		{"a short last segment counts", 43*1400 + 1, cmsg(1400), 44},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := datagrams(tc.size, tc.oob); got != tc.want {
+				t.Fatalf("got %d, want %d", got, tc.want)
+			}
+		})
 	}
 }
