@@ -565,7 +565,7 @@ func benchTable(kernel, userspace *benchResults, runs, seconds int) string {
 		fmt.Fprintf(&b, "| router CPU s per million packets, %s | n/a (softirq, not attributable) | %.2f s (%.2f–%.2f) | |\n",
 			m.short, u[1], u[0], u[2])
 	}
-	b.WriteString("\nRouter CPU: the vpnmasq process's user + system time over the measurement divided by the packets it forwarded (its vpnmasq_packets_total, both directions; a TCP super-packet counts once). The kernel's forwarding runs in softirq on whichever CPU receives, so it cannot be attributed.\n")
+	b.WriteString("\nRouter CPU: the vpnmasq process's user + system time over the measurement divided by the packets it forwarded (its vpnmasq_packets_total, both directions; a TCP or UDP super-packet counts once). The kernel's forwarding runs in softirq on whichever CPU receives, so it cannot be attributed.\n")
 	return b.String()
 }
 
