@@ -72,15 +72,7 @@ func TestUDPSuperPacketsCrossTheRouterWhole(t *testing.T) {
 	const writes = 5
 	t.Run("LAN to WAN: each datagram arrives masqueraded, intact and with a correct checksum", func(t *testing.T) {
 		wire := startCapture(t, l.WAN, lab.HostIf, fmt.Sprintf("udp and dst port %d", udpSuperPort))
-		to := &net.UDPAddr{IP: lab.WANAddr.AsSlice(), Port: udpSuperPort}
-		received := receiveInBackground(t, server, writes*udpSuperBatch)
-		for w := range writes {
-			if _, err := client.WriteTo(udpSuperPayload(w), to); err != nil {
-				t.Fatalf("write %d: %v", w, err)
-			}
-			time.Sleep(udpSuperPace)
-		}
-		from := <-received
+		from := exchange(t, client, server, &net.UDPAddr{IP: lab.WANAddr.AsSlice(), Port: udpSuperPort}, writes)
 		if !from.IsValid() {
 			t.FailNow() // nothing arrived: no mapping to answer on
 		}
@@ -94,15 +86,7 @@ func TestUDPSuperPacketsCrossTheRouterWhole(t *testing.T) {
 
 		t.Run("WAN to LAN: the replies reach the LAN host the same way", func(t *testing.T) {
 			wire := startCapture(t, l.LAN1, lab.HostIf, fmt.Sprintf("udp and src port %d", udpSuperPort))
-			back := net.UDPAddrFromAddrPort(from)
-			received := receiveInBackground(t, client, writes*udpSuperBatch)
-			for w := range writes {
-				if _, err := server.WriteTo(udpSuperPayload(w), back); err != nil {
-					t.Fatalf("write %d: %v", w, err)
-				}
-				time.Sleep(udpSuperPace)
-			}
-			src := <-received
+			src := exchange(t, server, client, net.UDPAddrFromAddrPort(from), writes)
 			if src != netip.AddrPortFrom(lab.WANAddr, udpSuperPort) {
 				t.Errorf("replies came from %v, want %v:%d", src, lab.WANAddr, udpSuperPort)
 			}
@@ -145,12 +129,22 @@ func udpSuperPayload(w int) []byte {
 	return b
 }
 
-// receiveInBackground runs receiveDatagrams while the test writes: 100
-// datagrams waiting to be read would overflow a default socket buffer.
-func receiveInBackground(t *testing.T, c net.PacketConn, want int) <-chan netip.AddrPort {
-	ch := make(chan netip.AddrPort, 1)
-	go func() { ch <- receiveDatagrams(t, c, want) }()
-	return ch
+// exchange makes writes super-packet writes from sender to dst, paced, and
+// returns the one source receiver saw them all from (receiveDatagrams). The
+// receiver reads while the writes go on: 100 datagrams waiting to be read
+// would overflow a default socket buffer.
+func exchange(t *testing.T, sender, receiver net.PacketConn, dst net.Addr, writes int) netip.AddrPort {
+	t.Helper()
+	received := make(chan netip.AddrPort, 1)
+	go func() { received <- receiveDatagrams(t, receiver, writes*udpSuperBatch) }()
+	for w := range writes {
+		if _, err := sender.WriteTo(udpSuperPayload(w), dst); err != nil {
+			t.Errorf("write %d: %v", w, err)
+			break
+		}
+		time.Sleep(udpSuperPace)
+	}
+	return <-received
 }
 
 // receiveDatagrams reads want datagrams from c, each udpSuperSize bytes with
