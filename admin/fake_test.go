@@ -79,7 +79,9 @@ func fakeSnapshot() Snapshot {
 				InitiatorSPI: "0123456789abcdef", ResponderSPI: "fedcba9876543210", Age: 10, Idle: 2}},
 			ESP: []ESPPair{
 				{LANHost: addr("192.168.77.20"), Remote: addr("198.18.2.1"), OutSPI: "c0ffee01", InSPI: "beef0002",
-					State: ESPEstablished, Age: 9, Idle: 0.25},
+					State: ESPEstablished, Age: 9, Idle: 0.25,
+					Out: TunnelHealth{Packets: 1000, Bytes: 150000, Sequenced: true, Lost: 0, Late: 2},
+					In:  TunnelHealth{Packets: 990, Bytes: 148500, Sequenced: true, Lost: 10, Late: 0}},
 				{LANHost: addr("192.168.77.21"), Remote: addr("198.18.2.2"), OutSPI: "12345678",
 					State: ESPWaiting, Age: 1},
 				{LANHost: addr("192.168.77.22"), Remote: addr("198.18.2.3"), OutSPI: "0badf00d",
@@ -93,7 +95,8 @@ func fakeSnapshot() Snapshot {
 			},
 			PPTP: []PPTPConn{
 				{Client: ap("192.168.77.30:50000"), Server: ap("198.18.3.1:1723"), State: "open", Calls: []PPTPCall{
-					{CallID: 1, MasqCallID: 40001, PeerCallID: 777, State: "established", GREOut: 50, GREIn: 60, Age: 30},
+					{CallID: 1, MasqCallID: 40001, PeerCallID: 777, State: "established", GREOut: 50, GREIn: 60, Age: 30,
+						Out: TunnelHealth{Packets: 50, Sequenced: true}, In: TunnelHealth{Packets: 60}},
 					{CallID: 2, MasqCallID: 40002, PeerCallID: 778, State: "setup", Age: 1},
 				}},
 				{Client: ap("192.168.77.31:50001"), Server: ap("198.18.3.2:1723"), State: "closed"},

@@ -32,6 +32,15 @@ var (
 	descVPN = prometheus.NewDesc("vpnmasq_vpn_sessions",
 		"VPN passthrough state, by kind (ike, esp_established, esp_waiting, esp_tentative, esp_inbound_only, esp_squelched, pptp_control, pptp_call, ah_refused).",
 		[]string{"kind"}, nil)
+	descTunnelLost = prometheus.NewDesc("vpnmasq_tunnel_lost_packets",
+		"Packets missing by the sequence numbers of the ESP pairs and PPTP calls tracked now, summed, by kind (esp, pptp) and direction (lan_to_wan, wan_to_lan).",
+		[]string{"kind", "direction"}, nil)
+	descTunnelLate = prometheus.NewDesc("vpnmasq_tunnel_late_packets",
+		"Packets that arrived below the highest sequence number seen (reordered or repeated), summed over the ESP pairs and PPTP calls tracked now, by kind and direction.",
+		[]string{"kind", "direction"}, nil)
+	descTunnelsLossy = prometheus.NewDesc("vpnmasq_tunnels_lossy",
+		"ESP pairs and PPTP calls tracked now that lost more than 1 % of their packets in either direction, by kind.",
+		[]string{"kind"}, nil)
 	descDNSQueries = prometheus.NewDesc("vpnmasq_dns_queries_total",
 		"Queries to the DNS forwarder, by transport (udp, tcp).", []string{"transport"}, nil)
 	descDNSHits = prometheus.NewDesc("vpnmasq_dns_cache_hits_total",
@@ -86,6 +95,13 @@ var (
 //	                                                   esp_squelched, pptp_control, pptp_call
 //	                                                   or ah_refused (LAN host and remote pairs whose AH
 //	                                                   was refused)
+//	vpnmasq_tunnel_lost_packets{kind,direction} gauge  packets missing by the sequence numbers of the
+//	                                                   ESP pairs (kind esp) and PPTP calls (pptp)
+//	                                                   tracked now, summed; direction lan_to_wan or
+//	                                                   wan_to_lan; one series per kind and direction,
+//	                                                   never per tunnel (see /api/v1/status for those)
+//	vpnmasq_tunnel_late_packets{kind,direction} gauge  packets below the highest number seen, the same
+//	vpnmasq_tunnels_lossy{kind}               gauge    tunnels tracked now that lost over 1 % either way
 //	vpnmasq_dns_queries_total{transport}      counter  queries to the DNS forwarder; transport is udp or tcp
 //	vpnmasq_dns_cache_hits_total              counter  queries answered from the cache
 //	vpnmasq_dns_upstream_failures_total       counter  upstream queries that failed or timed out
@@ -106,7 +122,7 @@ func NewCollector(src Source) *Collector { return &Collector{src: src} }
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPackets, descBytes, descSuperPackets, descDrops, descMappings,
-		descPortsInUse, descPortsSize, descVPN, descDNSQueries, descDNSHits, descDNSFailures,
+		descPortsInUse, descPortsSize, descVPN, descTunnelLost, descTunnelLate, descTunnelsLossy, descDNSQueries, descDNSHits, descDNSFailures,
 		descDNSIgnored, descFlows, descLimitRefusals, descLimitEvictions, descICMPErrors,
 		descWANChanges, descWANDropped, descUptime, descBuild} {
 		ch <- d
@@ -183,6 +199,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 	for _, k := range vpnKinds(s.VPN) {
 		gauge(descVPN, float64(k.n), k.kind)
+	}
+	for _, kind := range tunnelSums(s.VPN) {
+		gauge(descTunnelLost, float64(kind.out.Lost), kind.name, "lan_to_wan")
+		gauge(descTunnelLost, float64(kind.in.Lost), kind.name, "wan_to_lan")
+		gauge(descTunnelLate, float64(kind.out.Late), kind.name, "lan_to_wan")
+		gauge(descTunnelLate, float64(kind.in.Late), kind.name, "wan_to_lan")
+		gauge(descTunnelsLossy, float64(kind.lossy), kind.name)
 	}
 
 	counter(descDNSQueries, s.DNS.UDPQueries, "udp")
@@ -278,4 +301,35 @@ type promLogger struct{ log zerolog.Logger }
 
 func (l promLogger) Println(v ...any) {
 	l.log.Error().Msg("admin: metrics: " + fmt.Sprint(v...))
+}
+
+// tunnelSum adds up the health of one kind of tunnel.
+type tunnelSum struct {
+	name    string
+	out, in TunnelHealth
+	lossy   int
+}
+
+// tunnelSums sums the ESP pairs' and the PPTP calls' health each way: the
+// metrics stay two kinds × two directions however many tunnels there are.
+func tunnelSums(v VPN) [2]tunnelSum {
+	sums := [2]tunnelSum{{name: "esp"}, {name: "pptp"}}
+	add := func(s *tunnelSum, out, in TunnelHealth) {
+		s.out.Lost += out.Lost
+		s.out.Late += out.Late
+		s.in.Lost += in.Lost
+		s.in.Late += in.Late
+		if out.LossPercent() > 1 || in.LossPercent() > 1 {
+			s.lossy++
+		}
+	}
+	for _, p := range v.ESP {
+		add(&sums[0], p.Out, p.In)
+	}
+	for _, c := range v.PPTP {
+		for _, call := range c.Calls {
+			add(&sums[1], call.Out, call.In)
+		}
+	}
+	return sums
 }

@@ -213,6 +213,34 @@ type ESPPair struct {
 	State   string     `json:"state"` // waiting, tentative, inbound-only, established, squelched
 	Age     Seconds    `json:"age"`
 	Idle    Seconds    `json:"idle"`
+	// Out is the health of the host's SA (out_spi, LAN to WAN), In of the
+	// remote's (in_spi).
+	Out TunnelHealth `json:"out"`
+	In  TunnelHealth `json:"in"`
+}
+
+// TunnelHealth is one direction of an ESP pair or a PPTP call, from the
+// sequence numbers its packets carry in clear: lost are numbers skipped
+// and not seen since (before the router: on the LAN for out, on the way
+// from the remote for in), late those that arrived below the highest seen
+// (reordered or repeated). Sequenced is false when the sender numbers
+// nothing (GRE without sequence numbers): lost and late are then 0.
+type TunnelHealth struct {
+	Packets   uint64  `json:"packets"`
+	Bytes     uint64  `json:"bytes"`
+	Sequenced bool    `json:"sequenced"`
+	Lost      uint64  `json:"lost"`
+	Late      uint64  `json:"late"`
+	Idle      Seconds `json:"idle"` // since the last packet; 0 when none was seen
+}
+
+// LossPercent is Lost as a share of the packets expected (those that came
+// and those lost), 0 without any.
+func (h TunnelHealth) LossPercent() float64 {
+	if h.Lost == 0 {
+		return 0
+	}
+	return 100 * float64(h.Lost) / float64(h.Lost+h.Packets)
 }
 
 // PPTPConn is one PPTP control connection and its calls.
@@ -233,6 +261,11 @@ type PPTPCall struct {
 	GREOut     uint64  `json:"gre_out"`
 	GREIn      uint64  `json:"gre_in"`
 	Age        Seconds `json:"age"`
+	// Out is the health of the client's GRE to the server, In of the
+	// server's back (since this run; gre_out and gre_in count across
+	// restarts).
+	Out TunnelHealth `json:"out"`
+	In  TunnelHealth `json:"in"`
 }
 
 // AHRefusal records a LAN host whose AH traffic the NAT refused: AH protects

@@ -159,6 +159,9 @@ type espPair struct {
 	linked        bool
 	charged       bool // holds a unit of the host's quotaESP and of max_esp
 	counted       bool // in remoteHosts
+	// out and in are the pair's health each way (tunnel.go), counted
+	// from its second packet on (the first one creates it).
+	out, in seqHealth
 }
 
 type espOutKey struct {
@@ -328,6 +331,7 @@ func (h *espHandler) Outbound(p *Packet, now int64) Result {
 			h.waiting[k.remote] = pr
 		}
 		pr.lastSeen, pr.lastOut = now, now
+		pr.out.note(espSeq(p), true, len(p.Buf), now)
 		return h.send(p)
 	}
 	return h.newOutbound(p, k, now)
@@ -524,6 +528,7 @@ func (h *espHandler) Inbound(p *Packet, now int64) Result {
 			h.confirm(pr, now, "")
 		}
 		pr.lastSeen = now
+		pr.in.note(seq, true, len(p.Buf), now)
 		return h.deliver(p, host)
 	}
 	if pr := h.bySPI[spi]; pr != nil && pr.remote != p.Src {
@@ -813,6 +818,9 @@ type ESPPair struct {
 	OutSPI, InSPI uint32
 	State         string
 	Age, Idle     time.Duration
+	// Out and In are the pair's health each way: Out on OutSPI (LAN to
+	// WAN), In on InSPI.
+	Out, In TunnelHealth
 }
 
 // ESPPairs returns a snapshot of the ESP associations, candidates
@@ -824,7 +832,8 @@ func (e *Engine) ESPPairs() []ESPPair {
 	out := make([]ESPPair, 0, len(e.esp.pairs))
 	for pr := range e.esp.pairs {
 		out = append(out, ESPPair{Host: pr.host, Remote: pr.remote, OutSPI: pr.outSPI, InSPI: pr.inSPI,
-			State: pr.state.String(), Age: time.Duration(now - pr.created), Idle: time.Duration(now - pr.lastSeen)})
+			State: pr.state.String(), Age: time.Duration(now - pr.created), Idle: time.Duration(now - pr.lastSeen),
+			Out: pr.out.snapshot(now), In: pr.in.snapshot(now)})
 	}
 	return out
 }

@@ -47,6 +47,15 @@ func (g greHeader) protocol() uint16 { return binary.BigEndian.Uint16(g[2:]) }
 func (g greHeader) callID() uint16      { return binary.BigEndian.Uint16(g[6:]) }
 func (g greHeader) setCallID(id uint16) { binary.BigEndian.PutUint16(g[6:], id) }
 
+// seq is an enhanced GRE header's sequence number, when its S bit says it
+// has one; parseGRE checked the header is long enough for it.
+func (g greHeader) seq() (uint32, bool) {
+	if g.flags()&greFlagSeq == 0 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint32(g[8:]), true
+}
+
 // parseGRE checks a GRE header and reports its version. Enhanced GRE must
 // look like RFC 2637 says: no checksum, routing, strict source route or
 // recursion, the key present, protocol 0x880B, and room for the optional
@@ -113,6 +122,8 @@ func (h *greHandler) Outbound(p *Packet, now int64) Result {
 		// the client's call to that server whose peer ID it is.
 		if call := h.e.pptp.callToPeer(p.Src, p.Dst, g.callID()); call != nil {
 			call.greOut++
+			seq, numbered := g.seq()
+			call.out.note(seq, numbered, len(p.Buf), now)
 		}
 	} else if r := h.bindOutbound(p, now); r != DropNone {
 		return drop(r)
@@ -146,6 +157,8 @@ func (h *greHandler) Inbound(p *Packet, now int64) Result {
 	if v == 1 {
 		if call := h.e.pptp.callToMasq(p.Src, g.callID()); call != nil {
 			call.greIn++
+			seq, numbered := g.seq()
+			call.in.note(seq, numbered, len(p.Buf), now)
 			g.setCallID(call.orig)
 			h.setDst(p, call.client)
 			return toLAN

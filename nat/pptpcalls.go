@@ -97,6 +97,10 @@ type pptpCall struct {
 	releaseAt int64 // 0 while the call lives
 	greOut    uint64
 	greIn     uint64
+	// out and in are the call's health each way from its GRE sequence
+	// numbers (tunnel.go); greOut and greIn count across restarts, these
+	// since this run.
+	out, in seqHealth
 }
 
 // pptpTracker holds the control connections and the calls, indexed so that
@@ -444,6 +448,9 @@ type PPTPCall struct {
 	GREOut     uint64
 	GREIn      uint64
 	Connection string // "open" or "closed"
+	// Out and In are the call's health each way (client to server, and
+	// back), from the GRE sequence numbers.
+	Out, In TunnelHealth
 }
 
 // PPTPCalls lists the PPTP calls, ordered by client and Call ID.
@@ -465,6 +472,8 @@ func (e *Engine) PPTPCalls() []PPTPCall {
 				GREOut:     call.greOut,
 				GREIn:      call.greIn,
 				Connection: "open",
+				Out:        call.out.snapshot(now),
+				In:         call.in.snapshot(now),
 			}
 			if call.peerKnown {
 				info.State = "established"

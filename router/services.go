@@ -190,7 +190,8 @@ func (r *Router) Snapshot() admin.Snapshot {
 	for _, p := range r.nat.ESPPairs() {
 		s.VPN.ESP = append(s.VPN.ESP, admin.ESPPair{LANHost: netip.AddrFrom4(p.Host), Remote: netip.AddrFrom4(p.Remote),
 			OutSPI: hex32(p.OutSPI), InSPI: hex32(p.InSPI), State: p.State,
-			Age: admin.SecondsOf(p.Age), Idle: admin.SecondsOf(p.Idle)})
+			Age: admin.SecondsOf(p.Age), Idle: admin.SecondsOf(p.Idle),
+			Out: tunnelHealth(p.Out), In: tunnelHealth(p.In)})
 	}
 	for _, c := range r.nat.PPTPCalls() {
 		i := slices.IndexFunc(s.VPN.PPTP, func(pc admin.PPTPConn) bool { return pc.Client == c.Client && pc.Server == c.Server })
@@ -199,7 +200,8 @@ func (r *Router) Snapshot() admin.Snapshot {
 			i = len(s.VPN.PPTP) - 1
 		}
 		s.VPN.PPTP[i].Calls = append(s.VPN.PPTP[i].Calls, admin.PPTPCall{CallID: c.CallID, MasqCallID: c.MasqCallID,
-			PeerCallID: c.PeerCallID, State: c.State, GREOut: c.GREOut, GREIn: c.GREIn, Age: admin.SecondsOf(c.Age)})
+			PeerCallID: c.PeerCallID, State: c.State, GREOut: c.GREOut, GREIn: c.GREIn, Age: admin.SecondsOf(c.Age),
+			Out: tunnelHealth(c.Out), In: tunnelHealth(c.In)})
 	}
 	for _, a := range r.nat.AHRefusals() {
 		s.VPN.AH = append(s.VPN.AH, admin.AHRefusal{LANHost: a.Host, Remote: a.Remote, Packets: a.Packets,
@@ -261,4 +263,10 @@ func hex32(v uint32) string {
 	}
 	s := strconv.FormatUint(uint64(v), 16)
 	return "00000000"[len(s):] + s
+}
+
+// tunnelHealth is one direction of a tunnel for the admin API.
+func tunnelHealth(h nat.TunnelHealth) admin.TunnelHealth {
+	return admin.TunnelHealth{Packets: h.Packets, Bytes: h.Bytes, Sequenced: h.Sequenced,
+		Lost: h.Lost, Late: h.Late, Idle: admin.SecondsOf(h.Idle)}
 }
