@@ -38,8 +38,14 @@ type chartPoint struct {
 	v float64
 }
 
-// chartWindow is the time the x axis spans, ending at the newest sample.
+// chartWindow is the longest time the x axis spans, ending at the newest
+// sample. Until the ring holds that much, the axis spans the next of
+// chartSpans up from what it holds: right after a start, an hour-wide axis
+// would squeeze the few samples there are into its right edge.
 const chartWindow = HistorySamples * HistoryInterval
+
+var chartSpans = []time.Duration{time.Minute, 2 * time.Minute, 5 * time.Minute, 10 * time.Minute,
+	15 * time.Minute, 30 * time.Minute, chartWindow}
 
 // chartColors are told apart on white and in print; a series keeps its
 // color from one refresh to the next because the series come in a fixed
@@ -63,8 +69,15 @@ func historyCharts(samples []historySample, reasons []string) []chart {
 		gaugeChart("flows", "NAT flows", samples, []gauge{{"flows", func(s *historySample) int { return s.flows }}}),
 		dropChart(samples, reasons),
 	}
+	span := chartWindow
+	if len(samples) > 0 {
+		held := samples[len(samples)-1].time.Sub(samples[0].time)
+		if i := slices.IndexFunc(chartSpans, func(s time.Duration) bool { return held <= s }); i >= 0 {
+			span = chartSpans[i]
+		}
+	}
 	for i := range charts {
-		charts[i].SVG = charts[i].svg(len(samples))
+		charts[i].SVG = charts[i].svg(len(samples), span)
 	}
 	return charts
 }
@@ -148,9 +161,9 @@ func dropChart(samples []historySample, reasons []string) chart {
 
 // The drawing's geometry, in SVG user units (CSS pixels at scale 1).
 const (
-	chartW      = 300
-	chartLeft   = 56 // room for the y labels
-	chartRight  = 292
+	chartW      = 220 // five graphs side by side on a 1280-pixel screen
+	chartLeft   = 52  // room for the y labels
+	chartRight  = 214
 	chartTop    = 8
 	chartBottom = 108
 	chartTimeY  = 122 // baseline of the time labels
@@ -158,9 +171,10 @@ const (
 	chartRowH   = 14
 )
 
-// svg draws c; n is how many samples there are. With fewer than two there
-// is nothing to draw yet (a rate needs two), and the graph says so.
-func (c *chart) svg(n int) template.HTML {
+// svg draws c over the span up to its newest point; n is how many samples
+// there are. With fewer than two there is nothing to draw yet (a rate
+// needs two), and the graph says so.
+func (c *chart) svg(n int, span time.Duration) template.HTML {
 	var b strings.Builder
 	rows := 0
 	perRow := legendPerRow(c.series)
@@ -194,9 +208,8 @@ func (c *chart) svg(n int) template.HTML {
 	fmt.Fprintf(&b, `<text class="axis" x="%d" y="%d" text-anchor="end">%s</text>`, chartLeft-4, chartTop+8, template.HTMLEscapeString(c.format(top)))
 	fmt.Fprintf(&b, `<text class="axis" x="%d" y="%d" text-anchor="end">%s</text>`, chartLeft-4, mid+4, template.HTMLEscapeString(c.format(top/2)))
 	fmt.Fprintf(&b, `<text class="axis" x="%d" y="%d" text-anchor="end">0</text>`, chartLeft-4, chartBottom)
-	minutes := int(chartWindow / time.Minute)
-	fmt.Fprintf(&b, `<text class="axis" x="%d" y="%d">-%d min</text>`, chartLeft, chartTimeY, minutes)
-	fmt.Fprintf(&b, `<text class="axis" x="%d" y="%d" text-anchor="middle">-%d min</text>`, (chartLeft+chartRight)/2, chartTimeY, minutes/2)
+	fmt.Fprintf(&b, `<text class="axis" x="%d" y="%d">%s</text>`, chartLeft, chartTimeY, agoLabel(span))
+	fmt.Fprintf(&b, `<text class="axis" x="%d" y="%d" text-anchor="middle">%s</text>`, (chartLeft+chartRight)/2, chartTimeY, agoLabel(span/2))
 	fmt.Fprintf(&b, `<text class="axis" x="%d" y="%d" text-anchor="end">now</text>`, chartRight, chartTimeY)
 	if len(c.series) == 0 {
 		fmt.Fprintf(&b, `<text class="note" x="%d" y="%d" text-anchor="middle">%s</text>`,
@@ -208,7 +221,7 @@ func (c *chart) svg(n int) template.HTML {
 			if i > 0 {
 				b.WriteByte(' ')
 			}
-			x := chartRight - float64(chartRight-chartLeft)*min(1, float64(now.Sub(p.t))/float64(chartWindow))
+			x := chartRight - float64(chartRight-chartLeft)*min(1, float64(now.Sub(p.t))/float64(span))
 			y := chartBottom - float64(chartBottom-chartTop)*p.v/top
 			b.WriteString(strconv.FormatFloat(x, 'f', 1, 64) + "," + strconv.FormatFloat(y, 'f', 1, 64))
 		}
@@ -224,14 +237,28 @@ func (c *chart) svg(n int) template.HTML {
 	return template.HTML(b.String())
 }
 
-// legendPerRow fits three short names in a legend row, or two long ones.
+// legendPerRow fits three short names in a legend row, two longer ones, or
+// one long one.
 func legendPerRow(series []chartSeries) int {
+	longest := 0
 	for _, s := range series {
-		if len(s.name) > 12 {
-			return 2
-		}
+		longest = max(longest, len(s.name))
+	}
+	switch {
+	case longest > 14:
+		return 1
+	case longest > 8:
+		return 2
 	}
 	return 3
+}
+
+// agoLabel reads like "-30 min" or "-30 s".
+func agoLabel(d time.Duration) string {
+	if d >= time.Minute && d%time.Minute == 0 {
+		return "-" + strconv.Itoa(int(d/time.Minute)) + " min"
+	}
+	return "-" + strconv.Itoa(int(d/time.Second)) + " s"
 }
 
 // niceCeil rounds v up to 1, 2 or 5 times a power of ten; 0 becomes 1, so

@@ -194,7 +194,7 @@ func TestHistoryCharts(t *testing.T) {
 					t.Errorf("the legend lacks %q: %q", name, svg.texts)
 				}
 			}
-			for _, label := range []string{"-60 min", "-30 min", "now", "0"} {
+			for _, label := range []string{"-1 min", "-30 s", "now", "0"} {
 				if !slices.Contains(svg.texts, label) {
 					t.Errorf("no axis label %q: %q", label, svg.texts)
 				}
@@ -213,7 +213,7 @@ func TestHistoryCharts(t *testing.T) {
 	})
 	t.Run("the newest point is at the right edge, the oldest an interval per sample to its left", func(t *testing.T) {
 		svg := checkSVG(t, string(byID["flows"].SVG))
-		step := float64(chartRight-chartLeft) / HistorySamples
+		step := float64(chartRight-chartLeft) * float64(HistoryInterval) / float64(time.Minute)
 		want := []float64{chartRight - 3*step, chartRight - 2*step, chartRight - step, chartRight}
 		if len(svg.xs) != 1 || len(svg.xs[0]) != len(want) {
 			t.Fatalf("x coordinates %v", svg.xs)
@@ -233,6 +233,34 @@ func TestHistoryCharts(t *testing.T) {
 			}
 		}
 	})
+
+	spans := []struct {
+		name    string
+		samples int
+		want    []string
+	}{
+		{"ten seconds of samples span a minute", 2, []string{"-1 min", "-30 s"}},
+		{"a minute of samples spans a minute", 7, []string{"-1 min", "-30 s"}},
+		{"70 s of samples span two minutes", 8, []string{"-2 min", "-1 min"}},
+		{"20 minutes of samples span half an hour", 121, []string{"-30 min", "-15 min"}},
+		{"a full ring spans the hour", HistorySamples, []string{"-60 min", "-30 min"}},
+		{"a ring that wrapped spans the hour", HistorySamples + 40, []string{"-60 min", "-30 min"}},
+	}
+	for _, sp := range spans {
+		t.Run("the time axis: "+sp.name, func(t *testing.T) {
+			h := NewHistory(HistorySamples)
+			for i := range sp.samples {
+				h.Record(at(i, tcpOut(uint64(i*100))))
+			}
+			svg := checkSVG(t, string(historyCharts(h.samples())[0].SVG))
+			if len(svg.texts) < 6 || !slices.Equal(svg.texts[4:6], sp.want) {
+				t.Errorf("labels %q, want time labels %q", svg.texts, sp.want)
+			}
+			if len(svg.xs) != 1 || svg.xs[0][0] < chartLeft-0.05 {
+				t.Errorf("x coordinates %v start left of the plot", svg.xs)
+			}
+		})
+	}
 
 	short := []struct {
 		name    string
