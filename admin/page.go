@@ -8,7 +8,8 @@ import (
 
 // pageTemplate is the whole status page. It loads nothing from elsewhere
 // (the LAN may have no Internet) and needs no script: the browser reloads it
-// every five seconds. html/template escapes every value.
+// every five seconds. html/template escapes every value; the graphs are
+// inline SVG that chart.go escapes itself.
 var pageTemplate = template.Must(template.New("page").Parse(`<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -33,6 +34,15 @@ td { font-family: ui-monospace, monospace; border-top: 1px solid #eee; }
 .num { text-align: right; }
 td.none { color: #888; font-style: italic; font-family: inherit; }
 p.more { color: #555; margin: .3em 0 0; }
+.charts { display: flex; flex-wrap: wrap; gap: .8em; }
+figure { margin: 0; padding: .4em .5em .2em; background: #fff; box-shadow: 0 0 0 1px #ddd; }
+figcaption { font-weight: 600; font-size: .9em; margin-bottom: .2em; }
+svg.chart { display: block; font: 10px system-ui, sans-serif; }
+svg.chart .plot { fill: #fcfcfd; stroke: #ccc; }
+svg.chart .grid { stroke: #e4e4e4; }
+svg.chart .axis { fill: #666; }
+svg.chart .legend { fill: #1d1d1f; }
+svg.chart .note { fill: #888; font-style: italic; font-size: 12px; }
 footer { margin-top: 2em; color: #888; font-size: .85em; }
 </style>
 </head>
@@ -46,7 +56,13 @@ footer { margin-top: 2em; color: #888; font-size: .85em; }
 <div><dt>Uptime</dt><dd id="uptime">{{.Uptime}}</dd></div>
 </dl>
 </header>
-{{range .Tables}}<section>
+{{if .Charts}}<section id="graphs">
+<h2>Last hour (a sample every {{.ChartInterval}})</h2>
+<div class="charts">
+{{range .Charts}}<figure id="chart-{{.ID}}"><figcaption>{{.Title}}</figcaption>{{.SVG}}</figure>
+{{end}}</div>
+</section>
+{{end}}{{range .Tables}}<section>
 <h2>{{.Title}}</h2>
 <table id="{{.ID}}">
 <thead><tr>{{range .Columns}}<th{{if .Num}} class="num"{{end}}>{{.Name}}</th>{{end}}</tr></thead>
@@ -67,7 +83,12 @@ func (h *handler) page(w http.ResponseWriter, r *http.Request) {
 	var buf bytes.Buffer
 	s := h.src.Snapshot()
 	s.Mappings, s.MappingsTotal = h.mappingPage(s, 0, maxPageMappings)
-	if err := pageTemplate.Execute(&buf, newView(s, maxPageMappings)); err != nil {
+	v := newView(s, maxPageMappings)
+	if hs, ok := h.src.(HistorySource); ok {
+		v.Charts = historyCharts(hs.History().samples())
+		v.ChartInterval = HistoryInterval.String()
+	}
+	if err := pageTemplate.Execute(&buf, v); err != nil {
 		h.log.Error().Err(err).Msg("admin: cannot render the status page")
 		http.Error(w, "500 internal error: cannot render the page", http.StatusInternalServerError)
 		return

@@ -8,7 +8,9 @@
 // it shows comes from one Snapshot per request, taken from a Source, and the
 // NAT mappings, which may be many, from a page of them (MappingLister) only
 // where they are shown: /api/v1/mappings, /api/v1/status (the first page)
-// and the status page. /metrics and /healthz never copy a mapping.
+// and the status page. /metrics and /healthz never copy a mapping. The
+// status page's graphs of the last hour come from a History, which a Source
+// may keep (HistorySource).
 package admin
 
 import (

@@ -21,6 +21,10 @@ type view struct {
 	ServiceAddr string
 	Uptime      string
 	Tables      []table
+	// Charts are the graphs of the last hour, on the page only; none
+	// when the Source keeps no History.
+	Charts        []chart
+	ChartInterval string
 }
 
 // table is one section. ID is the HTML element id, which scripts and tests

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -246,6 +247,69 @@ func TestStatusShowsVPNSessions(t *testing.T) {
 			t.Errorf("exit %d\n%s", code, out)
 		}
 	})
+	t.Run("the status page draws the last hour's traffic, VPN sessions, flows and drops in Chromium", func(t *testing.T) {
+		requireChromium(t)
+		// Pings span two sampling intervals (admin.HistoryInterval, 10 s),
+		// so that ICMP shows in both traffic graphs; then the page is
+		// polled until it draws lines of three samples or more.
+		if out, code := runIn(t, l.LAN1, 60*time.Second, "ping", "-n", "-q", "-c", "110", "-i", "0.2", lab.WANAddr.String()); code != 0 {
+			t.Fatalf("ping from lan1: exit %d\n%s", code, out)
+		}
+		url := "http://" + serviceAddr + "/"
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			_, body, err := httpGet(l.LAN1, url)
+			if err == nil && minPolylinePoints(body) >= 3 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after 30 s the page draws no line of 3 samples (err %v):\n%s", err, body)
+			}
+			time.Sleep(2 * time.Second)
+		}
+		dom := chromiumDumpDOM(t, l.LAN1, url, 60*time.Second)
+		figures := map[string]string{}
+		for _, m := range figureRE.FindAllStringSubmatch(dom, -1) {
+			figures[m[1]] = m[2]
+		}
+		wants := []struct {
+			id     string
+			legend []string
+			lines  int
+		}{
+			{"traffic-lan-wan", []string{"icmp"}, 1},
+			{"traffic-wan-lan", []string{"icmp"}, 1},
+			{"vpn", []string{"IKE sessions", "ESP pairs established", "PPTP calls"}, 3},
+			{"flows", []string{"flows"}, 1},
+			{"drops", nil, 0},
+		}
+		for _, w := range wants {
+			fig, ok := figures[w.id]
+			if !ok {
+				t.Errorf("the rendered page has no graph %s", w.id)
+				continue
+			}
+			if !strings.Contains(fig, "<svg") || strings.Contains(fig, "collecting") {
+				t.Errorf("graph %s is no SVG or still collecting:\n%s", w.id, fig)
+			}
+			if n := len(polylineRE.FindAllString(fig, -1)); n < w.lines {
+				t.Errorf("graph %s has %d lines, want at least %d:\n%s", w.id, n, w.lines, fig)
+			}
+			for _, name := range w.legend {
+				if !strings.Contains(fig, ">"+name+"</text>") {
+					t.Errorf("graph %s has no legend entry %q:\n%s", w.id, name, fig)
+				}
+			}
+		}
+		// The IKE session and the PPTP call have lasted all along: their
+		// lines (the first and third) stand above the zero line.
+		lines := polylineRE.FindAllStringSubmatch(figures["vpn"], -1)
+		for _, i := range []int{0, 2} {
+			if i >= len(lines) || !aboveZero(lines[i][1]) {
+				t.Errorf("VPN line %d never leaves zero: %v", i, lines)
+			}
+		}
+	})
 	t.Run("the status page renders the tables in Chromium", func(t *testing.T) {
 		requireChromium(t)
 		url := "http://" + serviceAddr + "/"
@@ -271,4 +335,34 @@ func TestStatusShowsVPNSessions(t *testing.T) {
 		chromiumScreenshot(t, l.LAN1, url, shot, 60*time.Second)
 		t.Logf("status page screenshot kept at %s", shot)
 	})
+}
+
+// figureRE finds the status page's graphs: id and content.
+var figureRE = regexp.MustCompile(`(?s)<figure id="chart-([a-z-]+)">(.*?)</figure>`)
+
+// polylineRE finds a graph's lines with their points.
+var polylineRE = regexp.MustCompile(`<polyline[^>]* points="([^"]+)"`)
+
+// minPolylinePoints is how many points the shortest line on a page has; 0
+// when there is no line.
+func minPolylinePoints(page string) int {
+	least := 0
+	for i, m := range polylineRE.FindAllStringSubmatch(page, -1) {
+		if n := len(strings.Fields(m[1])); i == 0 || n < least {
+			least = n
+		}
+	}
+	return least
+}
+
+// aboveZero reports whether a line of a graph has a point above its zero
+// line (y 108 in the SVG's coordinates; y grows downwards).
+func aboveZero(points string) bool {
+	for _, p := range strings.Fields(points) {
+		_, y, _ := strings.Cut(p, ",")
+		if v, err := strconv.ParseFloat(y, 64); err == nil && v < 107.5 {
+			return true
+		}
+	}
+	return false
 }

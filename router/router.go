@@ -30,6 +30,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vpnmasq/vpnmasq/admin"
 	"github.com/vpnmasq/vpnmasq/config"
 	"github.com/vpnmasq/vpnmasq/datapath"
 	"github.com/vpnmasq/vpnmasq/hostnet"
@@ -57,6 +58,9 @@ type Router struct {
 	reload   reloadState
 	watch    *wanWatcher
 	state    routerState
+	// history is the ring of samples behind the status page's graphs;
+	// Run records one every admin.HistoryInterval.
+	history *admin.History
 	// owned are the ports the capture and the guard take on the WAN
 	// address (the NAT range, IKE's, the forwards'); the DNS forwarder's
 	// upstream sockets stay off them. A reload replaces them.
@@ -70,7 +74,7 @@ func New(cfg *config.Config, h *config.Host, log zerolog.Logger) (*Router, error
 	if !ok {
 		return nil, fmt.Errorf("wan.interface: no interface %q", cfg.WAN.Interface)
 	}
-	r := &Router{cfg: cfg, log: log, closing: make(chan struct{})}
+	r := &Router{cfg: cfg, log: log, closing: make(chan struct{}), history: admin.NewHistory(admin.HistorySamples)}
 
 	// The NAT owns its mapping range and, for IKE and NAT-T, UDP 500 and
 	// 4500 on the WAN address (a LAN host's IKE keeps port 500), and the
@@ -237,6 +241,11 @@ func (r *Router) Run(ctx context.Context) error {
 	var runErr error
 	var lastDrops map[string]uint64
 	lastReport := time.Now()
+	// The graphs' samples come from the ticker's goroutine, never from the
+	// packet path; the first one now, so that the page has a line after
+	// one interval.
+	r.history.Record(r.Snapshot())
+	lastSample := time.Now()
 loop:
 	for {
 		select {
@@ -252,6 +261,10 @@ loop:
 			if now.Sub(lastReport) >= 10*time.Second {
 				lastReport = now
 				lastDrops = r.reportDrops(lastDrops)
+			}
+			if now.Sub(lastSample) >= admin.HistoryInterval {
+				lastSample = now
+				r.history.Record(r.Snapshot())
 			}
 		}
 	}

@@ -229,6 +229,12 @@ func (r *Router) MappingPage(offset, limit int) ([]admin.Mapping, int) {
 
 var _ admin.MappingLister = (*Router)(nil)
 
+// History is the ring of samples the status page draws its graphs from
+// (admin.HistorySource).
+func (r *Router) History() *admin.History { return r.history }
+
+var _ admin.HistorySource = (*Router)(nil)
+
 func protoLabel(p uint8) string {
 	switch p {
 	case nat.ProtoTCP:
