@@ -156,13 +156,13 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	}{
 		{"the unit as shipped verifies without a single warning", func(s string) string { return s }, true},
 		{"a misspelt directive is reported", func(s string) string {
-			return strings.Replace(s, "RestrictNamespaces=", "RestrictNamespace=", 1)
+			return strings.Replace(s, "\nRestrictNamespaces=", "\nRestrictNamespace=", 1)
 		}, false},
 		{"a value systemd cannot parse is reported", func(s string) string {
-			return strings.Replace(s, "ProtectSystem=strict", "ProtectSystem=strickt", 1)
+			return strings.Replace(s, "\nProtectSystem=strict\n", "\nProtectSystem=strickt\n", 1)
 		}, false},
 		{"a missing binary is reported", func(s string) string {
-			return strings.Replace(s, "ExecStart="+installedBinary, "ExecStart="+installedBinary+"-missing", 1)
+			return strings.Replace(s, "\nExecStart="+installedBinary, "\nExecStart="+installedBinary+"-missing", 1)
 		}, false},
 	}
 	for _, tc := range cases {
