@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -485,5 +486,34 @@ func TestOnlyLabNamesCountAsLabsForCleanup(t *testing.T) {
 				t.Errorf("creatorPID(%q) = %d, %v; want %d, %v", tc.name, pid, ok, tc.wantPID, tc.wantLab)
 			}
 		})
+	}
+}
+
+func TestKernelMasqueradeMasqueradesTheLANOutOfTheWAN(t *testing.T) {
+	l := newLab(t, Options{})
+	if err := l.KernelMasquerade(); err != nil {
+		t.Fatal(err)
+	}
+	pc, err := l.WAN.ListenPacket("udp4", "198.18.0.2:9001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	c, err := l.LAN1.Dial("udp4", "198.18.0.2:9001", 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("through the kernel")); err != nil {
+		t.Fatal(err)
+	}
+	_ = pc.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 64)
+	n, from, err := pc.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("nothing arrived through the kernel's masquerade: %v", err)
+	}
+	if got := from.(*net.UDPAddr).IP.String(); got != RouterWANAddr.String() || string(buf[:n]) != "through the kernel" {
+		t.Fatalf("%q from %v, want it from %v", buf[:n], from, RouterWANAddr)
 	}
 }
