@@ -76,13 +76,14 @@ func TestTunnelHealthShowsESPLossAndReordering(t *testing.T) {
 	}
 	pr := vpn.ESP[0]
 	t.Run("outbound: two numbers lost, one late", func(t *testing.T) {
-		// Counted from the second packet: 2, 3, 6, 8, 7, 9.
-		if pr.Out.Packets != 6 || pr.Out.Lost != 2 || pr.Out.Late != 1 || !pr.Out.Sequenced {
+		// 1, 2, 3, 6, 8, 7, 9.
+		if pr.Out.Packets != 7 || pr.Out.Lost != 2 || pr.Out.Late != 1 || !pr.Out.Sequenced {
 			t.Fatalf("out %+v", pr.Out)
 		}
 	})
 	t.Run("inbound: one number lost, none late", func(t *testing.T) {
-		if pr.In.Lost != 1 || pr.In.Late != 0 || !pr.In.Sequenced {
+		// 10, 11, 12, 14, 15.
+		if pr.In.Packets != 5 || pr.In.Lost != 1 || pr.In.Late != 0 || !pr.In.Sequenced {
 			t.Fatalf("in %+v", pr.In)
 		}
 	})

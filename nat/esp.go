@@ -159,8 +159,9 @@ type espPair struct {
 	linked        bool
 	charged       bool // holds a unit of the host's quotaESP and of max_esp
 	counted       bool // in remoteHosts
-	// out and in are the pair's health each way (tunnel.go), counted
-	// from its second packet on (the first one creates it).
+	// out and in are the pair's health each way (tunnel.go), from the
+	// first packet on SPI (a candidate's packets pass to the pair it
+	// confirms).
 	out, in seqHealth
 }
 
@@ -334,7 +335,11 @@ func (h *espHandler) Outbound(p *Packet, now int64) Result {
 		pr.out.note(espSeq(p), true, len(p.Buf), now)
 		return h.send(p)
 	}
-	return h.newOutbound(p, k, now)
+	r := h.newOutbound(p, k, now)
+	if pr := h.out[k]; pr != nil && r.Verdict == VerdictToWAN {
+		pr.out.note(espSeq(p), true, len(p.Buf), now)
+	}
+	return r
 }
 
 // newOutbound handles the first packet on an unseen outbound SPI.
@@ -524,11 +529,11 @@ func (h *espHandler) Inbound(p *Packet, now int64) Result {
 	seq := espSeq(p)
 	if pr := h.in[espInKey{p.Src, spi}]; pr != nil {
 		host := pr.host
+		pr.lastSeen = now
+		pr.in.note(seq, true, len(p.Buf), now) // before confirm, which hands it on
 		if pr.state == espTentative && seq > pr.firstSeq {
 			h.confirm(pr, now, "")
 		}
-		pr.lastSeen = now
-		pr.in.note(seq, true, len(p.Buf), now)
 		return h.deliver(p, host)
 	}
 	if pr := h.bySPI[spi]; pr != nil && pr.remote != p.Src {
@@ -550,11 +555,13 @@ func (h *espHandler) Inbound(p *Packet, now int64) Result {
 func (h *espHandler) newInbound(p *Packet, spi, seq uint32, now int64) Result {
 	remote := p.Src
 	if w := h.waiting[remote]; h.replyOpen(w, now) {
-		h.addCandidate(w.host, remote, spi, seq, w, now, "unknown inbound SPI from the remote within the reply window of the host's new outbound SPI")
+		c := h.addCandidate(w.host, remote, spi, seq, w, now, "unknown inbound SPI from the remote within the reply window of the host's new outbound SPI")
+		c.in.note(seq, true, len(p.Buf), now)
 		return h.deliver(p, w.host)
 	}
 	if host, why, ok := h.owner(remote, now); ok {
-		h.addCandidate(host, remote, spi, seq, nil, now, why)
+		c := h.addCandidate(host, remote, spi, seq, nil, now, why)
+		c.in.note(seq, true, len(p.Buf), now)
 		return h.deliver(p, host)
 	}
 	list := h.livePending(remote, now)
@@ -606,6 +613,7 @@ func (h *espHandler) confirm(c *espPair, now int64, why string) {
 	h.unlink(c)
 	if w != nil {
 		w.inSPI, w.state, w.lastSeen = c.inSPI, espEstablished, now
+		w.in = c.in // the candidate's packets were the pair's first inbound ones
 		h.link(w)
 		if h.waiting[w.remote] == w {
 			delete(h.waiting, w.remote)

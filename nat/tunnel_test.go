@@ -42,8 +42,9 @@ func TestSeqHealthEstimatesLossAndReordering(t *testing.T) {
 
 func TestESPPairsShowTheirHealthEachWay(t *testing.T) {
 	l := newLab(t, Config{})
+	first := espTestSeq.Load() + 1 // the remote's first packet in espPairSPIs
 	l.espPairSPIs(lanA, remote1, 0xa1, 0xb1)
-	// Outbound: the host's packets 2, 3, 5, then 4 late (1 created the pair).
+	// Outbound: after packet 1, which made the pair, 2, 3, 5, then 4 late.
 	for _, seq := range []uint32{2, 3, 5, 4} {
 		l.mustOut(espPkt(lanA, remote1, 0xa1, seq), VerdictToWAN)
 	}
@@ -56,17 +57,17 @@ func TestESPPairsShowTheirHealthEachWay(t *testing.T) {
 	if !ok {
 		t.Fatal("no pair")
 	}
-	t.Run("outbound: four packets, none lost, one late", func(t *testing.T) {
-		if pr.Out.Packets != 4 || pr.Out.Lost != 0 || pr.Out.Late != 1 || !pr.Out.Sequenced {
+	t.Run("outbound: five packets from the first, none lost, one late", func(t *testing.T) {
+		if pr.Out.Packets != 5 || pr.Out.Lost != 0 || pr.Out.Late != 1 || !pr.Out.Sequenced {
 			t.Fatalf("%+v", pr.Out)
 		}
 	})
-	t.Run("inbound: the two numbers skipped are lost", func(t *testing.T) {
-		// Counted from the packet after the one that made the pair: the
-		// last two, base and base+3 (the confirming packet's count is the
-		// handler's business), so the loss is the numbers between them.
-		if pr.In.Packets < 2 || pr.In.Lost != 2 || pr.In.Late != 0 {
-			t.Fatalf("%+v", pr.In)
+	t.Run("inbound: from the candidate's first packet on, every number skipped is lost", func(t *testing.T) {
+		// first and first+1 (the candidate and its confirmation), then
+		// base and base+3: four of the numbers first..base+3.
+		want := uint64(base+3-first+1) - 4
+		if pr.In.Packets != 4 || pr.In.Lost != want || pr.In.Late != 0 {
+			t.Fatalf("%+v, want 4 packets and %d lost", pr.In, want)
 		}
 	})
 }
