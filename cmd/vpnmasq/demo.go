@@ -45,13 +45,21 @@ level = "info"
 format = "json"
 `
 
-const demoAbout = `Builds a throwaway network-namespace lab, routes HTTP, UDP and ping from
-two LAN hosts through the real router, prints the NAT table and removes
-the lab again. It needs root: it creates network namespaces.`
+const demoAbout = `Builds a throwaway network-namespace lab and routes traffic from LAN
+hosts through the real router: HTTP, UDP and ping from two hosts, then
+VPN passthrough — IKE from UDP port 500 of two hosts to one gateway (both
+leave from WAN port 500, told apart by SPI), raw ESP of three hosts to one
+gateway (each gets only its own replies), two PPTP clients using the same
+Call ID to one server (GRE both ways). The VPN peers are built in; no
+IPsec or PPTP software is needed. It prints a line per check, the
+router's VPN table (from its admin socket) and NAT table, and removes the
+lab again. It exits 1 if any check fails. It needs root: it creates
+network namespaces.`
 
 // cmdDemo builds a namespace lab, runs the real router in it, sends HTTP,
-// UDP and ping from two LAN hosts through it, prints what happened and
-// the NAT table, and removes everything again.
+// UDP and ping from two LAN hosts and VPN traffic (IKE, ESP, PPTP) from
+// up to three through it, prints what happened, the VPN table and the NAT
+// table, and removes everything again.
 func cmdDemo(args []string) int {
 	flags := newFlags("demo", "demo [--bytes N]", demoAbout, os.Stderr)
 	size := flags.Int64("bytes", 4<<20, "`N` bytes in each HTTP download")
