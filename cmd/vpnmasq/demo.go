@@ -53,7 +53,11 @@ gateway (each gets only its own replies), two PPTP clients using the same
 Call ID to one server (GRE both ways). The VPN peers are built in; no
 IPsec or PPTP software is needed. It prints a line per check, the
 router's VPN table (from its admin socket) and NAT table, and removes the
-lab again. It exits 1 if any check fails. It needs root: it creates
+lab again. It exits 1 if any check fails. With --compare it then stops
+the router, makes the router namespace masquerade with the kernel's
+nftables (forwarding on, one masquerade rule, no conntrack helpers) and
+prints the same VPN checks through it next to vpnmasq's results; the
+kernel's failures do not make it exit 1. It needs root: it creates
 network namespaces.`
 
 // cmdDemo builds a namespace lab, runs the real router in it, sends HTTP,
@@ -61,8 +65,9 @@ network namespaces.`
 // up to three through it, prints what happened, the VPN table and the NAT
 // table, and removes everything again.
 func cmdDemo(args []string) int {
-	flags := newFlags("demo", "demo [--bytes N]", demoAbout, os.Stderr)
+	flags := newFlags("demo", "demo [--bytes N] [--compare]", demoAbout, os.Stderr)
 	size := flags.Int64("bytes", 4<<20, "`N` bytes in each HTTP download")
+	compare := flags.Bool("compare", false, "afterwards run the VPN checks through the kernel's nftables masquerade and print both results")
 	if code, ok := parseFlags(flags, args); !ok {
 		return code
 	}
@@ -76,7 +81,7 @@ func cmdDemo(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	d := &demo{out: os.Stdout, size: *size}
+	d := &demo{out: os.Stdout, size: *size, compare: *compare}
 	start := time.Now()
 	err := d.run(ctx)
 	if ctx.Err() != nil {
@@ -92,8 +97,11 @@ func cmdDemo(args []string) int {
 }
 
 type demo struct {
-	out  io.Writer
-	size int64
+	out     io.Writer
+	size    int64
+	compare bool // --compare: the VPN checks again through the kernel's masquerade
+
+	vpnResults []vpnResult // vpnmasq's, for the comparison
 }
 
 func (d *demo) printf(format string, args ...any) { fmt.Fprintf(d.out, format, args...) }
@@ -171,6 +179,14 @@ func (d *demo) run(ctx context.Context) (err error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if d.compare {
+		if err := rt.stop(); err != nil {
+			return errors.Join(append(failures, err)...)
+		}
+		if err := d.compareKernel(ctx, l, lan3); err != nil {
+			failures = append(failures, fmt.Errorf("the comparison with the kernel's masquerade: %w", err))
+		}
 	}
 	return errors.Join(failures...)
 }
@@ -343,6 +359,7 @@ type demoRouter struct {
 	exited     chan struct{}
 	readyAfter time.Duration
 	ready      map[string]string
+	stopped    bool // stop was called
 
 	mu      sync.Mutex          // guards lines and changed: the log reader appends while waiters read
 	lines   []map[string]string // decoded JSON log lines
@@ -491,8 +508,13 @@ func (r *demoRouter) dumpNAT() ([]map[string]string, error) {
 	return out, nil
 }
 
-// stop sends SIGTERM and requires a clean exit within 10 s.
+// stop sends SIGTERM and requires a clean exit within 10 s. Only the
+// first call stops the router and reports; later ones return nil.
 func (r *demoRouter) stop() error {
+	if r.stopped {
+		return nil
+	}
+	r.stopped = true
 	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return err
 	}

@@ -75,25 +75,48 @@ func (p *vpnPeers) close() error {
 	return errors.Join(errs...)
 }
 
+// vpnResult is the outcome of one VPN check.
+type vpnResult struct {
+	what, from, to string
+	note           string // what was seen, when it worked
+	err            error
+}
+
 // vpn runs the passthrough checks, prints one line each, then the
 // router's VPN table. The returned peers are to be closed after the NAT
 // table is printed.
 func (d *demo) vpn(ctx context.Context, l *lab.Lab, lan3 *lab.NS, socket string) (*vpnPeers, []error) {
-	peers := &vpnPeers{}
-	hosts := []demoVPNHost{{"lan1", l.LAN1, lab.LAN1Addr}, {"lan2", l.LAN2, lab.LAN2Addr}, {"lan3", lan3, demoLAN3Addr}}
-
+	results, peers, failures := vpnChecks(ctx, l, lan3)
+	d.vpnResults = results
 	tw := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "VPN\tFROM\tTO\tRESULT\tNOTE")
-	var failures []error
-	report := func(what, from, to string, err error, note string) {
-		result := "ok"
-		if err != nil {
-			result = "FAIL"
-			note = err.Error()
-			failures = append(failures, fmt.Errorf("%s from %s to %s: %w", what, from, to, err))
+	for _, r := range results {
+		result, note := "ok", r.note
+		if r.err != nil {
+			result, note = "FAIL", r.err.Error()
+			failures = append(failures, fmt.Errorf("%s from %s to %s: %w", r.what, r.from, r.to, r.err))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", what, from, to, result, note)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.what, r.from, r.to, result, note)
 	}
+	tw.Flush()
+	d.printf("\n")
+
+	if ctx.Err() == nil {
+		if err := d.vpnTable(socket); err != nil {
+			failures = append(failures, err)
+		}
+	}
+	return peers, failures
+}
+
+// vpnChecks runs IKE, ESP and PPTP from the LAN hosts to the peers on the
+// WAN host through whatever routes the lab, and returns one result per
+// check, the peers still open, and what kept a check from starting.
+func vpnChecks(ctx context.Context, l *lab.Lab, lan3 *lab.NS) ([]vpnResult, *vpnPeers, []error) {
+	peers := &vpnPeers{}
+	hosts := []demoVPNHost{{"lan1", l.LAN1, lab.LAN1Addr}, {"lan2", l.LAN2, lab.LAN2Addr}, {"lan3", lan3, demoLAN3Addr}}
+	var results []vpnResult
+	var failures []error
 	setup := func(err error) bool {
 		if err != nil {
 			failures = append(failures, err)
@@ -110,7 +133,7 @@ func (d *demo) vpn(ctx context.Context, l *lab.Lab, lan3 *lab.NS, socket string)
 			return ike.exchange(h, 0x1111111100000000*uint64(i+1)+0x0001)
 		})
 		for i, h := range hosts[:2] {
-			report("ike", fmt.Sprintf("%s %s:500", h.name, h.addr), demoIKEGateway.String(), errs[i], notes[i])
+			results = append(results, vpnResult{"ike", fmt.Sprintf("%s %s:500", h.name, h.addr), demoIKEGateway.String(), notes[i], errs[i]})
 		}
 	}
 
@@ -124,7 +147,7 @@ func (d *demo) vpn(ctx context.Context, l *lab.Lab, lan3 *lab.NS, socket string)
 				return espExchange(h, gw, uint32(i+1)*0x10000001)
 			})
 			for i, h := range hosts {
-				report("esp", fmt.Sprintf("%s %s", h.name, h.addr), lab.WANAddr.String(), errs[i], notes[i])
+				results = append(results, vpnResult{"esp", fmt.Sprintf("%s %s", h.name, h.addr), lab.WANAddr.String(), notes[i], errs[i]})
 			}
 		}
 	}
@@ -136,19 +159,11 @@ func (d *demo) vpn(ctx context.Context, l *lab.Lab, lan3 *lab.NS, socket string)
 			peers.add(srv.Close)
 			for _, h := range hosts[:2] {
 				note, err := pptpExchange(h, srv, peers)
-				report("pptp", fmt.Sprintf("%s %s", h.name, h.addr), fmt.Sprintf("%s:%d", lab.WANAddr, pptppeer.Port), err, note)
+				results = append(results, vpnResult{"pptp", fmt.Sprintf("%s %s", h.name, h.addr), fmt.Sprintf("%s:%d", lab.WANAddr, pptppeer.Port), note, err})
 			}
 		}
 	}
-	tw.Flush()
-	d.printf("\n")
-
-	if ctx.Err() == nil {
-		if err := d.vpnTable(socket); err != nil {
-			failures = append(failures, err)
-		}
-	}
-	return peers, failures
+	return results, peers, failures
 }
 
 // parallel runs f for every host at once and returns the notes and errors
