@@ -1,5 +1,5 @@
 // Package pptppeer is a scripted PPTP peer (RFC 2637) for the integration
-// tests: a control-message codec, enhanced GRE over raw sockets, a server
+// tests and `vpnmasq demo`: a control-message codec, enhanced GRE over raw sockets, a server
 // playing the PAC and a client playing the PNS. It is written from the RFC
 // alone and shares no code with vpnmasq's NAT, so that it can check the
 // router's PPTP translation rather than repeat its mistakes.
