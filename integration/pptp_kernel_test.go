@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/pptppeer"
 	"github.com/vpnmasq/vpnmasq/internal/lab"
+	"github.com/vpnmasq/vpnmasq/internal/pptppeer"
 )
 
 // The PPTP differential test runs one fixed exchange between a scripted

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/pptppeer"
 	"github.com/vpnmasq/vpnmasq/internal/lab"
+	"github.com/vpnmasq/vpnmasq/internal/pptppeer"
 )
 
 // pptpConfig is the lab configuration with a short teardown grace, so that

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/pptppeer"
 	"github.com/vpnmasq/vpnmasq/internal/lab"
+	"github.com/vpnmasq/vpnmasq/internal/pptppeer"
 )
 
 // serviceAddr is the default service address (config: services.address).

@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/pptppeer"
 	"github.com/vpnmasq/vpnmasq/internal/lab"
+	"github.com/vpnmasq/vpnmasq/internal/pptppeer"
 )
 
 // stateConfig is labConfig with the NAT state in file, written every

@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"text/tabwriter"
 
-	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 	"github.com/vpnmasq/vpnmasq/internal/lab"
 )
 
@@ -18,55 +15,15 @@ import (
 // ESP and GRE without a helper by address alone and gives a second LAN
 // host's IKE another source port, which is what the checks show.
 
-// demoKernelTable is the nftables table of the kernel's masquerade.
-const demoKernelTable = "vpnmasq_demo_masquerade"
-
-// kernelMasquerade turns forwarding on in the router namespace and adds
-// `oifname "rtr-wan" masquerade` in a postrouting NAT chain. The lab's
-// removal takes both away with the namespace.
-func kernelMasquerade(rtr *lab.NS) error {
-	f, err := os.Open(rtr.Path())
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
-	if err != nil {
-		return fmt.Errorf("nftables in %s: %w", rtr.Name, err)
-	}
-	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: demoKernelTable})
-	ch := c.AddChain(&nftables.Chain{
-		Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
-	})
-	oif := make([]byte, 16) // IFNAMSIZ, NUL-padded: an exact name match
-	copy(oif, lab.RouterWANIf)
-	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: oif},
-		&expr.Masq{},
-	}})
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables masquerade in %s: %w", rtr.Name, err)
-	}
-	// /proc/sys/net belongs to the namespace of the thread opening it.
-	if err := rtr.Do(func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644)
-	}); err != nil {
-		return fmt.Errorf("turning forwarding on in %s: %w", rtr.Name, err)
-	}
-	return nil
-}
-
 // compareKernel runs the VPN checks through the kernel's masquerade and prints
 // them next to vpnmasq's results. The kernel's failures are the point, not
 // the demo's: only what kept the comparison from running is returned.
 func (d *demo) compareKernel(ctx context.Context, l *lab.Lab, lan3 *lab.NS) error {
-	if err := kernelMasquerade(l.Router); err != nil {
+	if err := l.KernelMasquerade(); err != nil {
 		return err
 	}
 	d.printf("\nthe same VPN checks through the kernel's nftables masquerade (table ip %s in %s, forwarding on, no conntrack helpers):\n",
-		demoKernelTable, l.Router.Name)
+		lab.KernelNATTable, l.Router.Name)
 	results, peers, failures := vpnChecks(ctx, l, lan3)
 	tw := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "VPN\tFROM\tVPNMASQ\tKERNEL\tKERNEL NOTE")

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/vpnmasq/vpnmasq/admin"
-	"github.com/vpnmasq/vpnmasq/integration/pptppeer"
 	"github.com/vpnmasq/vpnmasq/internal/lab"
+	"github.com/vpnmasq/vpnmasq/internal/pptppeer"
 )
 
 // The VPN part of the demo: what vpnmasq exists for. IKE from UDP port

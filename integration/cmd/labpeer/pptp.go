@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vpnmasq/vpnmasq/integration/pptppeer"
+	"github.com/vpnmasq/vpnmasq/internal/pptppeer"
 )
 
 const (
