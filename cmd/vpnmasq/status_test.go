@@ -111,8 +111,11 @@ func TestStatusCommand(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			// A --watch that wrongly keeps going ends here, and fails on its exit code.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
 			var stdout, stderr bytes.Buffer
-			code := runStatus(context.Background(), tc.args, &stdout, &stderr)
+			code := runStatus(ctx, tc.args, &stdout, &stderr)
 			if code != tc.wantCode {
 				t.Errorf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tc.wantCode, &stdout, &stderr)
 			}

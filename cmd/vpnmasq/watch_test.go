@@ -147,7 +147,11 @@ func TestWatchLoop(t *testing.T) {
 					t.Fatalf("frame %d not drawn", i+1)
 				}
 				if i < tc.frames-1 {
-					ticks <- time.Time{}
+					select {
+					case ticks <- time.Time{}:
+					case <-time.After(10 * time.Second):
+						t.Fatalf("no tick taken after frame %d", i+1)
+					}
 				}
 			}
 			if tc.frames > 0 {
