@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -203,5 +205,38 @@ func TestStatusWatchCommand(t *testing.T) {
 	}
 	if strings.Contains(out, "\x1b") {
 		t.Errorf("escape codes in output that is not a terminal: %q", out)
+	}
+}
+
+// TestStatusWatchSignals sends the test process SIGINT and SIGTERM while
+// --watch runs: it has them (a first frame is drawn after it asked for
+// them), and either one is the end of it with exit 0.
+func TestStatusWatchSignals(t *testing.T) {
+	sock := serveFake(t)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String()+" ends --watch with exit 0", func(t *testing.T) {
+			w := &frameWriter{frames: make(chan struct{}, 100)}
+			var stderr bytes.Buffer
+			done := make(chan int, 1)
+			go func() {
+				done <- runStatus(context.Background(), []string{"--watch", "--interval", "100ms", "--socket", sock}, w, &stderr)
+			}()
+			select {
+			case <-w.frames:
+			case <-time.After(10 * time.Second):
+				t.Fatal("no first frame")
+			}
+			if err := syscall.Kill(os.Getpid(), sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case code := <-done:
+				if code != 0 || stderr.Len() > 0 {
+					t.Errorf("exit %d, stderr %q", code, &stderr)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("--watch did not end on %v", sig)
+			}
+		})
 	}
 }
