@@ -409,7 +409,7 @@ func pptpExchange(h demoVPNHost, srv *pptppeer.Server, peers *vpnPeers) (string,
 // two IKE sessions on WAN port 500, three ESP pairs, two PPTP calls with
 // the same Call ID masqueraded to different ones.
 func (d *demo) vpnTable(socket string) error {
-	body, err := fetch(socket, "/api/v1/vpn", 5*time.Second)
+	body, err := fetch(context.Background(), socket, "/api/v1/vpn", 5*time.Second)
 	if err != nil {
 		return fmt.Errorf("the router's VPN table: %w", err)
 	}

@@ -6,7 +6,7 @@
 //
 //	vpnmasq run [--config FILE]    run the router (embedded default without a file)
 //	vpnmasq check --config FILE    validate a configuration and its ports on this host (exit 2 on errors)
-//	vpnmasq status [--json|--health] print the running router's tables (admin socket)
+//	vpnmasq status [--json|--health|--watch] print the running router's tables (admin socket)
 //	vpnmasq reload                 make the running router re-read its file (like SIGHUP)
 //	vpnmasq demo [--bytes N]       build a throwaway namespace lab and show it working
 //	vpnmasq version
@@ -28,10 +28,11 @@ commands:
                         SIGHUP re-reads the file (see reload)
   check --config FILE   validate a configuration file, its ports against the ephemeral
                         ports of this network namespace included; exit 2 on errors
-  status [--json | --health] [--socket PATH]
+  status [--json | --health | --watch [--interval DURATION]] [--socket PATH]
                         print the running router's mappings and VPN sessions through its
                         admin socket (default /run/vpnmasq/admin.sock; root); --health
-                        only checks that it answers
+                        only checks that it answers; --watch redraws the tables every
+                        interval (default 2s) like top, until Ctrl-C
   reload [--socket PATH]
                         make the running router re-read its configuration file, as
                         SIGHUP does: timeouts, limits, forwards, no_nat, admin access,

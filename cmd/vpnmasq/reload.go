@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -35,7 +36,7 @@ func runReload(args []string, stdout, stderr io.Writer) int {
 	if code, ok := parseFlags(flags, args); !ok {
 		return code
 	}
-	resp, body, err := askRouter(*socket, http.MethodPost, "/api/v1/reload", reloadTimeout)
+	resp, body, err := askRouter(context.Background(), *socket, http.MethodPost, "/api/v1/reload", reloadTimeout)
 	if err != nil {
 		fmt.Fprintf(stderr, "vpnmasq reload: %v\n", err)
 		return 1

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net"
 	"net/http"
@@ -89,14 +90,32 @@ func TestStatusCommand(t *testing.T) {
 			[]string{`^vpnmasq status: cannot reach the router at ` + regexp.QuoteMeta(missing) +
 				`: connect: no such file or directory; is it running\?\n$`}},
 		{"the default socket is /run/vpnmasq/admin.sock", []string{"-h"}, 0, nil,
-			[]string{`usage: vpnmasq status \[--json \| --health\] \[--socket PATH\]`, `\(default "/run/vpnmasq/admin\.sock"\)`}},
+			[]string{`usage: vpnmasq status \[--json \| --health \| --watch \[--interval DURATION\]\] \[--socket PATH\]`, `\(default "/run/vpnmasq/admin\.sock"\)`}},
+		{"--watch with --health is refused", []string{"--watch", "--health", "--socket", sock}, 2, nil,
+			[]string{`^status: --watch redraws the tables; it does not combine with --health\nusage: vpnmasq status `}},
+		{"--watch with --json is refused", []string{"--watch", "--json", "--socket", sock}, 2, nil,
+			[]string{`^status: --watch redraws the tables; it does not combine with --json\nusage: vpnmasq status `}},
+		{"--interval below 100ms is refused", []string{"--watch", "--interval", "99ms", "--socket", sock}, 2, nil,
+			[]string{`^status: --interval 99ms is too short: it must be at least 100ms\nusage: vpnmasq status `}},
+		{"--interval that is not a duration is refused", []string{"--watch", "--interval", "soon", "--socket", sock}, 2, nil,
+			[]string{`^invalid value "soon" for flag -interval: parse error\nusage: vpnmasq status `}},
+		{"--interval without --watch is refused", []string{"--interval", "1s", "--socket", sock}, 2, nil,
+			[]string{`^status: --interval is the time between the refreshes of --watch; add --watch\n`}},
+		{"--watch with a missing socket is exit 1 with the message of plain status", []string{"--watch", "--socket", missing}, 1, nil,
+			[]string{`^vpnmasq status: cannot reach the router at ` + regexp.QuoteMeta(missing) +
+				`: connect: no such file or directory; is it running\?\n$`}},
+		{"--watch and --interval are in the usage", []string{"-h"}, 0, nil,
+			[]string{`(?m)^  -interval DURATION\n.*\(at least 100ms\) \(default 2s\)$`, `(?m)^  -watch\n.*like top$`}},
 		{"extra arguments are refused", []string{"--socket", sock, "more"}, 2, nil, []string{`unexpected argument "more"`}},
 		{"an unknown flag is refused", []string{"--sock", sock}, 2, nil, []string{`flag provided but not defined`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			// A --watch that wrongly keeps going ends here, and fails on its exit code.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
 			var stdout, stderr bytes.Buffer
-			code := runStatus(tc.args, &stdout, &stderr)
+			code := runStatus(ctx, tc.args, &stdout, &stderr)
 			if code != tc.wantCode {
 				t.Errorf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tc.wantCode, &stdout, &stderr)
 			}
@@ -118,7 +137,7 @@ func TestStatusCommand(t *testing.T) {
 
 	t.Run("--json output parses into a Snapshot equal to the router's", func(t *testing.T) {
 		var stdout, stderr bytes.Buffer
-		if code := runStatus([]string{"--json", "--socket", sock}, &stdout, &stderr); code != 0 {
+		if code := runStatus(context.Background(), []string{"--json", "--socket", sock}, &stdout, &stderr); code != 0 {
 			t.Fatalf("exit %d: %s", code, &stderr)
 		}
 		var got admin.Snapshot
@@ -134,13 +153,13 @@ func TestStatusCommand(t *testing.T) {
 	})
 	t.Run("--health prints ok and exits 0 while the router answers", func(t *testing.T) {
 		var stdout, stderr bytes.Buffer
-		if code := runStatus([]string{"--health", "--socket", sock}, &stdout, &stderr); code != 0 || stdout.String() != "ok\n" {
+		if code := runStatus(context.Background(), []string{"--health", "--socket", sock}, &stdout, &stderr); code != 0 || stdout.String() != "ok\n" {
 			t.Errorf("exit %d, stdout %q, stderr %q", code, &stdout, &stderr)
 		}
 	})
 	t.Run("--health exits 1 when no router answers", func(t *testing.T) {
 		var stdout, stderr bytes.Buffer
-		if code := runStatus([]string{"--health", "--socket", filepath.Join(t.TempDir(), "none.sock")}, &stdout, &stderr); code != 1 {
+		if code := runStatus(context.Background(), []string{"--health", "--socket", filepath.Join(t.TempDir(), "none.sock")}, &stdout, &stderr); code != 1 {
 			t.Errorf("exit %d, stderr %q", code, &stderr)
 		}
 	})
@@ -153,7 +172,7 @@ func TestStatusCommand(t *testing.T) {
 		l.(*net.UnixListener).SetUnlinkOnClose(false)
 		l.Close()
 		var stdout, stderr bytes.Buffer
-		if code := runStatus([]string{"--socket", stale}, &stdout, &stderr); code != 1 {
+		if code := runStatus(context.Background(), []string{"--socket", stale}, &stdout, &stderr); code != 1 {
 			t.Errorf("exit %d, want 1", code)
 		}
 		want := "vpnmasq status: cannot reach the router at " + stale + ": connect: connection refused; is it running?\n"
@@ -169,7 +188,7 @@ func TestStatusCommand(t *testing.T) {
 		}
 		defer l.Close() // never accepts: the kernel completes the connection, nobody answers
 		start := time.Now()
-		_, err = fetch(path, "/api/v1/status", 200*time.Millisecond)
+		_, err = fetch(context.Background(), path, "/api/v1/status", 200*time.Millisecond)
 		if err == nil || !strings.Contains(err.Error(), "did not answer within 200ms") {
 			t.Errorf("error %v, want a timeout", err)
 		}
@@ -187,7 +206,7 @@ func TestStatusCommand(t *testing.T) {
 		}
 		defer closer()
 		var stdout, stderr bytes.Buffer
-		if code := runStatus([]string{"--socket", path}, &stdout, &stderr); code != 1 {
+		if code := runStatus(context.Background(), []string{"--socket", path}, &stdout, &stderr); code != 1 {
 			t.Errorf("exit %d, want 1", code)
 		}
 		if !strings.Contains(stderr.String(), "answered 500 Internal Server Error: something broke") {
